@@ -1,0 +1,48 @@
+"""Atomic file output: write to a temporary sibling, then rename over the destination.
+
+An interrupted run therefore never leaves a half-written image, CSV or weight file behind, and a
+rerun can trust that every file it finds is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(destination: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``destination``; rename it into place on success.
+
+    The temporary name keeps the destination's suffix(es) so libraries that pick a format
+    from the extension (OpenCV, Keras, matplotlib) behave as for the real name.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(destination.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=f".part{suffix}", dir=destination.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, destination)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(destination: Path, data: bytes) -> None:
+    with atomic_path(destination) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(destination: Path, text: str) -> None:
+    write_bytes(destination, text.encode("utf-8"))
+
+
+def write_json(destination: Path, payload: Any) -> None:
+    write_text(destination, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")

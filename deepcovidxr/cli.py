@@ -1,0 +1,76 @@
+"""Shared command-line plumbing: logging set-up and the flags every stage spells the same way."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from deepcovidxr import DISCLAIMER
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """Log to stderr (stdout is for results); quiet TensorFlow's C++ start-up chatter."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for noisy in ("PIL", "matplotlib", "h5py", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom logs a traceback per failed decoder plugin; the stage reports the failure itself.
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose description is the script's docstring and whose epilog is the disclaimer."""
+    return argparse.ArgumentParser(
+        description=doc, epilog=DISCLAIMER, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
+
+
+def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=default, help=f"random seed for everything random (default {default})")
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo files whose output already exists (default: skip them, so a rerun resumes)"
+    )
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1),
+        help="parallel decode/encode threads (default: CPU cores, at most 8)",
+    )
+
+
+def existing_path(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return path
+
+
+def run_stage(stage: Callable[[], Any]) -> int:
+    """Run a stage; print what it returns (its main output path) to stdout and map its result to
+    an exit code. Expected failures (bad paths, bad options, unusable weights) become one clear
+    log line and exit code 2 instead of a traceback."""
+    log = logging.getLogger("deepcovidxr")
+    try:
+        result = stage()
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+        log.error("%s", error)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; finished files are kept and a rerun resumes")
+        return 130
+    print(getattr(result, "report", result))
+    return int(getattr(result, "exit_code", 0))

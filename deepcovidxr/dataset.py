@@ -1,0 +1,166 @@
+"""Build the training tree in one go: raw images + a labels table ->
+``<root>/{224,331}/{crop,uncrop}/{Train,Validation,Test}/{Negative,Positive}``.
+
+Patients, not files, are split (seeded, stratified by label), so no patient sits on both sides.
+Each image is decoded and segmented once; its four views are written under one name, so crop
+and uncrop views pair by name. ``<root>/split_manifest.csv`` records, per input file, its label,
+patient, split, output name and crop status; a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deepcovidxr import layout
+from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.cropping import StageResult, ensure_outside, segment_files
+from deepcovidxr.imageio import output_name, write_gray
+from deepcovidxr.layout import CropMode, DataTree, Label, Split
+from deepcovidxr.lungs.cropper import LungCropper, locate
+from deepcovidxr.preprocess import lanczos_resize
+from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ["file", "label", "patient_id", "split", "name", "status", "x0", "y0", "x1", "y1", "lung_fraction", "error"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    images: Path
+    labels: Path
+    output: Path
+    unet: Path | None = None
+    sizes: tuple[int, ...] = layout.SIZES
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    overwrite: bool = False
+    batch_size: int = 16
+    workers: int = 4
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    file: str  # relative to the images folder, posix
+    label: Label
+    patient_id: str
+
+
+def read_labels(path: Path) -> list[LabelledImage]:
+    """Columns ``file`` and ``label`` (any case; ``path``/``image``/``filename`` and ``class``
+    accepted too), optional ``patient_id`` (``patient``). Without patient ids each file is its
+    own patient, which is only honest when every patient has one image."""
+    with Path(path).open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        fields = {name.strip().lower(): name for name in reader.fieldnames or []}
+
+        def column(*names: str) -> str | None:
+            return next((fields[n] for n in names if n in fields), None)
+
+        file_col = column("file", "filename", "path", "image", "image index")
+        label_col = column("label", "class", "covid", "target")
+        patient_col = column("patient_id", "patient", "patientid", "patient id")
+        if file_col is None or label_col is None:
+            raise ValueError(f"{path}: needs a file column and a label column; found {reader.fieldnames}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                label = Label.parse(row[label_col])
+            except ValueError as error:
+                raise ValueError(f"{path}, line {line}: {error}") from None
+            file = row[file_col].strip().replace("\\", "/")
+            rows.append(LabelledImage(file, label, (row[patient_col].strip() if patient_col else "") or file))
+    if not patient_col:
+        log.warning("%s has no patient_id column: splitting by file, which leaks patients with several images", path)
+    duplicates = [f for f, n in Counter(r.file for r in rows).items() if n > 1]
+    if duplicates:
+        raise ValueError(f"{path}: files listed more than once: {duplicates[:5]}")
+    return rows
+
+
+def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, float], seed: int) -> dict[str, Split]:
+    """Seeded split of patients into Train/Validation/Test, stratified by each patient's majority
+    label; returns file -> split. Every split gets at least one patient of a label that has
+    three or more."""
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    by_patient: dict[str, list[LabelledImage]] = defaultdict(list)
+    for row in rows:
+        by_patient[row.patient_id].append(row)
+    by_label: dict[Label, list[str]] = defaultdict(list)
+    for patient, images in sorted(by_patient.items()):
+        votes = Counter(r.label for r in images)
+        by_label[max(votes, key=lambda lab: (votes[lab], lab.index))].append(patient)
+    rng = np.random.default_rng(seed)
+    split_of_patient: dict[str, Split] = {}
+    for label in sorted(by_label, key=lambda lab: lab.index):
+        patients = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
+        n = len(patients)
+        n_val = int(round(fractions[1] * n))
+        n_test = int(round(fractions[2] * n))
+        if n >= 3:
+            n_val = max(n_val, 1 if fractions[1] > 0 else 0)
+            n_test = max(n_test, 1 if fractions[2] > 0 else 0)
+        for i, patient in enumerate(patients):
+            split_of_patient[patient] = Split.TEST if i < n_test else Split.VALIDATION if i < n_test + n_val else Split.TRAIN
+    return {row.file: split_of_patient[row.patient_id] for row in rows}
+
+
+def flat_name(file: str) -> str:
+    """The name an image gets in the tree: its relative path with folders joined by '__'
+    (unique, and the same for all four views); DICOM becomes PNG."""
+    return output_name(Path(file.replace("/", "__"))).as_posix()
+
+
+def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResult:
+    ensure_outside(config.images, config.output)
+    rows = read_labels(config.labels)
+    splits = patient_split(rows, config.fractions, config.seed)
+    tree = DataTree(config.output)
+    for directory in tree.leaf_dirs(config.sizes):
+        directory.mkdir(parents=True, exist_ok=True)
+    report = BatchReport(config.output / layout.SPLIT_MANIFEST, MANIFEST_COLUMNS, overwrite=config.overwrite)
+    todo = []
+    for row in rows:
+        split, name = splits[row.file], flat_name(row.file)
+        outputs = [tree.class_dir(s, c, split, row.label) / name for s in config.sizes for c in CropMode]
+        if not report.finished(row.file, *outputs):
+            todo.append((config.images / row.file, row, split, name))
+    log.info("dataset: %d images of %d patients; %d to do", len(rows), len({r.patient_id for r in rows}), len(todo))
+
+    def base_row(item: tuple) -> dict:
+        _, row, split, name = item
+        return {"file": row.file, "label": row.label.value, "patient_id": row.patient_id, "split": split.value, "name": name}
+
+    def handle(item: tuple, gray: np.ndarray, probability: np.ndarray) -> tuple[dict, QcItem]:
+        _, row, split, name = item
+        result = locate(gray, probability)
+        views = {CropMode.UNCROP: gray, CropMode.CROP: result.square.crop(gray)}
+        for size in config.sizes:
+            for mode, image in views.items():
+                write_gray(tree.class_dir(size, mode, split, row.label) / name, lanczos_resize(image, size))
+        box = result.square
+        record = {**base_row(item), "status": result.status.value, "x0": box.x0, "y0": box.y0, "x1": box.x1,
+                  "y1": box.y1, "lung_fraction": f"{result.lung.lung_fraction:.4f}", "error": ""}
+        return record, QcItem.of(row.file, gray, box, result.status.value)
+
+    def failed(item: tuple, reason: str) -> dict:
+        return {**base_row(item), "status": ERROR, "error": reason}
+
+    qc = QcCollector()
+    if todo:
+        cropper = cropper or LungCropper(config.unet, batch_size=config.batch_size)
+        segment_files(todo, cropper, handle, failed, report, qc, workers=config.workers, desc="dataset")
+    path = report.close()
+    if qc.items:
+        write_qc_montage(config.output / layout.QC_MONTAGE, qc.items)
+    counts = report.status_counts()
+    split_counts = Counter((r["split"], r["label"]) for r in report.rows.values() if r["status"] != ERROR)
+    log.info("dataset: %s", ", ".join(f"{s}/{lab} {n}" for (s, lab), n in sorted(split_counts.items())))
+    return StageResult(path, counts)

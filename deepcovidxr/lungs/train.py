@@ -1,0 +1,239 @@
+"""Train our lung U-Net on image/mask pairs (Montgomery + Shenzhen from ``../shared/data/lungmasks``).
+
+Part of the pairs is held out by file (stratified by source data set) and never trained on; the
+validation Dice written to the metadata is measured on them, at the masks' own resolution, on
+the exact mask ``crop_img.py --save-masks`` writes (threshold, opening, two largest components).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from deepcovidxr import __version__
+from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.imageio import read_gray
+from deepcovidxr.lungs import segment
+
+log = logging.getLogger(__name__)
+
+MASK_THRESHOLD = 127  # the masks are anti-aliased (data README)
+
+
+@dataclass(frozen=True)
+class UnetTrainConfig:
+    data: Path
+    output: Path
+    architecture: str = "light"
+    epochs: int = 40
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    heldout_fraction: float = 0.15
+    seed: int = 0
+    mixed_precision: bool = True
+    limit: int | None = None  # use only the first N pairs (tests)
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: Path
+    mask: Path
+    dataset: str
+
+
+def find_pairs(root: Path) -> list[Pair]:
+    """Image/mask pairs from ``manifest.csv`` when present, else ``*/images`` + ``*/masks``."""
+    manifest = root / "manifest.csv"
+    pairs: list[Pair] = []
+    if manifest.is_file():
+        with manifest.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                pairs.append(Pair(root / row["image"], root / row["mask"], row["image"].split("/")[0]))
+    else:
+        for images in sorted(root.glob("*/images")):
+            for image in sorted(images.iterdir()):
+                mask = images.parent / "masks" / image.name
+                if mask.is_file():
+                    pairs.append(Pair(image, mask, images.parent.name))
+    if not pairs:
+        raise FileNotFoundError(f"no image/mask pairs under {root} (expected manifest.csv or */images + */masks)")
+    return sorted(pairs, key=lambda p: str(p.image))
+
+
+def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded per-data-set split by file: (train, held_out)."""
+    rng = np.random.default_rng(seed)
+    train, heldout = [], []
+    for dataset in sorted({p.dataset for p in pairs}):
+        group = [p for p in pairs if p.dataset == dataset]
+        order = rng.permutation(len(group))
+        n_held = max(1, int(round(fraction * len(group))))
+        held_idx = set(order[:n_held].tolist())
+        for i, pair in enumerate(group):
+            (heldout if i in held_idx else train).append(pair)
+    return train, heldout
+
+
+def _load_256(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([segment.resize_gray(read_gray(p.image), 256, 256) for p in pairs])
+    masks = []
+    for p in pairs:
+        mask = (read_gray(p.mask) > MASK_THRESHOLD).astype(np.float32)
+        masks.append(cv2.resize(mask, (256, 256), interpolation=cv2.INTER_AREA) > 0.5)
+    return images, np.stack(masks).astype(np.float32)
+
+
+def random_affine(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """imlab's augmentation: rotation +-10 deg, shifts +-10 %, zoom 0.8-1.2."""
+    angle = rng.uniform(-10, 10)
+    scale = rng.uniform(0.8, 1.2)
+    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
+    matrix[:, 2] += rng.uniform(-0.1, 0.1, size=2) * size
+    return matrix
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    denominator = pred.sum() + truth.sum()
+    return 1.0 if denominator == 0 else float(2.0 * np.logical_and(pred, truth).sum() / denominator)
+
+
+def heldout_dice(model, pairs: list[Pair], batch_size: int = 16) -> list[float]:
+    """Dice of the post-processed mask at the true mask's resolution, one value per pair."""
+    scores = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        grays = [read_gray(p.image) for p in chunk]
+        batch = np.stack([segment.unet_input(g) for g in grays])
+        probabilities = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[..., 0]
+        for pair, gray, probability in zip(chunk, grays, probabilities, strict=True):
+            truth = read_gray(pair.mask) > MASK_THRESHOLD
+            small = segment.resize_gray(gray, 256, 256)
+            lung = segment.lung_box(probability, small)
+            predicted = segment.full_resolution_mask(probability, lung, truth.shape[1], truth.shape[0])
+            scores.append(dice(predicted > 0, truth))
+    return scores
+
+
+def train_unet(config: UnetTrainConfig) -> Path:
+    """Train, keep the best held-out epoch, write ``lung_unet.weights.h5`` + ``lung_unet.json``."""
+    import keras
+
+    from deepcovidxr.lungs.unet import build_unet, sidecar_path
+
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    pairs = find_pairs(config.data)
+    if config.limit:
+        pairs = pairs[: config.limit]
+    train_pairs, held_pairs = split_heldout(pairs, config.heldout_fraction, config.seed)
+    log.info("U-Net data: %d training pairs, %d held out", len(train_pairs), len(held_pairs))
+    x_train, y_train = _load_256(train_pairs)
+    x_held, y_held = _load_256(held_pairs)
+    held_inputs = np.stack([segment.unet_input(x) for x in x_held])
+
+    class Augmented(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return math.ceil(len(x_train) / config.batch_size)
+
+        def on_epoch_end(self) -> None:
+            self.epoch += 1
+
+        def __getitem__(self, index: int):
+            rng = np.random.default_rng([config.seed, self.epoch, index])
+            order = np.random.default_rng([config.seed, self.epoch]).permutation(len(x_train))
+            chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
+            images, masks = [], []
+            for i in chosen:
+                matrix = random_affine(rng)
+                image = cv2.warpAffine(x_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                mask = cv2.warpAffine(y_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                if rng.random() < 0.5:  # radiographs are stored both ways round
+                    image, mask = image[:, ::-1], mask[:, ::-1]
+                images.append(segment.unet_input(np.ascontiguousarray(image)))
+                masks.append((mask > 0.5).astype(np.float32)[..., None])
+            return np.stack(images), np.stack(masks)
+
+    def bce_dice(y_true, y_pred):
+        y_pred = keras.ops.cast(y_pred, "float32")
+        bce = keras.ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
+        intersection = keras.ops.sum(y_true * y_pred, axis=(1, 2, 3))
+        total = keras.ops.sum(y_true, axis=(1, 2, 3)) + keras.ops.sum(y_pred, axis=(1, 2, 3))
+        return bce + keras.ops.mean(1.0 - (2.0 * intersection + 1.0) / (total + 1.0))
+
+    data = Augmented()
+    model = build_unet(config.architecture)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=config.epochs * len(data), alpha=0.02
+    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bce_dice)
+    config.output.mkdir(parents=True, exist_ok=True)
+    weights_path = config.output / "lung_unet.weights.h5"
+    history: list[dict] = []
+    best = {"dice256": -1.0, "epoch": -1}
+
+    class KeepBest(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            probabilities = np.asarray(model.predict(held_inputs, batch_size=16, verbose=0))[..., 0]
+            score = float(np.mean([dice(p > 0.5, t) for p, t in zip(probabilities, y_held, strict=True)]))
+            history.append({"epoch": epoch + 1, "loss": float(logs["loss"]), "heldout_dice256": score})
+            log.info("epoch %d: loss %.4f, held-out Dice at 256 px %.4f", epoch + 1, logs["loss"], score)
+            if score > best["dice256"]:
+                best.update(dice256=score, epoch=epoch + 1)
+                with atomic_path(weights_path) as tmp:
+                    model.save_weights(tmp)
+
+    started = time.time()
+    model.fit(data, epochs=config.epochs, callbacks=[KeepBest()], verbose=2)
+    seconds = time.time() - started
+    model.load_weights(weights_path)
+    scores = heldout_dice(model, held_pairs)
+    meta = {
+        "name": "deepcovidxr lung U-Net",
+        "architecture": config.architecture,
+        "parameters": int(model.count_params()),
+        "input": {
+            "shape": [256, 256, 1],
+            "preprocessing": "gray uint8 -> area/bilinear resize to 256x256 -> /255 -> "
+            "skimage equalize_hist -> standardise with the image's own mean and std",
+        },
+        "output": "sigmoid lung probability, 256x256; threshold 0.5",
+        "training_data": {
+            "root": config.data.name,
+            "datasets": sorted({p.dataset for p in pairs}),
+            "train_pairs": len(train_pairs),
+            "heldout_pairs": len(held_pairs),
+            "heldout_files": [str(p.image.relative_to(config.data)) for p in held_pairs],
+            "licences": "Montgomery and Shenzhen images: NLM TB CXR sets, free for research, cite "
+            "Jaeger et al. 2014; Shenzhen masks CC BY-NC-SA 4.0 (Stirenko et al.); Montgomery masks NLM",
+        },
+        "validation": {
+            "dice_mean": float(np.mean(scores)),
+            "dice_median": float(np.median(scores)),
+            "dice_min": float(np.min(scores)),
+            "heldout_dice256_best": best["dice256"],
+            "measured_on": "held-out pairs at mask resolution, post-processed as crop_img.py --save-masks",
+        },
+        "training": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+                     "best_epoch": best["epoch"], "seconds": round(seconds, 1), "history": history},
+        "date": dt.date.today().isoformat(),
+        "deepcovidxr_version": __version__,
+        "keras_version": keras.__version__,
+    }
+    write_json(sidecar_path(weights_path), meta)
+    log.info("held-out Dice %.4f (median %.4f, min %.4f); wrote %s", meta["validation"]["dice_mean"],
+             meta["validation"]["dice_median"], meta["validation"]["dice_min"], weights_path)
+    return weights_path

@@ -1,0 +1,63 @@
+"""U-Net architectures, our weight files, and a user's imlab .hdf5 via -U."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from legacy_writers import write_imlab_unet
+from deepcovidxr.legacy_h5 import LegacyWeightsError
+from deepcovidxr.lungs.unet import build_unet, load_unet
+
+
+def test_imlab_architecture_matches_the_original_size() -> None:
+    model = build_unet("imlab")
+    assert model.input_shape == (None, 256, 256, 1) and model.output_shape == (None, 256, 256, 1)
+    assert model.count_params() == 5_468_897  # imlab's build_UNet2D_4L
+    assert sum(1 for layer in model.layers if layer.weights) == 22  # 3x3 convolutions, no batch-norm
+
+
+def test_light_architecture_is_smaller() -> None:
+    assert build_unet("light").count_params() < 2_000_000
+    with pytest.raises(ValueError, match="unknown U-Net architecture"):
+        build_unet("huge")
+
+
+@pytest.fixture(scope="module")
+def imlab_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    return write_imlab_unet(tmp_path_factory.mktemp("imlab"))
+
+
+def test_user_imlab_hdf5_loads_and_predicts_like_the_legacy_model(imlab_file) -> None:
+    path, probe, expected = imlab_file
+    model, meta = load_unet(path)
+    assert meta["architecture"] == "imlab"
+    ours = np.asarray(model.predict(np.load(probe), verbose=0))
+    assert np.max(np.abs(ours - np.load(expected))) <= 1e-4
+
+
+def test_wrong_architecture_file_fails_naming_file_and_layer(tmp_path: Path) -> None:
+    light = build_unet("light")
+    path = tmp_path / "light.weights.h5"
+    light.save_weights(path)
+    with pytest.raises(LegacyWeightsError, match="not.*readable|no Keras 2 layer list"):
+        load_unet(path.rename(tmp_path / "light.hdf5"))
+
+
+def test_missing_weights_name_the_option(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="-U/--Unet"):
+        load_unet(tmp_path / "nope.hdf5")
+
+
+def test_our_weights_round_trip_with_their_sidecar(tmp_path: Path) -> None:
+    import json
+
+    model = build_unet("light")
+    path = tmp_path / "lung_unet.weights.h5"
+    model.save_weights(path)
+    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
+    loaded, meta = load_unet(path)
+    probe = np.random.default_rng(1).normal(size=(1, 256, 256, 1)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
