@@ -1,0 +1,125 @@
+"""build_dataset.py: labels table -> patient-wise split -> the four-view tree."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_script
+from deepcovidxr.dataset import LabelledImage, flat_name, patient_split, read_labels
+from deepcovidxr.imageio import read_gray
+from deepcovidxr.layout import DataTree, Label, Split
+from deepcovidxr.preprocess import lanczos_resize
+from deepcovidxr.synthetic import write_phantom_set
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_read_labels_accepts_common_spellings(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "l.csv", ["Filename", "Class", "Patient"], [["a.png", "1", "p1"], ["sub\\b.png", "negative", ""]])
+    rows = read_labels(path)
+    assert rows == [LabelledImage("a.png", Label.POSITIVE, "p1"), LabelledImage("sub/b.png", Label.NEGATIVE, "sub/b.png")]
+
+
+def test_read_labels_errors_name_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="line 3"):
+        read_labels(_write_csv(tmp_path / "a.csv", ["file", "label"], [["a.png", "1"], ["b.png", "perhaps"]]))
+    with pytest.raises(ValueError, match="file column and a label column"):
+        read_labels(_write_csv(tmp_path / "b.csv", ["image_name", "y"], [["a.png", "1"]]))
+    with pytest.raises(ValueError, match="more than once"):
+        read_labels(_write_csv(tmp_path / "c.csv", ["file", "label"], [["a.png", "1"], ["a.png", "0"]]))
+
+
+def _cohort(patients: int, images_per_patient: int = 3) -> list[LabelledImage]:
+    return [LabelledImage(f"p{p}_{i}.png", Label.POSITIVE if p % 3 == 0 else Label.NEGATIVE, f"p{p}")
+            for p in range(patients) for i in range(images_per_patient)]
+
+
+def test_patient_split_keeps_patients_whole_and_is_seeded() -> None:
+    rows = _cohort(60)
+    split = patient_split(rows, (0.7, 0.15, 0.15), seed=3)
+    per_patient = defaultdict(set)
+    for row in rows:
+        per_patient[row.patient_id].add(split[row.file])
+    assert all(len(s) == 1 for s in per_patient.values())
+    assert split == patient_split(rows, (0.7, 0.15, 0.15), seed=3)
+    assert split != patient_split(rows, (0.7, 0.15, 0.15), seed=4)
+    for label in Label:  # stratified: each split holds both classes in about the right share
+        patients = {r.patient_id for r in rows if r.label is label}
+        counts = {s: sum(1 for p in patients if split[f"{p}_0.png"] is s) for s in Split}
+        assert counts[Split.TEST] == round(0.15 * len(patients)) and counts[Split.VALIDATION] == round(0.15 * len(patients))
+    with pytest.raises(ValueError, match="sum to 1"):
+        patient_split(rows, (0.5, 0.1, 0.1), seed=0)
+
+
+def test_flat_name_is_unique_and_dicom_becomes_png() -> None:
+    assert flat_name("a.png") == "a.png"
+    assert flat_name("ward1/x.dcm") == "ward1__x.png"
+    assert flat_name("ward1/x.png") != flat_name("ward2/x.png")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("dataset")
+    phantoms = base / "phantoms"
+    labels = write_phantom_set(phantoms, 20, seed=5, patients=14, size_range=(300, 400))
+    with labels.open("a", newline="") as handle:  # a listed file that is broken
+        handle.write("images/broken.png,Positive,patient_broken\n")
+    (phantoms / "images" / "broken.png").write_bytes(b"garbage")
+    out = base / "tree"
+    done = run_script("build_dataset.py", "--images", phantoms, "--labels", labels, "-o", out, "--sizes", "64", "--seed", "1")
+    return phantoms, out, done
+
+
+def test_tree_is_complete_and_views_pair_by_name(built) -> None:
+    phantoms, out, done = built
+    assert done.returncode == 1, done.stderr[-2000:]  # the broken file
+    tree = DataTree(out)
+    tree.check(sizes=(64,))
+    crop = sorted(p.relative_to(tree.view_dir(64, "crop")) for p in tree.view_dir(64, "crop").rglob("*.png"))
+    uncrop = sorted(p.relative_to(tree.view_dir(64, "uncrop")) for p in tree.view_dir(64, "uncrop").rglob("*.png"))
+    assert crop == uncrop and len(crop) == 20
+    for relative in crop:
+        assert Image.open(tree.view_dir(64, "crop") / relative).size == (64, 64)
+
+
+def test_manifest_rows_match_what_was_written(built) -> None:
+    phantoms, out, _ = built
+    rows = list(csv.DictReader((out / "split_manifest.csv").open(newline="")))
+    assert len(rows) == 21
+    broken = next(r for r in rows if r["file"] == "images/broken.png")
+    assert broken["status"] == "error" and broken["split"] and broken["error"]
+    splits_of_patient = defaultdict(set)
+    labels = {r["file"]: r["label"] for r in csv.DictReader((phantoms / "labels.csv").open(newline=""))}
+    for row in rows:
+        splits_of_patient[row["patient_id"]].add(row["split"])
+        assert row["label"] == labels[row["file"]]
+        if row["status"] == "error":
+            continue
+        target = out / "64" / "crop" / row["split"] / row["label"] / row["name"]
+        original = read_gray(phantoms / row["file"])
+        x0, y0, x1, y1 = (int(row[k]) for k in ("x0", "y0", "x1", "y1"))
+        expected = lanczos_resize(original[y0:y1, x0:x1], 64)
+        np.testing.assert_array_equal(np.asarray(Image.open(target)), expected)
+        uncropped = out / "64" / "uncrop" / row["split"] / row["label"] / row["name"]
+        np.testing.assert_array_equal(np.asarray(Image.open(uncropped)), lanczos_resize(original, 64))
+    assert all(len(s) == 1 for s in splits_of_patient.values())
+
+
+def test_rerun_resumes_without_redoing_work(built) -> None:
+    phantoms, out, _ = built
+    again = run_script("build_dataset.py", "--images", phantoms, "--labels", phantoms / "labels.csv", "-o", out,
+                       "--sizes", "64", "--seed", "1")
+    assert again.returncode == 1
+    assert "20 to do" not in again.stderr and "1 to do" in again.stderr
