@@ -19,16 +19,36 @@ from deepcovidxr import cli
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("-f", "--folder", type=cli.existing_path, required=True,
-                   help="an image file or a folder of images (PNG, JPEG, BMP, TIFF, DICOM), searched recursively")
-    p.add_argument("-U", "--Unet", type=Path, default=None,
-                   help="U-Net weights: our lung_unet.weights.h5 (default: the one shipped in unet/) "
-                        "or the original imlab trained_model.hdf5")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (created; must lie outside the input)")
-    p.add_argument("--save-masks", type=Path, default=None, metavar="DIR",
-                   help="also write each predicted lung mask (0/255 PNG, original resolution, same relative path) here")
-    p.add_argument("--legacy-names", action="store_true",
-                   help="write the original's crop/<stem>_crop<ext> and crop_squared/<stem>_crop_squared<ext> instead")
+    p.add_argument(
+        "-f",
+        "--folder",
+        type=cli.existing_path,
+        required=True,
+        help="an image file or a folder of images (PNG, JPEG, BMP, TIFF, DICOM), searched recursively",
+    )
+    p.add_argument(
+        "-U",
+        "--Unet",
+        type=Path,
+        default=None,
+        help="U-Net weights: our lung_unet.weights.h5 (default: the one shipped in unet/) "
+        "or the original imlab trained_model.hdf5",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (created; must lie outside the input)"
+    )
+    p.add_argument(
+        "--save-masks",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write each predicted lung mask (0/255 PNG, original resolution, same relative path) here",
+    )
+    p.add_argument(
+        "--legacy-names",
+        action="store_true",
+        help="write the original's crop/<stem>_crop<ext> and crop_squared/<stem>_crop_squared<ext> instead",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per U-Net batch (default 16)")
     p.add_argument("--no-qc", dest="qc_montage", action="store_false", help="do not write the crop_qc.png montage")
     cli.add_workers(p)
@@ -43,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     from deepcovidxr.cropping import CropConfig, run_crop
 
     config = CropConfig(
-        input=args.folder, output=args.output, unet=args.Unet, save_masks=args.save_masks,
-        legacy_names=args.legacy_names, overwrite=args.overwrite, batch_size=args.batch_size,
-        workers=args.workers, qc_montage=args.qc_montage,
+        input=args.folder,
+        output=args.output,
+        unet=args.Unet,
+        save_masks=args.save_masks,
+        legacy_names=args.legacy_names,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        qc_montage=args.qc_montage,
     )
     return cli.run_stage(lambda: run_crop(config))
 

@@ -16,7 +16,9 @@ from deepcovidxr import cli
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("-o", "--output", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)")
+    p.add_argument(
+        "-o", "--output", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)"
+    )
     p.add_argument("--count", type=int, default=48, help="number of synthetic phantoms (default 48)")
     p.add_argument("-U", "--Unet", type=Path, default=None, help="U-Net weights (default: ours in unet/)")
     cli.add_seed(p)

@@ -17,8 +17,16 @@ from deepcovidxr import cli
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("-i", "--input_path", type=cli.existing_path, required=True, help="an image file or a folder, searched recursively")
-    p.add_argument("-o", "--output_path", type=Path, required=True, help="output folder (created; must lie outside the input)")
+    p.add_argument(
+        "-i",
+        "--input_path",
+        type=cli.existing_path,
+        required=True,
+        help="an image file or a folder, searched recursively",
+    )
+    p.add_argument(
+        "-o", "--output_path", type=Path, required=True, help="output folder (created; must lie outside the input)"
+    )
     p.add_argument("-s", "--size", type=int, required=True, help="output side in pixels (224 or 331 for the ensemble)")
     cli.add_workers(p)
     cli.add_overwrite(p)

@@ -14,17 +14,41 @@ from deepcovidxr import cli
 
 def build_parser():
     p = cli.parser(__doc__)
-    p.add_argument("--data", type=cli.existing_path, required=True,
-                   help="folder with manifest.csv (columns image, mask) or */images + */masks with matching names")
-    p.add_argument("--output", type=Path, default=Path("unet"), help="where lung_unet.weights.h5 and lung_unet.json go (default unet/)")
-    p.add_argument("--architecture", choices=("light", "imlab"), default="light",
-                   help="light: narrower decoder with batch-norm (default, shipped); imlab: the original 5.5 M U-Net")
+    p.add_argument(
+        "--data",
+        type=cli.existing_path,
+        required=True,
+        help="folder with manifest.csv (columns image, mask) or */images + */masks with matching names",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path("unet"),
+        help="where lung_unet.weights.h5 and lung_unet.json go (default unet/)",
+    )
+    p.add_argument(
+        "--architecture",
+        choices=("light", "imlab"),
+        default="light",
+        help="light: narrower decoder with batch-norm (default, shipped); imlab: the original 5.5 M U-Net",
+    )
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
     p.add_argument("--batch-size", type=int, default=8, help="images per step (default 8)")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="Adam peak learning rate, cosine-decayed (default 2e-3)")
-    p.add_argument("--heldout-fraction", type=float, default=0.15, help="fraction of pairs per data set held out for validation (default 0.15)")
-    p.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false",
-                   help="train in float32 instead of mixed bfloat16")
+    p.add_argument(
+        "--learning-rate", type=float, default=2e-3, help="Adam peak learning rate, cosine-decayed (default 2e-3)"
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.15,
+        help="fraction of pairs per data set held out for validation (default 0.15)",
+    )
+    p.add_argument(
+        "--no-mixed-precision",
+        dest="mixed_precision",
+        action="store_false",
+        help="train in float32 instead of mixed bfloat16",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke tests)")
     cli.add_seed(p)
     cli.add_common(p)

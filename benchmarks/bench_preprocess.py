@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             tmp = Path(tmp)
             unet_seconds = 0.0
             t0 = time.perf_counter()
-            run_crop(CropConfig(args.data, tmp / "crop", batch_size=args.batch_size, workers=args.workers, qc_montage=False), cropper)
+            run_crop(
+                CropConfig(args.data, tmp / "crop", batch_size=args.batch_size, workers=args.workers, qc_montage=False),
+                cropper,
+            )
             t_crop = time.perf_counter() - t0
             t_unet = unet_seconds
             timings = {}
@@ -74,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     t_crop, t_unet, t224, t331 = (float(np.median(c)) for c in zip(*rows, strict=True))
     n = len(images)
     sizes = [f.stat().st_size for f in images]
-    print(f"images: {n} from {args.data} ({sum(sizes) / 1e6:.1f} MB), {os.cpu_count()} cores, batch {args.batch_size}, "
-          f"workers {args.workers}")
+    print(
+        f"images: {n} from {args.data} ({sum(sizes) / 1e6:.1f} MB), {os.cpu_count()} cores, batch {args.batch_size}, "
+        f"workers {args.workers}"
+    )
     print(f"U-Net load + first trace: {load_seconds:.1f} s ({cropper.meta.get('architecture')} architecture)")
     print(f"{'step':<28}{'seconds':>10}{'images/s':>12}")
     print(f"{'crop stage':<28}{t_crop:>10.2f}{n / t_crop:>12.1f}")
-    print(f"{'  of which U-Net forward':<28}{t_unet:>10.2f}{n / t_unet:>12.1f}   ({100 * t_unet / t_crop:.0f} % of crop time)")
+    print(
+        f"{'  of which U-Net forward':<28}{t_unet:>10.2f}{n / t_unet:>12.1f}"
+        f"   ({100 * t_unet / t_crop:.0f} % of crop time)"
+    )
     print(f"{'resize stage 224':<28}{t224:>10.2f}{n / t224:>12.1f}")
     print(f"{'resize stage 331':<28}{t331:>10.2f}{n / t331:>12.1f}")
     print(f"{'crop + resize 224':<28}{t_crop + t224:>10.2f}{n / (t_crop + t224):>12.1f}   (target >= 10)")

@@ -7,12 +7,22 @@ rerun can trust that every file it finds is complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@functools.cache
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's 0600 would hide outputs
+    from colleagues on a shared server). Read once: os.umask can only be read by setting it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextlib.contextmanager
@@ -28,8 +38,10 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=f".part{suffix}", dir=destination.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    mode = _file_mode()
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)

@@ -17,9 +17,13 @@ def configure_logging(verbose: int = 0) -> None:
     """Log to stderr (stdout is for results); quiet TensorFlow's C++ start-up chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     level = logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
-    for noisy in ("PIL", "matplotlib", "h5py", "absl"):
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
+    )
+    for noisy in ("PIL", "matplotlib", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # absl repeats Keras' advice against the HDF5 files the member contract requires.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     # pydicom logs a traceback per failed decoder plugin; the stage reports the failure itself.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
@@ -41,13 +45,17 @@ def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--overwrite", action="store_true", help="redo files whose output already exists (default: skip them, so a rerun resumes)"
+        "--overwrite",
+        action="store_true",
+        help="redo files whose output already exists (default: skip them, so a rerun resumes)",
     )
 
 
 def add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1),
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
         help="parallel decode/encode threads (default: CPU cores, at most 8)",
     )
 

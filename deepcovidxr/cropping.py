@@ -7,8 +7,8 @@ behind it. One row per input file goes to ``<output>/crop_report.csv``.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +89,9 @@ def _decode(path: Path) -> tuple[np.ndarray, np.ndarray] | ImageReadError:
         return ImageReadError(path, f"{type(error).__name__}: {error}")
 
 
-def _locate_and_write(relative: Path, gray: np.ndarray, probability: np.ndarray, config: CropConfig) -> tuple[dict, QcItem]:
+def _locate_and_write(
+    relative: Path, gray: np.ndarray, probability: np.ndarray, config: CropConfig
+) -> tuple[dict, QcItem]:
     result = locate(gray, probability)
     outputs = crop_outputs(relative, config)
     write_gray(outputs[0], result.square.crop(gray))
@@ -100,9 +102,14 @@ def _locate_and_write(relative: Path, gray: np.ndarray, probability: np.ndarray,
         write_gray(mask_path, result.full_resolution_mask(gray.shape[1], gray.shape[0]))
     box = result.square
     row = {
-        "file": relative.as_posix(), "status": result.status.value,
-        "x0": box.x0, "y0": box.y0, "x1": box.x1, "y1": box.y1,
-        "lung_fraction": f"{result.lung.lung_fraction:.4f}", "error": "",
+        "file": relative.as_posix(),
+        "status": result.status.value,
+        "x0": box.x0,
+        "y0": box.y0,
+        "x1": box.x1,
+        "y1": box.y1,
+        "lung_fraction": f"{result.lung.lung_fraction:.4f}",
+        "error": "",
     }
     return row, QcItem.of(relative.as_posix(), gray, box, result.status.value)
 
@@ -181,7 +188,9 @@ def segment_files(
         _collect(writing, failed, report, qc, bar)
 
 
-def _collect(writing: list[tuple[tuple, Future]], failed: Callable, report: BatchReport, qc: QcCollector, bar: tqdm) -> None:
+def _collect(
+    writing: list[tuple[tuple, Future]], failed: Callable, report: BatchReport, qc: QcCollector, bar: tqdm
+) -> None:
     for item, future in writing:
         try:
             row, thumbnail = future.result()

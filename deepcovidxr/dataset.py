@@ -28,7 +28,20 @@ from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ["file", "label", "patient_id", "split", "name", "status", "x0", "y0", "x1", "y1", "lung_fraction", "error"]
+MANIFEST_COLUMNS = [
+    "file",
+    "label",
+    "patient_id",
+    "split",
+    "name",
+    "status",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+    "lung_fraction",
+    "error",
+]
 
 
 @dataclass(frozen=True)
@@ -102,13 +115,15 @@ def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, floa
     for label in sorted(by_label, key=lambda lab: lab.index):
         patients = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
         n = len(patients)
-        n_val = int(round(fractions[1] * n))
-        n_test = int(round(fractions[2] * n))
+        n_val = round(fractions[1] * n)
+        n_test = round(fractions[2] * n)
         if n >= 3:
             n_val = max(n_val, 1 if fractions[1] > 0 else 0)
             n_test = max(n_test, 1 if fractions[2] > 0 else 0)
         for i, patient in enumerate(patients):
-            split_of_patient[patient] = Split.TEST if i < n_test else Split.VALIDATION if i < n_test + n_val else Split.TRAIN
+            split_of_patient[patient] = (
+                Split.TEST if i < n_test else Split.VALIDATION if i < n_test + n_val else Split.TRAIN
+            )
     return {row.file: split_of_patient[row.patient_id] for row in rows}
 
 
@@ -136,7 +151,13 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
 
     def base_row(item: tuple) -> dict:
         _, row, split, name = item
-        return {"file": row.file, "label": row.label.value, "patient_id": row.patient_id, "split": split.value, "name": name}
+        return {
+            "file": row.file,
+            "label": row.label.value,
+            "patient_id": row.patient_id,
+            "split": split.value,
+            "name": name,
+        }
 
     def handle(item: tuple, gray: np.ndarray, probability: np.ndarray) -> tuple[dict, QcItem]:
         _, row, split, name = item
@@ -146,8 +167,16 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
             for mode, image in views.items():
                 write_gray(tree.class_dir(size, mode, split, row.label) / name, lanczos_resize(image, size))
         box = result.square
-        record = {**base_row(item), "status": result.status.value, "x0": box.x0, "y0": box.y0, "x1": box.x1,
-                  "y1": box.y1, "lung_fraction": f"{result.lung.lung_fraction:.4f}", "error": ""}
+        record = {
+            **base_row(item),
+            "status": result.status.value,
+            "x0": box.x0,
+            "y0": box.y0,
+            "x1": box.x1,
+            "y1": box.y1,
+            "lung_fraction": f"{result.lung.lung_fraction:.4f}",
+            "error": "",
+        }
         return record, QcItem.of(row.file, gray, box, result.status.value)
 
     def failed(item: tuple, reason: str) -> dict:

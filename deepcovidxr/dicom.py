@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr.imageio import (
+    MAX_PIXELS,
     DecodeError,
     ImageReadError,
     ImageTooLargeError,
-    MAX_PIXELS,
     UnsupportedFormatError,
     stretch_to_uint8,
 )
@@ -111,4 +111,4 @@ def looks_inverted(unit: np.ndarray) -> bool:
     return center + POLARITY_MARGIN < min(left, right)
 
 
-__all__ = ["read_dicom_gray", "looks_inverted", "ImageReadError"]
+__all__ = ["ImageReadError", "looks_inverted", "read_dicom_gray"]

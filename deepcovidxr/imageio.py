@@ -82,7 +82,9 @@ def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
     for directory, subdirs, files in os.walk(root):
         here = Path(directory)
         subdirs[:] = sorted(
-            d for d in subdirs if not d.startswith(".") and (exclude_resolved is None or (here / d).resolve() != exclude_resolved)
+            d
+            for d in subdirs
+            if not d.startswith(".") and (exclude_resolved is None or (here / d).resolve() != exclude_resolved)
         )
         for name in sorted(files):
             if not name.startswith("."):
@@ -158,11 +160,17 @@ def write_gray(destination: Path, image: np.ndarray) -> None:
 
 def _pil_format(path: Path) -> str:
     suffix = path.suffix.lower()
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(suffix, "PNG")
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        suffix, "PNG"
+    )
 
 
 def output_name(relative: Path) -> Path:
     """The output file name for an input: same name, but DICOM becomes PNG."""
     if relative.suffix.lower() in RASTER_SUFFIXES:
         return relative
-    return relative.with_name(relative.name + ".png") if relative.suffix.lower() not in DICOM_SUFFIXES else relative.with_suffix(".png")
+    return (
+        relative.with_name(relative.name + ".png")
+        if relative.suffix.lower() not in DICOM_SUFFIXES
+        else relative.with_suffix(".png")
+    )

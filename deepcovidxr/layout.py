@@ -89,4 +89,55 @@ def legacy_crop_names(relative: Path) -> tuple[Path, Path]:
     """The original crop_img.py names: ``crop/<stem>_crop<ext>`` and
     ``crop_squared/<stem>_crop_squared<ext>`` (sub-folders kept)."""
     parent, stem, suffix = relative.parent, relative.stem, relative.suffix
-    return (Path("crop") / parent / f"{stem}_crop{suffix}", Path("crop_squared") / parent / f"{stem}_crop_squared{suffix}")
+    return (
+        Path("crop") / parent / f"{stem}_crop{suffix}",
+        Path("crop_squared") / parent / f"{stem}_crop_squared{suffix}",
+    )
+
+
+@dataclass(frozen=True)
+class Member:
+    """One ensemble member: a backbone trained on one (size, crop) view."""
+
+    backbone: str  # CLI name, e.g. "DenseNet-121"
+    size: int
+    crop: CropMode
+
+    @property
+    def spec(self):
+        from deepcovidxr import backbones
+
+        return backbones.get(self.backbone)
+
+    @property
+    def short_name(self) -> str:
+        """The original's member name: ``dense_224_uncrop``."""
+        return f"{self.spec.short}_{self.size}_{self.crop.value}"
+
+    @property
+    def legacy_filename(self) -> str:
+        """The published weight-file name: ``DenseNet_224_up_uncrop.h5``."""
+        return f"{self.spec.prefix}_{self.size}_up_{self.crop.value}.h5"
+
+    @classmethod
+    def parse(cls, text: str) -> Member:
+        """Accept a short name (``res_331_crop``) or a weight-file name (``ResNet50_331_up_crop.h5``)."""
+        from deepcovidxr import backbones
+
+        stem = Path(text).name.removesuffix(".h5")
+        parts = stem.split("_")
+        if len(parts) == 4 and parts[2] == "up":
+            parts = [parts[0], parts[1], parts[3]]
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise ValueError(f"not a member name: {text!r} (expected e.g. res_331_crop or ResNet50_331_up_crop.h5)")
+        return cls(backbones.get(parts[0]).name, int(parts[1]), CropMode(parts[2]))
+
+
+def ensemble_members() -> tuple[Member, ...]:
+    """The canonical 24-member order of ``ensemble_weights.pickle`` (SPEC s.14): per backbone
+    family, 224 uncrop, 224 crop, 331 uncrop, 331 crop."""
+    from deepcovidxr.backbones import BACKBONES
+
+    return tuple(
+        Member(b.name, size, crop) for b in BACKBONES for size in SIZES for crop in (CropMode.UNCROP, CropMode.CROP)
+    )

@@ -43,19 +43,32 @@ def read_layer_weights(path: Path) -> Iterator[tuple[str, list[np.ndarray]]]:
                 yield layer_name, [np.asarray(layer_group[w]) for w in weight_names]
 
 
-def copy_weights_in_order(path: Path, model) -> None:
-    """Copy a legacy file's weights into ``model``, the n-th weighted layer of the file into the
-    n-th weighted layer of the model, after checking that counts and every shape agree."""
+def copy_weights_in_order(path: Path, model, targets: list | None = None, swap_head: bool = False) -> list[str]:
+    """Copy a legacy file's weights into ``model``: the n-th weighted layer of the file into the
+    n-th of ``targets`` (default: every layer of ``model`` that has weights), after checking that
+    the counts and every shape agree.
+
+    With ``swap_head``, a last layer whose shapes differ (a 14-finding NIH head loaded into a
+    1-output member) keeps its fresh initialisation instead of failing. Returns the names of the
+    model layers left untouched that way.
+    """
     source = list(read_layer_weights(path))
-    targets = [layer for layer in model.layers if layer.weights]
+    targets = targets if targets is not None else [layer for layer in model.layers if layer.weights]
     if len(source) != len(targets):
         raise LegacyWeightsError(
             f"{path}: the file has {len(source)} layers with weights, the {model.name} architecture has {len(targets)}"
         )
-    for (name, arrays), layer in zip(source, targets, strict=True):
+    skipped = []
+    pairs = list(zip(source, targets, strict=True))
+    for index, ((name, arrays), layer) in enumerate(pairs):
         expected = [tuple(w.shape) for w in layer.weights]
         found = [tuple(a.shape) for a in arrays]
         if expected != found:
+            if swap_head and index == len(pairs) - 1:
+                skipped.append(layer.name)
+                continue
             raise LegacyWeightsError(f"{path}: layer {name!r} holds shapes {found}, {layer.name!r} expects {expected}")
-    for (_, arrays), layer in zip(source, targets, strict=True):
-        layer.set_weights(arrays)
+    for (_, arrays), layer in pairs:
+        if layer.name not in skipped:
+            layer.set_weights(arrays)
+    return skipped

@@ -21,7 +21,12 @@ def lanczos_resize(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
 
 
+def normalise(rgb):
+    """0..255 RGB values -> ImageNet-standardised floats. Plain arithmetic, so the same function
+    serves numpy arrays (prediction, Grad-CAM) and TensorFlow tensors (the tf.data pipelines)."""
+    return (rgb / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
 def to_model_input(gray: np.ndarray) -> np.ndarray:
     """Gray uint8 (H, W) at the member's size -> float32 (H, W, 3), ImageNet-standardised."""
-    rgb = np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=-1)
-    return (rgb - IMAGENET_MEAN) / IMAGENET_STD
+    return normalise(np.repeat(gray[..., None].astype(np.float32), 3, axis=-1)).astype(np.float32)

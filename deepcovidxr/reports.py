@@ -62,11 +62,18 @@ def write_qc_montage(destination: Path, items: list[QcItem], columns: int = 8) -
         tile = cv2.cvtColor(item.thumbnail, cv2.COLOR_GRAY2BGR)
         sy, sx = THUMB / item.shape[0], THUMB / item.shape[1]
         colour = STATUS_COLOURS.get(item.status, (255, 0, 255))
-        cv2.rectangle(tile, (int(item.box.x0 * sx), int(item.box.y0 * sy)),
-                      (int(item.box.x1 * sx) - 1, int(item.box.y1 * sy) - 1), colour, 2)
+        cv2.rectangle(
+            tile,
+            (int(item.box.x0 * sx), int(item.box.y0 * sy)),
+            (int(item.box.x1 * sx) - 1, int(item.box.y1 * sy) - 1),
+            colour,
+            2,
+        )
         canvas[top : top + THUMB, left : left + THUMB] = tile
         caption = item.name if len(item.name) <= 26 else "..." + item.name[-23:]
-        cv2.putText(canvas, caption, (left + 3, top + THUMB + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, caption, (left + 3, top + THUMB + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (0, 0, 0), 1, cv2.LINE_AA
+        )
     with atomic_path(destination) as tmp:
         cv2.imwrite(str(tmp), canvas)
     return destination
@@ -88,4 +95,36 @@ def write_view_strip(destination: Path, rows: list[list[Path]], titles: list[str
             canvas[top : top + tile - 4, left : left + tile - 4] = thumb[..., None]
     with atomic_path(destination) as tmp:
         cv2.imwrite(str(tmp), canvas)
+    return destination
+
+
+def plot_training_curves(destination: Path, histories: dict[str, dict], title: str = "") -> Path:
+    """Loss, AUC, accuracy, precision and recall per epoch, training vs validation, the phases
+    one after the other (a dashed line marks where phase 2 starts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["loss", "auc", "acc", "precision", "recall"]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
+    for axis, metric in zip(axes, metrics, strict=True):
+        offset = 0
+        for index, (phase, history) in enumerate(histories.items()):
+            train, val = history.get(metric, []), history.get(f"val_{metric}", [])
+            epochs = np.arange(offset + 1, offset + len(train) + 1)
+            axis.plot(epochs, train, color="tab:blue", label="train" if index == 0 else None)
+            if val:
+                axis.plot(epochs[: len(val)], val, color="tab:orange", label="validation" if index == 0 else None)
+            if index > 0 and len(train):
+                axis.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.8)
+            offset += len(train)
+        axis.set_title(metric)
+        axis.set_xlabel("epoch")
+    axes[0].legend()
+    figure.suptitle(f"{title}  (dashed: backbone unfrozen)" if title else "")
+    figure.tight_layout()
+    with atomic_path(destination) as tmp:
+        figure.savefig(tmp, dpi=100)
+    plt.close(figure)
     return destination

@@ -33,7 +33,10 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
     """Run a stage script as a user would, in a subprocess, from the repo root."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

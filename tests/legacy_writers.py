@@ -46,8 +46,9 @@ def write_imlab_unet(directory: Path) -> tuple[Path, Path, Path]:
     """An imlab-architecture U-Net saved by tf-keras as a full-model .hdf5, plus a probe input
     and the legacy model's own output for it."""
     model, probe, expected = directory / "trained_model.hdf5", directory / "probe.npy", directory / "expected.npy"
-    done = subprocess.run([sys.executable, "-c", IMLAB_UNET, model, probe, expected],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", IMLAB_UNET, model, probe, expected], capture_output=True, text=True, timeout=300
+    )
     if done.returncode != 0:
         raise RuntimeError(f"tf-keras writer failed:\n{done.stderr[-3000:]}")
     return model, probe, expected

@@ -10,16 +10,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import UNET_WEIGHTS, run_script, shared
 from PIL import Image
 
-from conftest import UNET_WEIGHTS, run_script, shared
 from deepcovidxr.batch import BatchReport
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs.train import dice
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
 
 
 def _report(folder: Path) -> dict[str, dict]:
@@ -57,21 +61,40 @@ def test_broken_files_get_error_rows_and_a_nonzero_exit(cropped) -> None:
     out, _, done, _ = cropped
     assert done.returncode == 1, done.stderr[-2000:]
     rows = _report(out)
-    assert set(rows) == {"pos.png", "ward/neg.png", "ward/dicom/chest.dcm", "ward/dicom/966.dcm", "empty.png",
-                         "notes.txt", "truncated.png"}
+    assert set(rows) == {
+        "pos.png",
+        "ward/neg.png",
+        "ward/dicom/chest.dcm",
+        "ward/dicom/966.dcm",
+        "empty.png",
+        "notes.txt",
+        "truncated.png",
+    }
     for name in ("empty.png", "notes.txt", "truncated.png", "ward/dicom/966.dcm"):
         assert rows[name]["status"] == "error" and rows[name]["error"], name
         assert name in done.stderr  # reported on stderr too
     assert rows["empty.png"]["error"] == "empty file (0 bytes)"
     assert "truncated" in rows["truncated.png"]["error"]
     assert list(next(csv.reader((out / "crop_report.csv").open()))) == [
-        "file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "error"]
+        "file",
+        "status",
+        "x0",
+        "y0",
+        "x1",
+        "y1",
+        "lung_fraction",
+        "error",
+    ]
 
 
 def test_good_files_get_square_crops_with_the_same_names(cropped, messy_folder: Path) -> None:
     out, _, _, _ = cropped
     rows = _report(out)
-    for name, written in [("pos.png", "pos.png"), ("ward/neg.png", "ward/neg.png"), ("ward/dicom/chest.dcm", "ward/dicom/chest.png")]:
+    for name, written in [
+        ("pos.png", "pos.png"),
+        ("ward/neg.png", "ward/neg.png"),
+        ("ward/dicom/chest.dcm", "ward/dicom/chest.png"),
+    ]:
         row = rows[name]
         assert row["status"] in {"ok", "one_lung"}, row
         crop = np.asarray(Image.open(out / written))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_script
 from PIL import Image
 
-from conftest import run_script
 from deepcovidxr.dataset import LabelledImage, flat_name, patient_split, read_labels
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.layout import DataTree, Label, Split
@@ -27,9 +27,14 @@ def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 
 
 def test_read_labels_accepts_common_spellings(tmp_path: Path) -> None:
-    path = _write_csv(tmp_path / "l.csv", ["Filename", "Class", "Patient"], [["a.png", "1", "p1"], ["sub\\b.png", "negative", ""]])
+    path = _write_csv(
+        tmp_path / "l.csv", ["Filename", "Class", "Patient"], [["a.png", "1", "p1"], ["sub\\b.png", "negative", ""]]
+    )
     rows = read_labels(path)
-    assert rows == [LabelledImage("a.png", Label.POSITIVE, "p1"), LabelledImage("sub/b.png", Label.NEGATIVE, "sub/b.png")]
+    assert rows == [
+        LabelledImage("a.png", Label.POSITIVE, "p1"),
+        LabelledImage("sub/b.png", Label.NEGATIVE, "sub/b.png"),
+    ]
 
 
 def test_read_labels_errors_name_the_line(tmp_path: Path) -> None:
@@ -42,8 +47,11 @@ def test_read_labels_errors_name_the_line(tmp_path: Path) -> None:
 
 
 def _cohort(patients: int, images_per_patient: int = 3) -> list[LabelledImage]:
-    return [LabelledImage(f"p{p}_{i}.png", Label.POSITIVE if p % 3 == 0 else Label.NEGATIVE, f"p{p}")
-            for p in range(patients) for i in range(images_per_patient)]
+    return [
+        LabelledImage(f"p{p}_{i}.png", Label.POSITIVE if p % 3 == 0 else Label.NEGATIVE, f"p{p}")
+        for p in range(patients)
+        for i in range(images_per_patient)
+    ]
 
 
 def test_patient_split_keeps_patients_whole_and_is_seeded() -> None:
@@ -58,8 +66,10 @@ def test_patient_split_keeps_patients_whole_and_is_seeded() -> None:
     for label in Label:  # stratified: each split holds both classes in about the right share
         patients = {r.patient_id for r in rows if r.label is label}
         counts = {s: sum(1 for p in patients if split[f"{p}_0.png"] is s) for s in Split}
-        assert counts[Split.TEST] == round(0.15 * len(patients)) and counts[Split.VALIDATION] == round(0.15 * len(patients))
-    with pytest.raises(ValueError, match="sum to 1"):
+        assert counts[Split.TEST] == round(0.15 * len(patients)) and counts[Split.VALIDATION] == round(
+            0.15 * len(patients)
+        )
+    with pytest.raises(ValueError, match="summing to 1"):
         patient_split(rows, (0.5, 0.1, 0.1), seed=0)
 
 
@@ -78,12 +88,14 @@ def built(tmp_path_factory: pytest.TempPathFactory):
         handle.write("images/broken.png,Positive,patient_broken\n")
     (phantoms / "images" / "broken.png").write_bytes(b"garbage")
     out = base / "tree"
-    done = run_script("build_dataset.py", "--images", phantoms, "--labels", labels, "-o", out, "--sizes", "64", "--seed", "1")
+    done = run_script(
+        "build_dataset.py", "--images", phantoms, "--labels", labels, "-o", out, "--sizes", "64", "--seed", "1"
+    )
     return phantoms, out, done
 
 
 def test_tree_is_complete_and_views_pair_by_name(built) -> None:
-    phantoms, out, done = built
+    _phantoms, out, done = built
     assert done.returncode == 1, done.stderr[-2000:]  # the broken file
     tree = DataTree(out)
     tree.check(sizes=(64,))
@@ -119,7 +131,18 @@ def test_manifest_rows_match_what_was_written(built) -> None:
 
 def test_rerun_resumes_without_redoing_work(built) -> None:
     phantoms, out, _ = built
-    again = run_script("build_dataset.py", "--images", phantoms, "--labels", phantoms / "labels.csv", "-o", out,
-                       "--sizes", "64", "--seed", "1")
+    again = run_script(
+        "build_dataset.py",
+        "--images",
+        phantoms,
+        "--labels",
+        phantoms / "labels.csv",
+        "-o",
+        out,
+        "--sizes",
+        "64",
+        "--seed",
+        "1",
+    )
     assert again.returncode == 1
     assert "20 to do" not in again.stderr and "1 to do" in again.stderr

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared
 from PIL import Image
 
-from conftest import shared
 from deepcovidxr.imageio import (
     DecodeError,
     EmptyFileError,
@@ -40,7 +40,7 @@ def test_gray_png_round_trips_exactly(tmp_path: Path) -> None:
 
 
 def test_16bit_png_is_stretched_to_full_range(tmp_path: Path) -> None:
-    values = (GRADIENT.astype(np.uint16) * 16)  # a 12-bit image stored in 16 bits
+    values = GRADIENT.astype(np.uint16) * 16  # a 12-bit image stored in 16 bits
     path = _save(tmp_path, "g16.png", Image.fromarray(values))
     assert Image.open(path).mode.startswith("I")
     out = read_gray(path)
@@ -88,39 +88,48 @@ def test_jpeg_gray_and_rgb(tmp_path: Path) -> None:
 def test_empty_truncated_and_non_image_files_raise_typed_errors(tmp_path: Path) -> None:
     empty = tmp_path / "empty.png"
     empty.write_bytes(b"")
-    with pytest.raises(EmptyFileError, match="empty.png: empty file"):
+    with pytest.raises(EmptyFileError, match=r"empty\.png: empty file"):
         read_gray(empty)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     with pytest.raises(UnsupportedFormatError) as caught:
         read_gray(text)
     assert caught.value.path == text and "not a readable image" in caught.value.reason
-    good = _save(tmp_path, "full.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)))
+    good = _save(
+        tmp_path, "full.png", Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8))
+    )
     truncated = tmp_path / "truncated.png"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(DecodeError, match="truncated"):
         read_gray(truncated)
-    with pytest.raises(ImageReadError, match="cannot read file"):
+    with pytest.raises(ImageReadError, match=r"cannot read file"):
         read_gray(tmp_path / "missing.png")
 
 
 def _png_header_only(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header claims a huge image (a decompression bomb's calling card)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
 def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
     bomb = _png_header_only(tmp_path / "bomb.png", 30_000, 30_000)
-    with pytest.raises(ImageTooLargeError, match="pixel limit|decompression bomb"):
+    with pytest.raises(ImageTooLargeError, match=r"pixel limit|decompression bomb"):
         read_gray(bomb)
 
 
 # ---- DICOM: every file of ../shared/data/dicom ------------------------------------------------
+
 
 def _dicom_manifest() -> list[dict]:
     with (shared("dicom") / "manifest.csv").open(newline="") as handle:
@@ -132,7 +141,9 @@ def _mediastinum_minus_lungs(gray: np.ndarray) -> float:
     h, w = gray.shape
     rows = slice(int(0.25 * h), int(0.7 * h))
     centre = np.median(gray[rows, int(0.45 * w) : int(0.55 * w)])
-    lungs = max(np.median(gray[rows, int(0.15 * w) : int(0.35 * w)]), np.median(gray[rows, int(0.65 * w) : int(0.85 * w)]))
+    lungs = max(
+        np.median(gray[rows, int(0.15 * w) : int(0.35 * w)]), np.median(gray[rows, int(0.65 * w) : int(0.85 * w)])
+    )
     return float(centre) - float(lungs)
 
 
@@ -144,9 +155,16 @@ def test_broken_dicom_fails_cleanly() -> None:
     assert "cannot decode pixel data" in caught.value.reason and "1.2.840.10008.1.2.4.90" in caught.value.reason
 
 
-@pytest.mark.parametrize("name", ["RG1_J2KI.dcm", "966_fixed.dcm", "Fake_MONOHR1.dcm",
-                                  "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
-                                  "c64d5667-a776-4f95-9e21-bfabafb07740.dcm"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "RG1_J2KI.dcm",
+        "966_fixed.dcm",
+        "Fake_MONOHR1.dcm",
+        "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+        "c64d5667-a776-4f95-9e21-bfabafb07740.dcm",
+    ],
+)
 def test_chest_dicoms_decode_with_dark_lungs(name: str) -> None:
     rows = {r["file"]: r for r in _dicom_manifest()}
     assert name in rows, f"{name} not in the DICOM manifest"
@@ -178,7 +196,7 @@ def test_monochrome1_inverse_lut_and_window_are_applied() -> None:
 
 def test_extremity_dicom_decodes_with_bright_bone() -> None:
     gray = read_gray(shared("dicom", "RG3_J2KR.dcm"))
-    h, w = gray.shape
+    _h, w = gray.shape
     # MONOCHROME1: the leg in the middle comes out brighter than the air either side of it
     # (the collimated borders, which hold no signal, come out white as on a film).
     leg = np.median(gray[:, int(0.45 * w) : int(0.50 * w)])

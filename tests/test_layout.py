@@ -23,8 +23,16 @@ def test_check_lists_every_missing_folder(tmp_path: Path) -> None:
         tree.check()
 
 
-@pytest.mark.parametrize(("text", "label"), [("Positive", Label.POSITIVE), ("1", Label.POSITIVE), ("covid", Label.POSITIVE),
-                                              ("negative", Label.NEGATIVE), ("0", Label.NEGATIVE)])
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("Positive", Label.POSITIVE),
+        ("1", Label.POSITIVE),
+        ("covid", Label.POSITIVE),
+        ("negative", Label.NEGATIVE),
+        ("0", Label.NEGATIVE),
+    ],
+)
 def test_label_parsing(text: str, label: Label) -> None:
     assert Label.parse(text) is label
 
@@ -44,3 +52,36 @@ def test_legacy_crop_names_keep_subfolders() -> None:
     tight, square = legacy_crop_names(Path("ward/a.jpg"))
     assert tight == Path("crop/ward/a_crop.jpg")
     assert square == Path("crop_squared/ward/a_crop_squared.jpg")
+
+
+SPEC_ORDER = [  # SPEC s.14: member, file
+    ("dense_224_uncrop", "DenseNet_224_up_uncrop.h5"), ("dense_224_crop", "DenseNet_224_up_crop.h5"),
+    ("dense_331_uncrop", "DenseNet_331_up_uncrop.h5"), ("dense_331_crop", "DenseNet_331_up_crop.h5"),
+    ("res_224_uncrop", "ResNet50_224_up_uncrop.h5"), ("res_224_crop", "ResNet50_224_up_crop.h5"),
+    ("res_331_uncrop", "ResNet50_331_up_uncrop.h5"), ("res_331_crop", "ResNet50_331_up_crop.h5"),
+    ("inception_224_uncrop", "Inception_224_up_uncrop.h5"), ("inception_224_crop", "Inception_224_up_crop.h5"),
+    ("inception_331_uncrop", "Inception_331_up_uncrop.h5"), ("inception_331_crop", "Inception_331_up_crop.h5"),
+    ("inceptionresnet_224_uncrop", "InceptionResNet_224_up_uncrop.h5"),
+    ("inceptionresnet_224_crop", "InceptionResNet_224_up_crop.h5"),
+    ("inceptionresnet_331_uncrop", "InceptionResNet_331_up_uncrop.h5"),
+    ("inceptionresnet_331_crop", "InceptionResNet_331_up_crop.h5"),
+    ("xception_224_uncrop", "Xception_224_up_uncrop.h5"), ("xception_224_crop", "Xception_224_up_crop.h5"),
+    ("xception_331_uncrop", "Xception_331_up_uncrop.h5"), ("xception_331_crop", "Xception_331_up_crop.h5"),
+    ("efficient_224_uncrop", "EfficientNet_224_up_uncrop.h5"), ("efficient_224_crop", "EfficientNet_224_up_crop.h5"),
+    ("efficient_331_uncrop", "EfficientNet_331_up_uncrop.h5"), ("efficient_331_crop", "EfficientNet_331_up_crop.h5"),
+]
+
+
+def test_canonical_member_order_and_file_names() -> None:
+    from deepcovidxr.layout import ensemble_members
+
+    assert [(m.short_name, m.legacy_filename) for m in ensemble_members()] == SPEC_ORDER
+
+
+def test_member_names_parse_back() -> None:
+    from deepcovidxr.layout import Member, ensemble_members
+
+    for member in ensemble_members():
+        assert Member.parse(member.short_name) == member == Member.parse(member.legacy_filename)
+    with pytest.raises(ValueError, match="not a member name"):
+        Member.parse("ResNet50_final.h5")

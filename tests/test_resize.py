@@ -7,9 +7,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from conftest import run_script, shared
 from PIL import Image
 
-from conftest import run_script, shared
 from deepcovidxr.preprocess import lanczos_resize
 from deepcovidxr.resizing import ResizeConfig, run_resize
 
@@ -50,7 +50,9 @@ def test_stage_mirrors_tree_keeps_modes_and_reports_errors(tmp_path: Path) -> No
     out = tmp_path / "out"
     g = Image.open(out / "g.png")
     assert g.mode == "L" and g.size == (64, 64)
-    np.testing.assert_array_equal(np.asarray(g), np.asarray(Image.fromarray(gray).resize((64, 64), Image.Resampling.LANCZOS)))
+    np.testing.assert_array_equal(
+        np.asarray(g), np.asarray(Image.fromarray(gray).resize((64, 64), Image.Resampling.LANCZOS))
+    )
     c = Image.open(out / "a" / "rgb.png")
     assert c.mode == "RGB" and c.size == (64, 64)
     assert Image.open(out / "a" / "b" / "q.jpg").format == "JPEG"

@@ -7,8 +7,8 @@ import csv
 import cv2
 import numpy as np
 import pytest
-
 from conftest import shared
+
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import locate
@@ -81,7 +81,12 @@ def test_spine_column_is_searched_in_the_middle_third() -> None:
 @pytest.mark.parametrize(
     ("box", "width", "height", "expected"),
     [
-        (Box(10, 20, 30, 60), 100, 100, Box(0, 20, 40, 60)),  # grow width 20 -> 40: 10 each side, left edge pushes right
+        (
+            Box(10, 20, 30, 60),
+            100,
+            100,
+            Box(0, 20, 40, 60),
+        ),  # grow width 20 -> 40: 10 each side, left edge pushes right
         (Box(40, 20, 60, 60), 100, 100, Box(30, 20, 70, 60)),  # centred growth
         (Box(41, 20, 60, 60), 100, 100, Box(31, 20, 71, 60)),  # odd growth: extra pixel at the end
         (Box(80, 20, 95, 60), 100, 100, Box(60, 20, 100, 60)),  # right edge pushes left
@@ -115,7 +120,7 @@ def test_unet_input_is_standardised_per_image() -> None:
 def _lungmask_rows(limit: int | None = None) -> list[dict]:
     with (shared("lungmasks") / "manifest.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return rows[::max(1, len(rows) // limit)] if limit else rows
+    return rows[:: max(1, len(rows) // limit)] if limit else rows
 
 
 def test_box_rules_on_real_masks_keep_99_percent_of_the_lung() -> None:

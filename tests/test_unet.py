@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from legacy_writers import write_imlab_unet
+
 from deepcovidxr.legacy_h5 import LegacyWeightsError
 from deepcovidxr.lungs.unet import build_unet, load_unet
 
@@ -42,7 +42,7 @@ def test_wrong_architecture_file_fails_naming_file_and_layer(tmp_path: Path) -> 
     light = build_unet("light")
     path = tmp_path / "light.weights.h5"
     light.save_weights(path)
-    with pytest.raises(LegacyWeightsError, match="not.*readable|no Keras 2 layer list"):
+    with pytest.raises(LegacyWeightsError, match=r"not.*readable|no Keras 2 layer list"):
         load_unet(path.rename(tmp_path / "light.hdf5"))
 
 
@@ -58,6 +58,6 @@ def test_our_weights_round_trip_with_their_sidecar(tmp_path: Path) -> None:
     path = tmp_path / "lung_unet.weights.h5"
     model.save_weights(path)
     (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
-    loaded, meta = load_unet(path)
+    loaded, _meta = load_unet(path)
     probe = np.random.default_rng(1).normal(size=(1, 256, 256, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)

@@ -135,10 +135,10 @@ def scale_box(box: Box, from_size: int, width: int, height: int) -> Box:
     """Map a box at ``from_size`` x ``from_size`` scale onto a width x height image."""
     sx, sy = width / from_size, height / from_size
     return Box(
-        int(round(box.x0 * sx)),
-        int(round(box.y0 * sy)),
-        min(width, int(round(box.x1 * sx))),
-        min(height, int(round(box.y1 * sy))),
+        round(box.x0 * sx),
+        round(box.y0 * sy),
+        min(width, round(box.x1 * sx)),
+        min(height, round(box.y1 * sy)),
     )
 
 

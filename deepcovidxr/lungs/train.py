@@ -75,7 +75,7 @@ def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     for dataset in sorted({p.dataset for p in pairs}):
         group = [p for p in pairs if p.dataset == dataset]
         order = rng.permutation(len(group))
-        n_held = max(1, int(round(fraction * len(group))))
+        n_held = max(1, round(fraction * len(group)))
         held_idx = set(order[:n_held].tolist())
         for i, pair in enumerate(group):
             (heldout if i in held_idx else train).append(pair)
@@ -159,8 +159,12 @@ def train_unet(config: UnetTrainConfig) -> Path:
             images, masks = [], []
             for i in chosen:
                 matrix = random_affine(rng)
-                image = cv2.warpAffine(x_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-                mask = cv2.warpAffine(y_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                image = cv2.warpAffine(
+                    x_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                )
+                mask = cv2.warpAffine(
+                    y_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+                )
                 if rng.random() < 0.5:  # radiographs are stored both ways round
                     image, mask = image[:, ::-1], mask[:, ::-1]
                 images.append(segment.unet_input(np.ascontiguousarray(image)))
@@ -227,13 +231,22 @@ def train_unet(config: UnetTrainConfig) -> Path:
             "heldout_dice256_best": best["dice256"],
             "measured_on": "held-out pairs at mask resolution, post-processed as crop_img.py --save-masks",
         },
-        "training": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-                     "best_epoch": best["epoch"], "seconds": round(seconds, 1), "history": history},
+        "training": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+            "best_epoch": best["epoch"],
+            "seconds": round(seconds, 1),
+            "history": history,
+        },
         "date": dt.date.today().isoformat(),
         "deepcovidxr_version": __version__,
         "keras_version": keras.__version__,
     }
     write_json(sidecar_path(weights_path), meta)
-    log.info("held-out Dice %.4f (median %.4f, min %.4f); wrote %s", meta["validation"]["dice_mean"],
-             meta["validation"]["dice_median"], meta["validation"]["dice_min"], weights_path)
+    log.info(
+        "held-out Dice %.4f (median %.4f, min %.4f); wrote %s",
+        meta["validation"]["dice_mean"],
+        meta["validation"]["dice_median"],
+        meta["validation"]["dice_min"],
+        weights_path,
+    )
     return weights_path
