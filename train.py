@@ -23,29 +23,55 @@ def build_parser():
     p = cli.parser(__doc__)
     p.add_argument("-m", "--model", required=True, choices=NAMES, help="backbone")
     p.add_argument("-s", "--size", type=int, required=True, help="input side in pixels (224 or 331 for the ensemble)")
-    p.add_argument("-p", "--path", type=cli.existing_path, required=True,
-                   help="folder holding Train/ and Validation/ (e.g. dataset/224/crop)")
+    p.add_argument(
+        "-p",
+        "--path",
+        type=cli.existing_path,
+        required=True,
+        help="folder holding Train/ and Validation/ (e.g. dataset/224/crop)",
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (members of all views can share it)")
-    p.add_argument("-w", "--weight_path", default=None,
-                   help="initial weights: imagenet (needs a download), a file (keras.applications ImageNet no-top .h5, "
-                        "nih_weight_<Model>_<size>.h5 from pretrain.py, or a member .h5), or none (default: none)")
-    p.add_argument("-hy", "--hyperparameters", type=Path, default=None,
-                   help="hyperparameters.json or the original's hyperparameters.pickle (keys dropout_rate, "
-                        "learning_rate, momentum); default lr 1e-3, momentum 0.9, dropout 0.3")
-    p.add_argument("--crop", choices=("crop", "uncrop"), default=None,
-                   help="the view, for the output name (default: inferred from --path)")
-    p.add_argument("--epochs", type=int, default=50, help="most epochs per phase (default 50; early stopping ends sooner)")
+    p.add_argument(
+        "-w",
+        "--weight_path",
+        default=None,
+        help="initial weights: imagenet (needs a download), a file (keras.applications ImageNet no-top .h5, "
+        "nih_weight_<Model>_<size>.h5 from pretrain.py, or a member .h5), or none (default: none)",
+    )
+    p.add_argument(
+        "-hy",
+        "--hyperparameters",
+        type=Path,
+        default=None,
+        help="hyperparameters.json or the original's hyperparameters.pickle (keys dropout_rate, "
+        "learning_rate, momentum); default lr 1e-3, momentum 0.9, dropout 0.3",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("crop", "uncrop"),
+        default=None,
+        help="the view, for the output name (default: inferred from --path)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=50, help="most epochs per phase (default 50; early stopping ends sooner)"
+    )
     p.add_argument("--batch-size", type=int, default=16, help="images per step per GPU (default 16)")
     p.add_argument("--learning-rate", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--momentum", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--dropout", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
-    p.add_argument("--mixed-precision", action="store_true",
-                   help="mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)",
+    )
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not cache decoded images in memory")
-    p.add_argument("--multi-worker", action="store_true",
-                   help="multi-node data parallelism with MultiWorkerMirroredStrategy, configured by TF_CONFIG")
+    p.add_argument(
+        "--multi-worker",
+        action="store_true",
+        help="multi-node data parallelism with MultiWorkerMirroredStrategy, configured by TF_CONFIG",
+    )
     cli.add_seed(p)
     cli.add_overwrite(p)
     cli.add_common(p)
@@ -58,11 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     from deepcovidxr.training import TrainConfig, train
 
     config = TrainConfig(
-        model=args.model, size=args.size, path=args.path, output=args.output, weights=args.weight_path,
-        hyperparameters=args.hyperparameters, crop=args.crop, epochs=args.epochs, batch_size=args.batch_size,
-        seed=args.seed, learning_rate=args.learning_rate, momentum=args.momentum, dropout=args.dropout,
-        class_weight=args.class_weight, oversample=args.oversample, mixed_precision=args.mixed_precision,
-        cache=args.cache, overwrite=args.overwrite, multi_worker=args.multi_worker,
+        model=args.model,
+        size=args.size,
+        path=args.path,
+        output=args.output,
+        weights=args.weight_path,
+        hyperparameters=args.hyperparameters,
+        crop=args.crop,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        learning_rate=args.learning_rate,
+        momentum=args.momentum,
+        dropout=args.dropout,
+        class_weight=args.class_weight,
+        oversample=args.oversample,
+        mixed_precision=args.mixed_precision,
+        cache=args.cache,
+        overwrite=args.overwrite,
+        multi_worker=args.multi_worker,
     )
     return cli.run_stage(lambda: train(config))
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ def configure_logging(verbose: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # absl repeats Keras' advice against the HDF5 files the member contract requires.
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # Keras warns that fit's default shuffle does not apply to tf.data, which we shuffle ourselves.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     # pydicom logs a traceback per failed decoder plugin; the stage reports the failure itself.
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 

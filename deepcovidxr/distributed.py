@@ -64,14 +64,29 @@ def train_member_multiworker(config: TrainConfig) -> Path:
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         batch = context.get_per_replica_batch_size(global_batch)
-        ds = make_dataset(train_files, config.size, batch, training=True, seed=config.seed,
-                          oversample=config.oversample, cache=config.cache, repeat=True)
+        ds = make_dataset(
+            train_files,
+            config.size,
+            batch,
+            training=True,
+            seed=config.seed,
+            oversample=config.oversample,
+            cache=config.cache,
+            repeat=True,
+        )
         return ds.shard(context.num_input_pipelines, context.input_pipeline_id)
 
     distributed = iter(strategy.distribute_datasets_from_function(dataset_fn))
     val_ds = make_dataset(val_files, config.size, config.batch_size, training=False, cache=config.cache)
-    log.info("worker %d of %d: %s, %d steps per epoch, global batch %d, %s", index, workers, member.short_name,
-             steps, global_batch, policy)
+    log.info(
+        "worker %d of %d: %s, %d steps per epoch, global batch %d, %s",
+        index,
+        workers,
+        member.short_name,
+        steps,
+        global_batch,
+        policy,
+    )
 
     with strategy.scope():
         model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
@@ -85,7 +100,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
         variables = model.trainable_variables
         gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables))
+        optimizer.apply_gradients(zip(gradients, variables, strict=False))
         return loss
 
     history: dict[str, dict[str, list[float]]] = {}
@@ -108,7 +123,9 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             auc = _auc(val_files.labels, scores)
             records["loss"].append(float(np.mean(losses)))
             records["val_auc"].append(auc)
-            log.info("worker %d phase %s epoch %d: loss %.4f val_auc %.4f", index, phase, epoch + 1, np.mean(losses), auc)
+            log.info(
+                "worker %d phase %s epoch %d: loss %.4f val_auc %.4f", index, phase, epoch + 1, np.mean(losses), auc
+            )
             if np.isfinite(auc) and auc > best + MIN_DELTA:
                 best, best_epoch, flat = auc, epoch + 1, 0
                 best_weights = [w.numpy() for w in model.weights]
@@ -125,9 +142,27 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     copies = os.environ.get("DEEPCOVIDXR_WORKER_COPIES")
     target = paths.final if chief else (Path(copies) / f"worker_{index}" / member.legacy_filename if copies else None)
     if target is not None:
-        save_member(model, target, member, {"hyperparameters": hp.as_dict(), "workers": workers, "policy": policy,
-                                            "engine": "MultiWorkerMirroredStrategy custom loop", "history": history})
+        save_member(
+            model,
+            target,
+            member,
+            {
+                "hyperparameters": hp.as_dict(),
+                "workers": workers,
+                "policy": policy,
+                "engine": "MultiWorkerMirroredStrategy custom loop",
+                "history": history,
+            },
+        )
         if chief:
-            write_json(paths.config, {"member": member.short_name, "workers": workers, "history": history,
-                                      "hyperparameters": hp.as_dict(), "global_batch": global_batch})
+            write_json(
+                paths.config,
+                {
+                    "member": member.short_name,
+                    "workers": workers,
+                    "history": history,
+                    "hyperparameters": hp.as_dict(),
+                    "global_batch": global_batch,
+                },
+            )
     return paths.final

@@ -42,12 +42,15 @@ def _neutralise_preprocessing(model) -> None:
         if isinstance(layer, keras.layers.Rescaling):
             layer.scale, layer.offset = 1.0, 0.0
         elif isinstance(layer, keras.layers.Normalization):
-            layer.set_weights([np.zeros_like(w) if i == 0 else np.ones_like(w) if i == 1 else w
-                               for i, w in enumerate(layer.get_weights())])
+            layer.set_weights(
+                [
+                    np.zeros_like(w) if i == 0 else np.ones_like(w) if i == 1 else w
+                    for i, w in enumerate(layer.get_weights())
+                ]
+            )
 
 
-def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | Path | None = None,
-                 outputs: int = 1):
+def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | Path | None = None, outputs: int = 1):
     """A member with ``outputs`` sigmoid units (1 for COVID, 14 for NIH pretraining).
 
     ``weights``: None or ``"none"`` (random), ``"imagenet"`` (downloaded by Keras, or found in
@@ -87,8 +90,11 @@ def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | 
     if file_weights is not None:
         swapped = load_weights_file(model, file_weights, swap_head=True)
         if swapped:
-            log.info("%s: backbone weights loaded; new %d-output head (the file's head has another shape)",
-                     file_weights, outputs)
+            log.info(
+                "%s: backbone weights loaded; new %d-output head (the file's head has another shape)",
+                file_weights,
+                outputs,
+            )
     return model
 
 
@@ -106,8 +112,11 @@ def _is_backbone_weights_file(path: Path) -> bool:
 def weighted_layers(model, skip_normalization: bool = False) -> list:
     import keras
 
-    return [layer for layer in model.layers if layer.weights
-            and not (skip_normalization and isinstance(layer, keras.layers.Normalization))]
+    return [
+        layer
+        for layer in model.layers
+        if layer.weights and not (skip_normalization and isinstance(layer, keras.layers.Normalization))
+    ]
 
 
 def load_weights_file(model, path: Path, swap_head: bool = False) -> list[str]:

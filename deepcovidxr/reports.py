@@ -110,7 +110,7 @@ def plot_training_curves(destination: Path, histories: dict[str, dict], title: s
     figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
     for axis, metric in zip(axes, metrics, strict=True):
         offset = 0
-        for index, (phase, history) in enumerate(histories.items()):
+        for index, (_phase, history) in enumerate(histories.items()):
             train, val = history.get(metric, []), history.get(f"val_{metric}", [])
             epochs = np.arange(offset + 1, offset + len(train) + 1)
             axis.plot(epochs, train, color="tab:blue", label="train" if index == 0 else None)

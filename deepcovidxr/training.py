@@ -140,8 +140,12 @@ def compile_member(model, learning_rate: float, momentum: float) -> None:
     )
 
 
-def _best_checkpoint(path: Path, member: Member, info: dict):
-    """A callback that keeps the best-val-AUC weights, written atomically as a member file."""
+def best_checkpoint(path: Path, member: Member | None, info: dict):
+    """A callback that keeps the best epoch's weights, written atomically as a member file.
+
+    "Best" is the highest validation AUC; where the validation set holds a single class (tiny
+    subsets), AUC is undefined and the lowest validation loss decides instead.
+    """
     import keras
 
     from deepcovidxr.models import save_member
@@ -153,10 +157,12 @@ def _best_checkpoint(path: Path, member: Member, info: dict):
             self.best_epoch = 0
 
         def on_epoch_end(self, epoch: int, logs=None) -> None:
-            score = float((logs or {}).get("val_auc", np.nan))
+            logs = logs or {}
+            auc = float(logs.get("val_auc", np.nan))
+            score = auc if np.isfinite(auc) else -float(logs.get("val_loss", np.inf))
             if np.isfinite(score) and score > self.best:
                 self.best, self.best_epoch = score, epoch + 1
-                save_member(self.model, path, member, {**info, "val_auc": score, "epoch": epoch + 1})
+                save_member(self.model, path, member, {**info, "val_auc": auc, "epoch": epoch + 1})
 
     return BestCheckpoint()
 
@@ -167,7 +173,7 @@ def phase_callbacks(phase: str, paths: RunPaths, member: Member, info: dict) -> 
 
     paths.plots(phase).mkdir(parents=True, exist_ok=True)
     return [
-        _best_checkpoint(paths.checkpoint(phase), member, {**info, "phase": phase}),
+        best_checkpoint(paths.checkpoint(phase), member, {**info, "phase": phase}),
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=PATIENCE[phase], min_delta=MIN_DELTA),
         keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.1, patience=PLATEAU_PATIENCE),
         keras.callbacks.CSVLogger(str(paths.plots(phase) / "history.csv")),
@@ -198,21 +204,46 @@ def train_member(config: TrainConfig) -> Path:
         raise ValueError(f"{config.path}: Train and Validation each need Positive and Negative images")
     strategy = distribution_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
-    train_ds = make_dataset(train_files, config.size, global_batch, training=True, seed=config.seed,
-                            oversample=config.oversample, cache=config.cache)
+    train_ds = make_dataset(
+        train_files,
+        config.size,
+        global_batch,
+        training=True,
+        seed=config.seed,
+        oversample=config.oversample,
+        cache=config.cache,
+    )
     val_ds = make_dataset(val_files, config.size, global_batch, training=False, cache=config.cache)
     weights = class_weights(train_files.labels) if config.class_weight else None
     info = {
-        "hyperparameters": hp.as_dict(), "policy": policy, "replicas": strategy.num_replicas_in_sync,
-        "global_batch": global_batch, "train_images": len(train_files), "train_positives": train_files.positives,
-        "validation_images": len(val_files), "validation_positives": val_files.positives,
-        "initial_weights": str(config.weights), "seed": config.seed,
+        "hyperparameters": hp.as_dict(),
+        "policy": policy,
+        "replicas": strategy.num_replicas_in_sync,
+        "global_batch": global_batch,
+        "train_images": len(train_files),
+        "train_positives": train_files.positives,
+        "validation_images": len(val_files),
+        "validation_positives": val_files.positives,
+        "initial_weights": str(config.weights),
+        "seed": config.seed,
     }
-    run_config = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
-                  "member": member.short_name, **info, "class_weight": weights, "started": time.strftime("%FT%T")}
+    run_config = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "member": member.short_name,
+        **info,
+        "class_weight": weights,
+        "started": time.strftime("%FT%T"),
+    }
     write_json(paths.config, run_config)
-    log.info("training %s on %d images (%d positive); validation %d; %s; global batch %d",
-             member.short_name, len(train_files), train_files.positives, len(val_files), policy, global_batch)
+    log.info(
+        "training %s on %d images (%d positive); validation %d; %s; global batch %d",
+        member.short_name,
+        len(train_files),
+        train_files.positives,
+        len(val_files),
+        policy,
+        global_batch,
+    )
 
     histories: dict[str, dict] = {}
     for phase in PHASES:
@@ -232,8 +263,14 @@ def train_member(config: TrainConfig) -> Path:
             compile_member(model, hp.learning_rate, hp.momentum)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, config.epochs)
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=weights,
-                            callbacks=phase_callbacks(phase, paths, member, info), verbose=2)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            class_weight=weights,
+            callbacks=phase_callbacks(phase, paths, member, info),
+            verbose=2,
+        )
         histories[phase] = history.history
         if not done.is_file():
             raise RuntimeError(f"phase {phase} never produced a finite validation AUC; no checkpoint written")
@@ -245,8 +282,15 @@ def train_member(config: TrainConfig) -> Path:
         tmp.write_bytes(sidecar(paths.checkpoint("final")).read_bytes())
     _write_log(paths.log_csv, histories)
     plot_training_curves(paths.curves, histories, title=member.short_name)
-    write_json(paths.config, {**run_config, "finished": time.strftime("%FT%T"), "final": paths.final.name,
-                              "history": {p: {k: [float(v) for v in vs] for k, vs in h.items()} for p, h in histories.items()}})
+    write_json(
+        paths.config,
+        {
+            **run_config,
+            "finished": time.strftime("%FT%T"),
+            "final": paths.final.name,
+            "history": {p: {k: [float(v) for v in vs] for k, vs in h.items()} for p, h in histories.items()},
+        },
+    )
     log.info("wrote %s", paths.final)
     return paths.final
 
@@ -283,3 +327,77 @@ def train(config: TrainConfig) -> Path:
 
         return train_member_multiworker(config)
     return train_member(config)
+
+
+@dataclass(frozen=True)
+class TrainAllConfig:
+    data: Path  # dataset root holding {224,331}/{crop,uncrop}/...
+    output: Path
+    members: tuple[str, ...] = ()  # short names or file names; empty = all 24
+    weights: str | None = None  # imagenet | none | a file | a folder of nih_weight_<Model>_<size>.h5
+    hyperparameters: Path | None = None  # a file, or a tuner output folder
+    common: dict | None = None  # TrainConfig fields shared by every member (epochs, batch_size, ...)
+
+
+def member_weights(weights: str | None, member: Member) -> str | None:
+    """A folder of NIH checkpoints resolves per member; anything else applies to all."""
+    if weights and Path(weights).is_dir():
+        from deepcovidxr.pretraining import checkpoint_name
+
+        candidate = Path(weights) / checkpoint_name(member.backbone, member.size)
+        if not candidate.is_file():
+            raise FileNotFoundError(f"no {candidate.name} in {weights} for {member.short_name}")
+        return str(candidate)
+    return weights
+
+
+def member_hyperparameters(path: Path | None, member: Member) -> Path | None:
+    """A tuner output folder resolves to that member's tuned values (or the defaults, with a
+    warning, when the member was not tuned); a file applies to all."""
+    if path is None or not Path(path).is_dir():
+        return path
+    stem = member.legacy_filename.removesuffix(".h5")
+    candidate = Path(path) / "tuner" / "best_models_and_params" / stem / "model_params" / "hyperparameters.json"
+    if candidate.is_file():
+        return candidate
+    log.warning("no tuned hyperparameters for %s under %s; using the defaults", member.short_name, path)
+    return None
+
+
+def train_all(config: TrainAllConfig) -> Path:
+    """Train the chosen members one after another; finished ones are skipped, so a rerun resumes."""
+    import gc
+
+    import keras
+
+    from deepcovidxr.layout import DataTree, ensemble_members
+
+    members = [Member.parse(m) for m in config.members] if config.members else list(ensemble_members())
+    tree = DataTree(Path(config.data))
+    missing = [m.short_name for m in members if not tree.view_dir(m.size, m.crop).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{config.data}: no data folder for {', '.join(missing)}")
+    failures = []
+    for number, member in enumerate(members, start=1):
+        log.info("member %d of %d: %s", number, len(members), member.short_name)
+        try:
+            train_member(
+                TrainConfig(
+                    model=member.backbone,
+                    size=member.size,
+                    path=tree.view_dir(member.size, member.crop),
+                    output=config.output,
+                    crop=member.crop,
+                    weights=member_weights(config.weights, member),
+                    hyperparameters=member_hyperparameters(config.hyperparameters, member),
+                    **(config.common or {}),
+                )
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as error:
+            log.error("%s failed: %s", member.short_name, error)
+            failures.append(member.short_name)
+        keras.backend.clear_session()
+        gc.collect()
+    if failures:
+        raise RuntimeError(f"{len(failures)} member(s) failed: {', '.join(failures)}")
+    return Path(config.output)

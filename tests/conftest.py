@@ -47,3 +47,26 @@ def lung_cropper():
 
     assert UNET_WEIGHTS.is_file(), f"shipped U-Net weights missing: {UNET_WEIGHTS}"
     return LungCropper(UNET_WEIGHTS, batch_size=8)
+
+
+def make_phantom_tree(root: Path, count: int, size: int, seed: int = 0, splits=(0.6, 0.2, 0.2)) -> Path:
+    """A dataset tree ``root/<size>/uncrop/{Train,Validation,Test}/{Negative,Positive}`` of
+    synthetic phantoms, Lanczos-resized, without the U-Net (training tests need no crops).
+    Returns the view folder (what train.py takes as -p)."""
+    from deepcovidxr.imageio import write_gray
+    from deepcovidxr.layout import DataTree, Label, Split
+    from deepcovidxr.preprocess import lanczos_resize
+    from deepcovidxr.synthetic import make_phantom
+
+    tree = DataTree(root)
+    bounds = [round(f * count) for f in (splits[0], splits[0] + splits[1])]
+    for index in range(count):
+        positive = index % 2 == 1
+        phantom = make_phantom(seed * 100_000 + index, positive, height=256, width=256)
+        split = Split.TRAIN if index < bounds[0] else Split.VALIDATION if index < bounds[1] else Split.TEST
+        label = Label.POSITIVE if positive else Label.NEGATIVE
+        write_gray(
+            tree.class_dir(size, "uncrop", split, label) / f"phantom_{index:04d}.png",
+            lanczos_resize(phantom.image, size),
+        )
+    return tree.view_dir(size, "uncrop")

@@ -19,7 +19,14 @@ def test_lookup_accepts_every_spelling_and_suggests_on_typos() -> None:
     assert backbones.get("resnet50") is backbones.get("ResNet-50") is backbones.get("res")
     with pytest.raises(ValueError, match="did you mean DenseNet-121"):
         backbones.get("DenseNet121x")
-    assert [b.prefix for b in BACKBONES] == ["DenseNet", "ResNet50", "Inception", "InceptionResNet", "Xception", "EfficientNet"]
+    assert [b.prefix for b in BACKBONES] == [
+        "DenseNet",
+        "ResNet50",
+        "Inception",
+        "InceptionResNet",
+        "Xception",
+        "EfficientNet",
+    ]
 
 
 def test_too_small_inputs_are_refused() -> None:
@@ -47,8 +54,9 @@ def test_member_builds_freezes_saves_and_reloads(spec: backbones.Backbone, tmp_p
     head_before = head.get_weights()[0].copy()
     model.fit(x, np.array([0, 1, 0, 1], "float32"), epochs=1, verbose=0)
     frozen_after = [w.numpy() for layer in backbone_layers(model) for w in layer.weights]
-    assert all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True)), \
+    assert all(np.array_equal(a, b) for a, b in zip(frozen_before, frozen_after, strict=True)), (
         "phase 1 changed backbone weights (batch-norm statistics included)"
+    )
     assert not np.array_equal(head_before, head.get_weights()[0])
 
     set_backbone_trainable(model, True)
@@ -76,7 +84,9 @@ def test_nih_checkpoint_head_is_swapped_on_load(tmp_path: Path) -> None:
     save_member(nih, path)
     member = build_member("ResNet-50", SIZE, weights=path)
     assert member.output_shape == (None, 1)
-    np.testing.assert_array_equal(member.get_layer("conv1_conv").get_weights()[0], nih.get_layer("conv1_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        member.get_layer("conv1_conv").get_weights()[0], nih.get_layer("conv1_conv").get_weights()[0]
+    )
 
 
 def test_offline_imagenet_names_the_file_option(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,0 +1,181 @@
+"""Input pipeline, hyperparameter files, and the training stages' command lines."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_phantom_tree, run_script
+from PIL import Image
+
+from deepcovidxr import hyperparams, safe_pickle
+from deepcovidxr.layout import CropMode
+
+
+@pytest.fixture(scope="module")
+def small_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_phantom_tree(tmp_path_factory.mktemp("tree"), 40, 64, seed=1)
+
+
+def test_list_split_is_sorted_and_labelled(small_tree: Path) -> None:
+    from deepcovidxr.data import list_split
+
+    train = list_split(small_tree, "Train")
+    assert len(train) == 24 and train.positives == 12
+    names = [Path(f).name for f in train.files]
+    negatives = [n for n, y in zip(names, train.labels, strict=True) if y == 0]
+    assert negatives == sorted(negatives)
+    assert all("/Positive/" in f for f, y in zip(train.files, train.labels, strict=True) if y == 1)
+    with pytest.raises(FileNotFoundError, match="Validation"):
+        list_split(small_tree.parent, "Validation")
+
+
+def test_pipeline_normalises_exactly_like_prediction(small_tree: Path) -> None:
+    """One preprocessing path: tf.data output == preprocess.to_model_input on the Pillow-read file."""
+    from deepcovidxr.data import list_split, make_dataset
+    from deepcovidxr.preprocess import to_model_input
+
+    files = list_split(small_tree, "Validation")
+    images, labels = next(iter(make_dataset(files, 64, 4, training=False, cache=False)))
+    expected = np.stack([to_model_input(np.asarray(Image.open(f))) for f in files.files[:4]])
+    np.testing.assert_allclose(images.numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(labels.numpy(), files.labels[:4])
+
+
+def test_augmentation_is_seeded_and_changes_images() -> None:
+    import tensorflow as tf
+
+    from deepcovidxr.data import Augmentation, augment
+
+    rng = np.random.default_rng(0)
+    batch = tf.constant(rng.uniform(0, 255, (6, 48, 48, 1)).astype("float32"))
+    a = augment(batch, tf.constant([1, 2]))
+    b = augment(batch, tf.constant([1, 2]))
+    c = augment(batch, tf.constant([3, 4]))
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.allclose(a.numpy(), c.numpy())
+    assert float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 255
+    identity = Augmentation(rotation=0, shift=0, zoom=0, brightness=(1.0, 1.0), horizontal_flip=False)
+    np.testing.assert_allclose(augment(batch, tf.constant([5, 6]), identity).numpy(), batch.numpy(), atol=1e-3)
+    flip_only = Augmentation(rotation=0, shift=0, zoom=0, brightness=(1.0, 1.0), horizontal_flip=True)
+    flipped = augment(batch, tf.constant([7, 8]), flip_only).numpy()
+    for out, original in zip(flipped, batch.numpy(), strict=True):
+        assert np.allclose(out, original, atol=1e-3) or np.allclose(out, original[:, ::-1], atol=1e-3)
+
+
+def test_oversampling_balances_classes() -> None:
+    from deepcovidxr.data import SplitFiles, make_dataset
+
+    tmp = Path(__import__("tempfile").mkdtemp())
+    files = []
+    for i in range(20):
+        path = tmp / f"{i}.png"
+        Image.fromarray(np.full((32, 32), i * 10, np.uint8)).save(path)
+        files.append(str(path))
+    labels = np.array([1.0] * 4 + [0.0] * 16, np.float32)
+    ds = make_dataset(SplitFiles(files, labels), 32, 20, training=True, seed=0, oversample=True, augmentation=None)
+    drawn = np.concatenate([y.numpy() for _, y in ds.repeat(10)])
+    assert len(drawn) == 200 and 0.4 < drawn.mean() < 0.6
+
+
+def test_hyperparameter_files_round_trip_and_precedence(tmp_path: Path) -> None:
+    chosen = hyperparams.Hyperparameters(dropout_rate=0.1, learning_rate=3e-4, momentum=0.5)
+    json_path, pickle_path = hyperparams.save(chosen, tmp_path)
+    assert hyperparams.load(json_path) == chosen == hyperparams.load(pickle_path)
+    assert pickle.loads(pickle_path.read_bytes()) == {"dropout_rate": 0.1, "learning_rate": 3e-4, "momentum": 0.5}
+    assert hyperparams.load(None) == hyperparams.Hyperparameters(0.3, 1e-3, 0.9)
+    assert hyperparams.load(json_path).with_overrides(learning_rate=0.05, momentum=None).learning_rate == 0.05
+    with pytest.raises(ValueError, match="momentum"):
+        hyperparams.Hyperparameters(momentum=1.5)
+
+
+def test_original_numpy_pickle_loads_but_code_does_not(tmp_path: Path) -> None:
+    original = tmp_path / "hyperparameters.pickle"
+    original.write_bytes(pickle.dumps({"dropout_rate": np.float64(0.2), "learning_rate": 0.01, "momentum": 0.9}))
+    assert hyperparams.load(original).dropout_rate == pytest.approx(0.2)
+
+    class Evil:
+        def __reduce__(self):
+            return (__import__("os").system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pickle"
+    evil.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(ValueError, match="not a safe data-only pickle"):
+        safe_pickle.load(evil)
+
+
+def test_crop_mode_is_inferred_from_the_path(tmp_path: Path) -> None:
+    from deepcovidxr.training import infer_crop
+
+    assert infer_crop(tmp_path / "224" / "crop", None) is CropMode.CROP
+    assert infer_crop(tmp_path / "224" / "uncrop", None) is CropMode.UNCROP
+    assert infer_crop(tmp_path / "x", "crop") is CropMode.CROP
+    with pytest.raises(ValueError, match="--crop"):
+        infer_crop(tmp_path / "elsewhere", None)
+
+
+def test_tuner_writes_both_hyperparameter_files(small_tree: Path, tmp_path: Path) -> None:
+    done = run_script(
+        "tuner.py",
+        "-m",
+        "ResNet-50",
+        "-s",
+        "64",
+        "-p",
+        small_tree,
+        "-o",
+        tmp_path,
+        "--max-trials",
+        "2",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "1",
+        "--batch-size",
+        "8",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = tmp_path / "tuner" / "best_models_and_params" / "ResNet50_64_up_uncrop" / "model_params"
+    values = json.loads((folder / "hyperparameters.json").read_text())
+    assert set(values) == {"dropout_rate", "learning_rate", "momentum"}
+    assert (
+        0 <= values["dropout_rate"] <= 0.5 and 1e-5 <= values["learning_rate"] <= 0.1 and 0 <= values["momentum"] <= 0.9
+    )
+    assert pickle.loads((folder / "hyperparameters.pickle").read_bytes()) == values
+    assert (tmp_path / "tuner" / "initial_cps" / "ResNet50_64_up_uncrop.h5").is_file()
+    trials = (folder.parent / "trials.csv").read_text().splitlines()
+    assert trials[0] == "trial,dropout_rate,learning_rate,momentum,val_auc" and len(trials) == 3
+    assert done.stdout.strip().endswith("hyperparameters.json")
+
+
+def test_pretrain_on_the_real_nih_sample_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    from conftest import shared
+
+    done = run_script(
+        "pretrain.py",
+        "-m",
+        "ResNet-50",
+        "-s",
+        "64",
+        "-p",
+        shared("nih"),
+        "-o",
+        tmp_path,
+        "-w",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    checkpoint = tmp_path / "nih_weight_ResNet-50_64.h5"
+    auroc = (tmp_path / "nih_auroc_ResNet-50_64.csv").read_text().splitlines()
+    assert auroc[0] == "finding,auroc,positives,negatives" and len(auroc) == 14 + 2 and auroc[-1].startswith("mean")
+    from deepcovidxr.models import build_member
+
+    member = build_member("ResNet-50", 64, weights=checkpoint)  # 14-unit head swapped for 1 unit
+    assert member.output_shape == (None, 1)
