@@ -39,6 +39,7 @@ def build_parser():
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per U-Net batch (default 16)")
     cli.add_seed(p)
+    cli.add_precision(p)
     cli.add_workers(p)
     cli.add_overwrite(p)
     cli.add_common(p)
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         workers=args.workers,
+        precision=args.precision,
     )
     return cli.run_stage(lambda: run_build_dataset(config))
 

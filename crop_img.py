@@ -51,6 +51,7 @@ def build_parser():
     )
     p.add_argument("--batch-size", type=int, default=16, help="images per U-Net batch (default 16)")
     p.add_argument("--no-qc", dest="qc_montage", action="store_false", help="do not write the crop_qc.png montage")
+    cli.add_precision(p)
     cli.add_workers(p)
     cli.add_overwrite(p)
     cli.add_common(p)
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         qc_montage=args.qc_montage,
+        precision=args.precision,
     )
     return cli.run_stage(lambda: run_crop(config))
 

@@ -38,6 +38,7 @@ class CropConfig:
     batch_size: int = 16
     workers: int = 4
     qc_montage: bool = True
+    precision: str = "auto"  # U-Net compute: auto (bfloat16 where the CPU has it), float32, bfloat16
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def run_crop(config: CropConfig, cropper: LungCropper | None = None) -> StageRes
     log.info("crop: %d files, %d already done, %d to do", len(files), len(files) - len(todo), len(todo))
     qc = QcCollector()
     if todo:
-        cropper = cropper or LungCropper(config.unet, batch_size=config.batch_size)
+        cropper = cropper or LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
 
         def handle(item: tuple[Path, Path], gray: np.ndarray, probability: np.ndarray) -> tuple[dict, QcItem]:
             return _locate_and_write(item[1], gray, probability, config)

@@ -23,8 +23,8 @@ from deepcovidxr.cropping import StageResult, ensure_outside, segment_files
 from deepcovidxr.imageio import output_name, write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
-from deepcovidxr.preprocess import lanczos_resize
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,7 @@ class DatasetConfig:
     overwrite: bool = False
     batch_size: int = 16
     workers: int = 4
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -162,10 +163,9 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
     def handle(item: tuple, gray: np.ndarray, probability: np.ndarray) -> tuple[dict, QcItem]:
         _, row, split, name = item
         result = locate(gray, probability)
-        views = {CropMode.UNCROP: gray, CropMode.CROP: result.square.crop(gray)}
-        for size in config.sizes:
-            for mode, image in views.items():
-                write_gray(tree.class_dir(size, mode, split, row.label) / name, lanczos_resize(image, size))
+        wanted = tuple((size, mode) for size in config.sizes for mode in CropMode)
+        for (size, mode), image in make_views(gray, result.square, wanted).items():
+            write_gray(tree.class_dir(size, mode, split, row.label) / name, image)
         box = result.square
         record = {
             **base_row(item),
@@ -184,7 +184,7 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
 
     qc = QcCollector()
     if todo:
-        cropper = cropper or LungCropper(config.unet, batch_size=config.batch_size)
+        cropper = cropper or LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
         segment_files(todo, cropper, handle, failed, report, qc, workers=config.workers, desc="dataset")
     path = report.close()
     if qc.items:

@@ -105,7 +105,10 @@ def train_member_multiworker(config: TrainConfig) -> Path:
 
     history: dict[str, dict[str, list[float]]] = {}
     best_weights = None
+    from_scratch = config.weights is None or str(config.weights).lower() == "none"
     for phase in PHASES:
+        if phase == "initial" and from_scratch:  # as train_member: nothing to warm up on
+            continue
         set_backbone_trainable(model, phase != "initial")
         with strategy.scope():  # a fresh optimizer per phase, built for this phase's variables
             optimizer = keras.optimizers.SGD(learning_rate=hp.learning_rate, momentum=hp.momentum, nesterov=True)

@@ -83,6 +83,8 @@ def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | 
             ) from error
         raise
     _neutralise_preprocessing(base)
+    if weights is None:
+        settle_batchnorm_faster(base)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     output = keras.layers.Dense(outputs, activation="sigmoid", name="last", dtype="float32")(x)
@@ -96,6 +98,20 @@ def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | 
                 outputs,
             )
     return model
+
+
+# With random initial weights, batch-norm statistics start from nothing: at Keras' default
+# momentum (0.99) they need hundreds of steps to settle, and until then validation predictions are
+# garbage and learning-rate/early-stopping decisions go wrong. Pretrained backbones keep 0.99.
+FROM_SCRATCH_BN_MOMENTUM = 0.9
+
+
+def settle_batchnorm_faster(model) -> None:
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = FROM_SCRATCH_BN_MOMENTUM
 
 
 def _is_backbone_weights_file(path: Path) -> bool:

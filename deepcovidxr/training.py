@@ -246,8 +246,14 @@ def train_member(config: TrainConfig) -> Path:
     )
 
     histories: dict[str, dict] = {}
+    from_scratch = config.weights is None or str(config.weights).lower() == "none"
     for phase in PHASES:
         done = paths.checkpoint(phase)
+        if phase == "initial" and from_scratch:
+            # A head fitted on a frozen random backbone learns nothing and leaves phase 2 a
+            # badly scaled head; from random weights the whole network trains from the start.
+            log.info("random initial weights: skipping the frozen-backbone phase")
+            continue
         with strategy.scope():
             if phase == "initial":
                 if done.is_file() and not config.overwrite:
@@ -257,7 +263,7 @@ def train_member(config: TrainConfig) -> Path:
                 model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
                 set_backbone_trainable(model, False)
             else:
-                initial = paths.checkpoint("initial")
+                initial = None if from_scratch else paths.checkpoint("initial")
                 model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=initial)
                 set_backbone_trainable(model, True)
             compile_member(model, hp.learning_rate, hp.momentum)

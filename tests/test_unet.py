@@ -32,7 +32,7 @@ def imlab_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pa
 
 def test_user_imlab_hdf5_loads_and_predicts_like_the_legacy_model(imlab_file) -> None:
     path, probe, expected = imlab_file
-    model, meta = load_unet(path)
+    model, meta = load_unet(path, "float32")
     assert meta["architecture"] == "imlab"
     ours = np.asarray(model.predict(np.load(probe), verbose=0))
     assert np.max(np.abs(ours - np.load(expected))) <= 1e-4
@@ -58,6 +58,6 @@ def test_our_weights_round_trip_with_their_sidecar(tmp_path: Path) -> None:
     path = tmp_path / "lung_unet.weights.h5"
     model.save_weights(path)
     (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
-    loaded, _meta = load_unet(path)
+    loaded, _meta = load_unet(path, "float32")
     probe = np.random.default_rng(1).normal(size=(1, 256, 256, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)

@@ -56,13 +56,19 @@ def locate(gray: np.ndarray, probability256: np.ndarray) -> CropResult:
 class LungCropper:
     """Holds one U-Net; ``probabilities`` runs it, ``crop`` does the whole job for a batch."""
 
-    def __init__(self, unet_path: Path | None = None, batch_size: int = 16) -> None:
+    def __init__(self, unet_path: Path | None = None, batch_size: int = 16, precision: str = "auto") -> None:
         from deepcovidxr.lungs.unet import load_unet
 
         self.path = Path(unet_path) if unet_path else default_unet_path()
-        self.model, self.meta = load_unet(self.path)
+        dtype = {"auto": None, "float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+        self.model, self.meta = load_unet(self.path, dtype)
         self.batch_size = batch_size
-        log.info("lung U-Net: %s (%s architecture)", self.path, self.meta.get("architecture"))
+        log.info(
+            "lung U-Net: %s (%s architecture, %s)",
+            self.path,
+            self.meta.get("architecture"),
+            self.meta.get("inference_dtype"),
+        )
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(n, 256, 256, 1) U-Net inputs -> (n, 256, 256) float32 probabilities."""

@@ -1,0 +1,347 @@
+"""Binary classification metrics and headless plots for the COVID-positive score.
+
+The original evaluate.py reported only a confusion matrix, sklearn's per-class report and the ROC AUC,
+thresholded with ``np.round`` (SPEC s.11, bug 20). This module adds what a reader of a diagnostic-accuracy
+study expects: sensitivity, specificity, PPV, NPV and F1 at a stated threshold, the Youden threshold, a
+seeded bootstrap confidence interval for the AUC, the Brier score and ROC / precision-recall / calibration /
+confusion-matrix plots.
+
+Conventions used throughout:
+
+* labels are 1 = COVID-positive, 0 = COVID-negative (Keras' alphabetical class index, SPEC s.16);
+* a case is predicted positive when ``score >= threshold``. The original used ``np.round(score)``, which
+  rounds 0.5 down to 0 (banker's rounding), so a score of exactly 0.5 was called negative; here it is
+  positive, as ``sklearn.metrics.roc_curve`` thresholds are also read;
+* a ratio whose denominator is zero (e.g. PPV when nothing is predicted positive) is NaN, never an error,
+  so one degenerate subgroup cannot abort a whole evaluation.
+
+Only numpy and scikit-learn are imported at module level; matplotlib is imported by the plot helpers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from deepcovidxr.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "Research use only - not for diagnosis"
+CLASS_NAMES: tuple[str, str] = ("COVID-Neg", "COVID-Pos")
+
+# Bootstrap resamples are materialised as a (resamples x cases) count matrix; this caps its size
+# so a large test set never needs more than a few tens of MB at once.
+_BOOTSTRAP_CELLS = 2_000_000
+
+
+def _as_binary_problem(y_true: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and convert labels (0/1 or bool) and finite scores of the same length."""
+    y = np.asarray(y_true)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1:
+        raise ValueError(f"labels and scores must be 1-D, got shapes {y.shape} and {s.shape}")
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    if y.size == 0:
+        raise ValueError("no cases: labels and scores are empty")
+    if y.dtype != bool:
+        values = np.unique(y)
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(f"labels must be 0/1 (1 = COVID-positive), got values {values[:10].tolist()}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    return y.astype(np.int64), s
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when the denominator is zero (undefined, not zero)."""
+    return float(numerator) / float(denominator) if denominator else math.nan
+
+
+def binary_metrics(y_true: Any, scores: Any, threshold: float) -> dict[str, float | int]:
+    """Confusion counts and the usual ratios at ``threshold``.
+
+    A case is predicted positive when ``score >= threshold`` (the original's ``np.round`` called 0.5
+    negative, SPEC bug 20). Returned keys: ``threshold``, ``tp``, ``fp``, ``tn``, ``fn`` (ints) and
+    ``accuracy``, ``sensitivity`` (recall of positives), ``specificity`` (recall of negatives), ``ppv``
+    (precision), ``npv``, ``f1`` (floats; NaN where the denominator is zero).
+    """
+    y, s = _as_binary_problem(y_true, scores)
+    predicted = s >= threshold
+    positive = y == 1
+    tp = int(np.count_nonzero(predicted & positive))
+    fp = int(np.count_nonzero(predicted & ~positive))
+    tn = int(np.count_nonzero(~predicted & ~positive))
+    fn = int(np.count_nonzero(~predicted & positive))
+    return {
+        "threshold": float(threshold),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "accuracy": _ratio(tp + tn, tp + fp + tn + fn),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
+
+
+def _require_both_classes(y: np.ndarray, what: str) -> None:
+    if y.min() == y.max():
+        raise ValueError(f"{what} needs both classes; all {y.size} labels are {int(y[0])}")
+
+
+def youden_threshold(y_true: Any, scores: Any) -> float:
+    """The score threshold maximising Youden's J = sensitivity + specificity - 1 on the ROC curve.
+
+    Candidates are the observed scores (``roc_curve``'s thresholds, prediction = ``score >= t``); the
+    ``+inf`` point that ``roc_curve`` prepends is excluded because "call nobody positive" is not a usable
+    operating point and would not serialise to strict JSON. Ties go to the highest threshold, the most
+    conservative operating point. Raises ValueError when only one class is present.
+    """
+    y, s = _as_binary_problem(y_true, scores)
+    _require_both_classes(y, "the Youden threshold")
+    # drop_intermediate=False: every observed score is a candidate, so tie-breaking is well defined.
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=False)
+    finite = np.isfinite(thresholds)
+    fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
+    # Thresholds are decreasing, so argmax (first maximum) is the highest tied threshold.
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def auc_with_case_weights(y_true: Any, scores: Any, case_weights: Any) -> np.ndarray:
+    """ROC AUC for many weightings of the same cases at once (the bootstrap's inner loop).
+
+    ``case_weights`` has shape (k, n): row j gives each case a non-negative weight, e.g. how often a
+    bootstrap resample drew it. The AUC is the Mann-Whitney probability that a positive outscores a
+    negative, ties counting one half, which equals ``roc_auc_score`` on the data with each case repeated
+    its weight times. Rows where one class has zero total weight give NaN.
+    """
+    y, s = _as_binary_problem(y_true, scores)
+    w = np.asarray(case_weights, dtype=np.float64)
+    if w.ndim != 2 or w.shape[1] != y.size:
+        raise ValueError(f"case_weights must have shape (k, {y.size}), got {w.shape}")
+    order = np.argsort(s, kind="stable")
+    sorted_scores, sorted_labels = s[order], y[order]
+    # Tied scores form one group: a positive beats every negative of a lower group and half-beats
+    # the negatives of its own group.
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w = w[:, order]
+    pos = np.add.reduceat(w * sorted_labels, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - sorted_labels), starts, axis=1)
+    neg_below = np.cumsum(neg, axis=1) - neg
+    pos_total, neg_total = pos.sum(axis=1), neg.sum(axis=1)
+    wins = (pos * (neg_below + 0.5 * neg)).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = wins / (pos_total * neg_total)
+    auc[(pos_total == 0) | (neg_total == 0)] = np.nan
+    return auc
+
+
+def bootstrap_auc_ci(
+    y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the ROC AUC, resampling cases with replacement.
+
+    Seeded (``numpy.random.default_rng(seed)``), so the same inputs always give the same interval.
+    Resamples that happen to contain one class only have no AUC and are skipped (not redrawn), so the
+    interval rests on slightly fewer than ``n_boot`` values for tiny or very unbalanced sets. Returns
+    ``(nan, nan)`` when no resample is usable (e.g. only one class in the data).
+    """
+    y, s = _as_binary_problem(y_true, scores)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if y.min() == y.max():
+        logger.warning("bootstrap AUC CI undefined: all %d labels are %d", y.size, int(y[0]))
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    n = y.size
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    aucs: list[np.ndarray] = []
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        drawn = rng.integers(0, n, size=(rows, n))
+        # Count how often each case was drawn in each resample: one bincount over offset indices.
+        flat = (drawn + (np.arange(rows) * n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=rows * n).reshape(rows, n)
+        aucs.append(auc_with_case_weights(y, s, counts))
+    values = np.concatenate(aucs)
+    values = values[np.isfinite(values)]
+    skipped = n_boot - values.size
+    if skipped:
+        logger.info("bootstrap AUC: skipped %d of %d resamples holding one class only", skipped, n_boot)
+    if values.size == 0:
+        logger.warning("bootstrap AUC CI undefined: no resample held both classes")
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
+def brier_score(y_true: Any, scores: Any) -> float:
+    """Mean squared difference between the score (a probability in [0, 1]) and the 0/1 label."""
+    y, s = _as_binary_problem(y_true, scores)
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise ValueError("the Brier score needs probabilities in [0, 1]")
+    return float(np.mean((s - y) ** 2))
+
+
+def evaluate(y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Everything a results table needs, as plain JSON-serialisable values.
+
+    Keys: ``n``, ``positives``, ``auc``, ``auc_ci95`` ([low, high]), ``brier``, ``at_0.5``
+    (:func:`binary_metrics` at 0.5, the published operating point) and ``at_youden`` (at
+    :func:`youden_threshold`). With one class only, ``auc`` and the CI are NaN and ``at_youden`` is
+    None (sensitivity or specificity at 0.5 is still meaningful, e.g. for a positives-only cohort).
+    Note that a Youden threshold chosen on the set it is evaluated on is optimistic; choose it on
+    Validation and apply it to Test with :func:`binary_metrics` for an unbiased estimate.
+    """
+    y, s = _as_binary_problem(y_true, scores)
+    both = bool(y.min() != y.max())
+    auc = float(roc_auc_score(y, s)) if both else math.nan
+    low, high = bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed)
+    return {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "auc": auc,
+        "auc_ci95": [low, high],
+        "brier": brier_score(y, s) if 0.0 <= s.min() and s.max() <= 1.0 else math.nan,
+        "at_0.5": binary_metrics(y, s, 0.5),
+        "at_youden": binary_metrics(y, s, youden_threshold(y, s)) if both else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------- plots
+
+
+def _new_figure(width: float = 5.0, height: float = 5.0):
+    """A figure bound to the Agg canvas directly, never to pyplot.
+
+    Going around pyplot means no GUI backend is ever selected (the original's ``plt.show()`` before
+    ``savefig`` produced blank PNGs, SPEC bug 19) and no global figure registry keeps the figure alive:
+    it is freed as soon as the helper returns, which is what ``plt.close`` achieves for pyplot figures.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, path: Path, title: str) -> Path:
+    """Caption with the disclaimer, write atomically as PNG (disclaimer also in the PNG metadata)."""
+    path = Path(path)
+    figure.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, color="firebrick")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    metadata = {"Title": f"{title} - {DISCLAIMER}" if title else DISCLAIMER, "Description": DISCLAIMER}
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", metadata=metadata)
+    finally:
+        figure.clear()
+    logger.info("wrote %s", path)
+    return path
+
+
+def _titled(title: str) -> str:
+    return f"{title}\n{DISCLAIMER}" if title else DISCLAIMER
+
+
+def plot_roc(y_true: Any, scores: Any, path: Path, title: str = "ROC curve") -> Path:
+    """ROC curve with its AUC and the chance diagonal."""
+    y, s = _as_binary_problem(y_true, scores)
+    _require_both_classes(y, "a ROC curve")
+    fpr, tpr, _ = roc_curve(y, s)
+    figure = _new_figure()
+    axis = figure.add_subplot()
+    axis.plot(fpr, tpr, color="tab:blue", lw=2, label=f"AUC = {roc_auc_score(y, s):.3f} (n = {y.size})")
+    axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)")
+    axis.set_title(_titled(title), fontsize=10)
+    axis.legend(loc="lower right")
+    return _save(figure, path, title)
+
+
+def plot_precision_recall(y_true: Any, scores: Any, path: Path, title: str = "Precision-recall curve") -> Path:
+    """Precision (PPV) against recall (sensitivity), with average precision and the prevalence baseline."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y, s = _as_binary_problem(y_true, scores)
+    _require_both_classes(y, "a precision-recall curve")
+    precision, recall, _ = precision_recall_curve(y, s)
+    figure = _new_figure()
+    axis = figure.add_subplot()
+    axis.step(
+        recall, precision, where="post", color="tab:blue", lw=2, label=f"AP = {average_precision_score(y, s):.3f}"
+    )
+    axis.axhline(y.mean(), color="grey", ls="--", lw=1, label=f"prevalence = {y.mean():.3f}")
+    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
+    axis.set_title(_titled(title), fontsize=10)
+    axis.legend(loc="lower left")
+    return _save(figure, path, title)
+
+
+def calibration_bins(y_true: Any, scores: Any, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Equal-width bins over [0, 1]: (mean score, observed positive fraction, count) per bin; NaN where
+    a bin is empty. The last bin is closed so a score of exactly 1.0 is counted."""
+    y, s = _as_binary_problem(y_true, scores)
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise ValueError("a calibration diagram needs probabilities in [0, 1]")
+    index = np.minimum((s * n_bins).astype(np.int64), n_bins - 1)
+    counts = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(index, weights=s, minlength=n_bins) / counts
+        observed = np.bincount(index, weights=y, minlength=n_bins) / counts
+    return mean_score, observed, counts
+
+
+def plot_calibration(
+    y_true: Any, scores: Any, path: Path, title: str = "Calibration (reliability diagram)", n_bins: int = 10
+) -> Path:
+    """Reliability diagram (observed positive fraction against mean score in 10 equal bins) with the
+    Brier score, and a histogram of the scores underneath."""
+    y, s = _as_binary_problem(y_true, scores)
+    mean_score, observed, counts = calibration_bins(y, s, n_bins)
+    figure = _new_figure(5.0, 6.0)
+    top, bottom = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    filled = counts > 0
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+    top.plot(mean_score[filled], observed[filled], "o-", color="tab:blue", label=f"Brier = {brier_score(y, s):.3f}")
+    top.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive")
+    top.set_title(_titled(title), fontsize=10)
+    top.legend(loc="upper left")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", color="tab:blue", alpha=0.6, edgecolor="white")
+    bottom.set(xlabel="predicted probability (COVID-positive score)", ylabel="cases")
+    return _save(figure, path, title)
+
+
+def plot_confusion_matrix(
+    y_true: Any, scores: Any, threshold: float, path: Path, title: str = "Confusion matrix"
+) -> Path:
+    """2 x 2 confusion matrix at ``threshold`` (positive when ``score >= threshold``); rows are the
+    actual class, columns the predicted one, labelled COVID-Neg / COVID-Pos."""
+    m = binary_metrics(y_true, scores, threshold)
+    matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    figure = _new_figure(5.0, 5.0)
+    axis = figure.add_subplot()
+    axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    for (row, column), count in np.ndenumerate(matrix):
+        dark = count > matrix.max() / 2
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=14, color="white" if dark else "black")
+    axis.set_xticks([0, 1], CLASS_NAMES)
+    axis.set_yticks([0, 1], CLASS_NAMES)
+    axis.set(xlabel=f"predicted (score >= {threshold:.3g})", ylabel="actual")
+    axis.set_title(_titled(title), fontsize=10)
+    return _save(figure, path, title)
