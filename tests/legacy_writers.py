@@ -52,3 +52,55 @@ def write_imlab_unet(directory: Path) -> tuple[Path, Path, Path]:
     if done.returncode != 0:
         raise RuntimeError(f"tf-keras writer failed:\n{done.stderr[-3000:]}")
     return model, probe, expected
+
+
+LEGACY_MEMBER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import numpy as np
+    import tf_keras as keras
+
+    constructor, size, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    if constructor == "EfficientNetB2":  # the authors used qubvel's efficientnet package
+        import efficientnet.tfkeras as efn
+
+        base = efn.EfficientNetB2(weights=None, include_top=False, input_shape=(size, size, 3))
+    else:
+        base = getattr(keras.applications, constructor)(weights=None, include_top=False, input_shape=(size, size, 3))
+    x = keras.layers.GlobalAveragePooling2D()(base.output)
+    x = keras.layers.Dropout(0.3)(x)
+    y = keras.layers.Dense(1, activation="sigmoid", name="last")(x)
+    model = keras.Model(base.input, y)  # a flat graph, as Keras 2.3 wrote the authors' members
+    rng = np.random.default_rng(0)
+    weights = []
+    for variable, value in zip(model.weights, model.get_weights()):
+        name = variable.name
+        if "moving_mean" in name:
+            value = rng.normal(0, 0.1, value.shape)
+        elif "moving_variance" in name:
+            value = rng.uniform(0.5, 1.5, value.shape)
+        elif "last" in name and "kernel" in name:
+            value = rng.normal(0, 0.05, value.shape)
+        weights.append(np.asarray(value, np.float32))
+    model.set_weights(weights)
+    model.save(out)
+    probe = rng.uniform(-2, 2, (3, size, size, 3)).astype("float32")
+    np.save(out + ".probe.npy", probe)
+    np.save(out + ".expected.npy", model.predict(probe, verbose=0))
+    """
+)
+
+
+def write_legacy_member(constructor: str, size: int, path: Path) -> tuple[Path, Path]:
+    """A member as the authors' Keras 2.3 / TF 2.0 code wrote it (tf-keras; EfficientNet-B2 from
+    the efficientnet package), plus a probe input and the legacy model's predictions for it."""
+    done = subprocess.run(
+        [sys.executable, "-c", LEGACY_MEMBER, constructor, str(size), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"tf-keras member writer failed:\n{done.stderr[-3000:]}")
+    return Path(f"{path}.probe.npy"), Path(f"{path}.expected.npy")

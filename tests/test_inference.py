@@ -1,0 +1,261 @@
+"""predict / evaluate / ensemble on small ensembles of random-weight members."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_phantom_tree, run_script, shared
+from PIL import Image
+
+from deepcovidxr import ensemble
+from deepcovidxr.layout import Member
+
+MEMBERS = ("res_224_uncrop", "res_331_crop")
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two random-weight members and an ensemble_weights.json naming just them."""
+    import keras
+
+    from deepcovidxr.models import build_member, save_member
+
+    folder = tmp_path_factory.mktemp("weights")
+    for index, name in enumerate(MEMBERS):
+        member = Member.parse(name)
+        keras.utils.set_random_seed(index)
+        save_member(build_member(member.backbone, member.size), folder / member.legacy_filename, member)
+    (folder / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def messy_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("images") / "in"
+    (root / "sub").mkdir(parents=True)
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), root / "a.png")
+    shutil.copy(sorted(shared("cxr", "Negative").glob("nih_*.png"))[0], root / "sub" / "b.png")
+    shutil.copy(shared("dicom", "c64d5667-a776-4f95-9e21-bfabafb07740.dcm"), root / "sub" / "c.dcm")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return root
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    with path.open(newline="") as handle:
+        return {row["Filenames"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.fixture(scope="module")
+def folder_run(weights_dir: Path, messy_images: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("pred")
+    done = run_script(
+        "predict.py",
+        "-w",
+        weights_dir,
+        "-i",
+        messy_images,
+        "-o",
+        out,
+        "-e",
+        weights_dir / "ensemble_weights.json",
+        "--batch-size",
+        "2",
+    )
+    return out, done
+
+
+def test_predict_folder_reports_every_file(folder_run, messy_images: Path) -> None:
+    out, done = folder_run
+    assert done.returncode == 1, done.stderr[-3000:]  # the broken file
+    rows = _rows(out / "predictions.csv")
+    assert set(rows) == {"a.png", "sub/b.png", "sub/c.dcm", "broken.png"}
+    header = next(csv.reader((out / "predictions.csv").open()))
+    assert header[:6] == ["Filenames", "Scores", "Binary pred", "Predictions", "crop_status", "error"]
+    assert header[6:] == list(MEMBERS)
+    assert rows["broken.png"]["crop_status"] == "error" and rows["broken.png"]["error"]
+    for name in ("a.png", "sub/b.png", "sub/c.dcm"):
+        row = rows[name]
+        members = [float(row[m]) for m in MEMBERS]
+        assert float(row["Scores"]) == pytest.approx(0.25 * members[0] + 0.75 * members[1], abs=2e-6)
+        assert row["Binary pred"] == str(int(float(row["Scores"]) >= 0.5))
+        assert row["Predictions"] == ("COVID-19 Positive" if row["Binary pred"] == "1" else "COVID-19 Negative")
+        assert row["crop_status"] in {"ok", "one_lung", "fallback"}
+    assert not any(p.name == "predictions.csv" for p in messy_images.rglob("*"))  # nothing in the input tree
+    assert not (out / ".scratch").exists() or not any((out / ".scratch").iterdir())
+
+
+def test_single_image_scores_like_the_folder(folder_run, weights_dir: Path, messy_images: Path, tmp_path: Path) -> None:
+    out, _ = folder_run
+    done = run_script(
+        "predict.py",
+        "-w",
+        weights_dir,
+        "-i",
+        messy_images / "sub" / "b.png",
+        "-o",
+        tmp_path,
+        "-e",
+        weights_dir / "ensemble_weights.json",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = _rows(tmp_path / "predictions.csv")["b.png"]
+    together = _rows(out / "predictions.csv")["sub/b.png"]
+    for column in ("Scores", *MEMBERS):
+        assert float(alone[column]) == pytest.approx(float(together[column]), abs=1e-5)
+
+
+def test_shards_merge_into_the_whole(weights_dir: Path, messy_images: Path, tmp_path: Path, folder_run) -> None:
+    shards = []
+    for k in (1, 2):
+        shard_out = tmp_path / f"shard{k}"
+        run_script(
+            "predict.py",
+            "-w",
+            weights_dir,
+            "-i",
+            messy_images,
+            "-o",
+            shard_out,
+            "--shard",
+            f"{k}/2",
+            "-e",
+            weights_dir / "ensemble_weights.json",
+        )
+        shards.append(shard_out)
+    parts = [set(_rows(s / "predictions.csv")) for s in shards]
+    assert parts[0].isdisjoint(parts[1]) and parts[0] | parts[1] == set(_rows(folder_run[0] / "predictions.csv"))
+    merged = run_script("predict.py", "--merge", *shards, "-o", tmp_path / "merged")
+    assert merged.returncode == 0, merged.stderr
+    assert _rows(tmp_path / "merged" / "predictions.csv").keys() == _rows(folder_run[0] / "predictions.csv").keys()
+
+
+def test_tta_augments_deterministically() -> None:
+    import keras
+
+    from deepcovidxr.predictor import member_scores
+
+    inputs = keras.Input((48, 48, 3))
+    model = keras.Model(
+        inputs,
+        keras.layers.Dense(1, activation="sigmoid")(
+            keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(inputs))
+        ),
+    )
+    images = np.random.default_rng(0).integers(0, 255, (5, 48, 48), dtype=np.uint8)
+    seeds = np.arange(5)
+    plain = member_scores(model, images, 4)
+    tta = member_scores(model, images, 4, tta=3, seeds=seeds)
+    assert not np.allclose(plain, tta)
+    np.testing.assert_array_equal(tta, member_scores(model, images, 4, tta=3, seeds=seeds))
+    # an image's TTA score does not depend on its batch neighbours
+    np.testing.assert_allclose(member_scores(model, images[2:3], 4, tta=3, seeds=seeds[2:3]), tta[2:3], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Phantoms in the two views MEMBERS use (224 uncrop; 331 crop written from the same image)."""
+    root = tmp_path_factory.mktemp("tree")
+    make_phantom_tree(root, 16, 224, seed=4)
+    other = make_phantom_tree(root / "scratch", 16, 331, seed=4)
+    (root / "331").mkdir()
+    shutil.move(str(other), str(root / "331" / "crop"))
+    shutil.rmtree(root / "scratch")
+    return root
+
+
+def test_view_pairing_is_by_name_and_mismatches_are_errors(tree: Path, tmp_path: Path) -> None:
+    from deepcovidxr.inference import load_split
+    from deepcovidxr.layout import Split
+
+    members = [(Member.parse(m), Path(m)) for m in MEMBERS]
+    images, store = load_split(tree, Split.TEST, members, tmp_path)
+    store.close()
+    assert images.names == sorted(images.names) and all(
+        n.split("/")[0] in {"Negative", "Positive"} for n in images.names
+    )
+    victim = tree / "331" / "crop" / "Test" / images.names[0]
+    moved = victim.rename(victim.with_name("renamed.png"))
+    try:
+        with pytest.raises(ValueError, match=r"renamed\.png"):
+            load_split(tree, Split.TEST, members, tmp_path)
+    finally:
+        moved.rename(victim)
+
+
+def test_ensemble_fits_on_validation_only_and_reports_test(
+    tree: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepcovidxr import inference
+
+    seen = []
+    original = ensemble.dirichlet_search
+
+    def spy(scores, labels, draws=10000, seed=0):
+        seen.append(len(labels))
+        return original(scores, labels, draws=draws, seed=seed)
+
+    monkeypatch.setattr(ensemble, "dirichlet_search", spy)
+    validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
+    json_path = inference.run_ensemble(
+        inference.EnsembleConfig(weights_dir, tree, tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4)
+    )
+    assert seen == [validation_count]
+    weights = json.loads(json_path.read_text())
+    assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
+    assert ensemble.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
+    results = tmp_path / "Ensemble_Results"
+    rows = list(csv.DictReader((results / "ensemble_predictions.csv").open()))
+    test_names = sorted(
+        p.relative_to(tree / "224" / "uncrop" / "Test").as_posix()
+        for p in (tree / "224" / "uncrop" / "Test").rglob("*.png")
+    )
+    assert [r["Filenames"] for r in rows] == test_names
+    assert all(r["Actual"] == ("1" if r["Filenames"].startswith("Positive/") else "0") for r in rows)
+    for name in ("ROC_Curve.png", "ConfusionMatrix.png", "member_auc.csv", "individual_predictions.csv"):
+        assert (results / name).is_file()
+    # the fitted weights do not depend on the Test images at all
+    for path in (tree / "224" / "uncrop" / "Test").rglob("*.png"):
+        Image.fromarray(np.zeros((224, 224), np.uint8)).save(path)
+    inference.run_ensemble(
+        inference.EnsembleConfig(
+            weights_dir, tree, tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
+        )
+    )
+    assert json.loads((tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json").read_text()) == weights
+
+
+def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path: Path) -> None:
+    from sklearn.metrics import recall_score, roc_auc_score
+
+    done = run_script(
+        "evaluate.py",
+        "-w",
+        weights_dir,
+        "-i",
+        tree,
+        "-o",
+        tmp_path,
+        "-e",
+        weights_dir / "ensemble_weights.json",
+        "--bootstrap",
+        "200",
+        "--batch-size",
+        "4",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "Results" / "predictions.csv").open()))
+    assert list(rows[0])[:5] == ["Filenames", "Scores", "Binary prediction", "Predictions", "Actual"]
+    y = np.array([int(r["Actual"]) for r in rows])
+    s = np.array([float(r["Scores"]) for r in rows])
+    summary = json.loads((tmp_path / "Results" / "metrics.json").read_text())
+    assert summary["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+    assert summary["at_0.5"]["sensitivity"] == pytest.approx(recall_score(y, s >= 0.5), abs=1e-9)
+    low, high = summary["auc_ci95"]
+    assert low <= summary["auc"] <= high
+    for name in ("ROC_Curve.png", "PrecisionRecall_Curve.png", "Calibration.png", "ConfusionMatrix.png"):
+        assert (tmp_path / "Results" / name).stat().st_size > 1000
