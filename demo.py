@@ -20,6 +20,13 @@ def build_parser():
         "-o", "--output", type=Path, default=Path("demo_output"), help="output folder (default demo_output/)"
     )
     p.add_argument("--count", type=int, default=48, help="number of synthetic phantoms (default 48)")
+    p.add_argument(
+        "--members",
+        nargs="+",
+        default=["res_224_uncrop", "res_224_crop"],
+        help="members to train (default res_224_uncrop res_224_crop)",
+    )
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per member (default 2)")
     p.add_argument("-U", "--Unet", type=Path, default=None, help="U-Net weights (default: ours in unet/)")
     cli.add_seed(p)
     cli.add_workers(p)
@@ -32,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args.verbose)
     from deepcovidxr.demo import DemoConfig, run_demo
 
-    config = DemoConfig(output=args.output, count=args.count, seed=args.seed, unet=args.Unet, workers=args.workers)
+    config = DemoConfig(
+        output=args.output,
+        count=args.count,
+        seed=args.seed,
+        members=tuple(args.members),
+        epochs=args.epochs,
+        unet=args.Unet,
+        workers=args.workers,
+    )
     return cli.run_stage(lambda: run_demo(config))
 
 

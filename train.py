@@ -59,6 +59,13 @@ def build_parser():
     p.add_argument("--learning-rate", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--momentum", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--dropout", type=float, default=None, help="overrides the hyperparameters file")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: SGD with Nesterov momentum, as the original (default); adam: Adam, which trains "
+        "randomly initialised backbones far more readily (momentum is then unused)",
+    )
     p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
     p.add_argument(
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         cache=args.cache,
         overwrite=args.overwrite,
         multi_worker=args.multi_worker,
+        optimizer=args.optimizer,
     )
     return cli.run_stage(lambda: train(config))
 

@@ -1,7 +1,9 @@
-"""The embedded default run: the pipeline on bundled synthetic phantoms, no data needed.
+"""The embedded default run: the whole pipeline on bundled synthetic phantoms, no data needed.
 
 phantoms (with true lung masks and labels) -> dataset tree (U-Net crop + Lanczos resize, patient
-split) -> crop check against the true masks -> ``index.html`` listing what a reader opens first.
+split) -> crop check against the true masks -> two members trained -> ensemble weights fitted on
+Validation -> evaluation on Test -> prediction on the raw files -> Grad-CAM -> ``index.html``
+listing what a reader opens first.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from deepcovidxr import DISCLAIMER, layout
 from deepcovidxr.atomic import write_text
 from deepcovidxr.dataset import DatasetConfig, run_build_dataset
 from deepcovidxr.imageio import read_gray
-from deepcovidxr.layout import CropMode, DataTree
+from deepcovidxr.layout import CropMode, DataTree, Member
 from deepcovidxr.reports import write_view_strip
 from deepcovidxr.synthetic import write_phantom_set
 
@@ -31,7 +33,8 @@ class DemoConfig:
     output: Path = Path("demo_output")
     count: int = 48
     seed: int = 0
-    sizes: tuple[int, ...] = layout.SIZES
+    members: tuple[str, ...] = ("res_224_uncrop", "res_224_crop")
+    epochs: int = 2
     unet: Path | None = None
     workers: int = 4
 
@@ -91,37 +94,118 @@ def write_index(
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
+    """Phantoms -> dataset tree -> train members -> ensemble -> evaluate -> predict -> Grad-CAM."""
+    from deepcovidxr.explain import GradcamConfig, run_gradcam
+    from deepcovidxr.inference import (
+        EnsembleConfig,
+        EvaluateConfig,
+        PredictConfig,
+        run_ensemble,
+        run_evaluate,
+        run_predict,
+    )
+    from deepcovidxr.training import TrainAllConfig, train_all
+
     output = config.output
     phantoms = output / "phantoms"
     labels = write_phantom_set(phantoms, config.count, seed=config.seed, patients=max(3, config.count * 2 // 3))
-    log.info("demo: %d synthetic phantoms in %s", config.count, phantoms)
+    log.info("demo 1/7: %d synthetic phantoms in %s", config.count, phantoms)
     dataset = output / "dataset"
+    sizes = tuple(sorted({Member.parse(m).size for m in config.members}))
     built = run_build_dataset(
         DatasetConfig(
             images=phantoms,
             labels=labels,
             output=dataset,
             unet=config.unet,
-            sizes=config.sizes,
+            sizes=sizes,
             seed=config.seed,
             workers=config.workers,
         )
     )
     check = crop_check(built.report, phantoms, output / "crop_check.csv")
     log.info(
-        "demo: crops keep %.1f %% of the true lung on average (worst %.1f %%)", 100 * check["mean"], 100 * check["min"]
+        "demo 2/7: dataset tree built; crops keep %.1f %% of the true lung on average (worst %.1f %%)",
+        100 * check["mean"],
+        100 * check["min"],
     )
     tree = DataTree(dataset)
-    examples = sorted(p for p in (tree.view_dir(config.sizes[0], CropMode.UNCROP)).rglob("*.png"))[:6]
-    views = [
-        [
-            tree.view_dir(s, c) / e.relative_to(tree.view_dir(config.sizes[0], CropMode.UNCROP))
-            for s in config.sizes
-            for c in CropMode
-        ]
-        for e in examples
-    ]
-    strip = write_view_strip(output / "views.png", views, [f"{s} {c.value}" for s in config.sizes for c in CropMode])
+    first_view = tree.view_dir(sizes[0], CropMode.UNCROP)
+    examples = sorted(first_view.rglob("*.png"))[:6]
+    strip = write_view_strip(
+        output / "views.png",
+        [[tree.view_dir(s, c) / e.relative_to(first_view) for s in sizes for c in CropMode] for e in examples],
+        [f"{s} {c.value}" for s in sizes for c in CropMode],
+    )
+    members = output / "members"
+    train_all(
+        TrainAllConfig(
+            data=dataset,
+            output=members,
+            members=config.members,
+            weights=None,
+            common={
+                "epochs": config.epochs,
+                "batch_size": 8,
+                "seed": config.seed,
+                "optimizer": "adam",
+                "learning_rate": 1e-3,
+            },
+        )
+    )
+    log.info("demo 3/7: trained %s", ", ".join(config.members))
+    weights_json = run_ensemble(
+        EnsembleConfig(
+            weights=members,
+            data=dataset,
+            output=output / "ensemble",
+            draws=2000,
+            members=config.members,
+            seed=config.seed,
+            batch_size=8,
+        )
+    )
+    log.info("demo 4/7: ensemble weights fitted on Validation")
+    evaluated = run_evaluate(
+        EvaluateConfig(
+            weights=members,
+            image=dataset,
+            output=output / "evaluation",
+            ensemble_weights=weights_json,
+            batch_size=8,
+            seed=config.seed,
+            bootstrap=500,
+        )
+    )
+    log.info("demo 5/7: evaluated on Test")
+    predicted = run_predict(
+        PredictConfig(
+            weights=members,
+            input=phantoms / "images",
+            output=output / "prediction",
+            ensemble_weights=weights_json,
+            unet=config.unet,
+            batch_size=8,
+            workers=config.workers,
+        )
+    )
+    log.info("demo 6/7: predicted %s", predicted.report)
+    explain_input = output / "gradcam_input"
+    for path in sorted((phantoms / "images").glob("*.png"))[:4]:
+        explain_input.mkdir(parents=True, exist_ok=True)
+        (explain_input / path.name).write_bytes(path.read_bytes())
+    explained = run_gradcam(
+        GradcamConfig(
+            weights=members,
+            path=explain_input,
+            output=output / "gradcam",
+            ensemble_weights=weights_json,
+            unet=config.unet,
+        )
+    )
+    log.info("demo 7/7: Grad-CAM in %s", explained.report)
+    results = output / "evaluation" / "Results"
+    ensemble_dir = output / "ensemble" / "Ensemble_Results"
     index = write_index(
         output / "index.html",
         "deepcovidxr demo run (synthetic phantoms)",
@@ -130,7 +214,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 "Lung crops",
                 [
                     (str(dataset / layout.QC_MONTAGE), "U-Net square crop boxes; non-ok crops come first"),
-                    (str(strip), "the four views the ensemble members see, per image"),
+                    (str(strip), "the views the ensemble members see, per image"),
                     (
                         str(output / "crop_check.csv"),
                         f"true lung pixels inside each crop: mean {check['mean']:.3f}, "
@@ -139,17 +223,57 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 ],
             ),
             (
-                "Dataset tree",
+                "Training",
                 [
-                    (str(built.report), "per image: label, patient, split, crop status and box"),
-                    (str(dataset), "{224,331}/{crop,uncrop}/{Train,Validation,Test}/{Negative,Positive}"),
+                    (
+                        str(members / f"{Member.parse(m).legacy_filename.removesuffix('.h5')}_curves.png"),
+                        f"training curves of {m}",
+                    )
+                    for m in config.members
                 ],
             ),
-            ("Inputs", [(str(labels), "phantom labels and patient ids"), (str(phantoms / "masks"), "true lung masks")]),
+            (
+                "Ensemble (weights fitted on Validation, reported on Test)",
+                [
+                    (str(ensemble_dir / "ROC_Curve.png"), "ROC of the ensemble on Test"),
+                    (str(ensemble_dir / "member_auc.csv"), "Test AUC of every member and of the ensemble"),
+                    (str(ensemble_dir / "ensemble_weights.json"), "the fitted member weights"),
+                ],
+            ),
+            (
+                "Evaluation on Test",
+                [
+                    (
+                        str(results / "metrics.json"),
+                        "AUC with 95 % CI, sensitivity, specificity, PPV, NPV, "
+                        "F1 at 0.5 and at the Youden threshold, Brier score",
+                    ),
+                    (str(results / "ConfusionMatrix.png"), "confusion matrix at 0.5"),
+                    (str(results / "Calibration.png"), "calibration"),
+                    (str(evaluated), "per-image scores, labels and member scores"),
+                ],
+            ),
+            ("Prediction on raw files", [(str(predicted.report), "one row per input file, crop status and errors")]),
+            (
+                "Grad-CAM",
+                [
+                    (str(p), "input, ensemble Grad-CAM, overlay")
+                    for p in sorted((output / "gradcam" / "gradCAM_img").glob("*_gradCAM.png"))
+                ],
+            ),
+            (
+                "Dataset and inputs",
+                [
+                    (str(built.report), "per image: label, patient, split, crop status and box"),
+                    (str(labels), "phantom labels and patient ids"),
+                ],
+            ),
         ],
         notes=[
-            f"{config.count} phantoms, seed {config.seed}. Crop statuses: "
+            f"{config.count} phantoms, seed {config.seed}; members {', '.join(config.members)} trained for "
+            f"{config.epochs} epochs from random weights (no ImageNet weights offline), so their scores mean little: "
+            "this run shows the pipeline and its outputs, not a classifier. Crop statuses: "
             + ", ".join(f"{k} {v}" for k, v in sorted(built.counts.items()))
         ],
     )
-    return DemoResult(index, built.exit_code)
+    return DemoResult(index, max(built.exit_code, predicted.exit_code))

@@ -44,7 +44,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
 
     from deepcovidxr.data import list_split, make_dataset
     from deepcovidxr.models import build_member, save_member, set_backbone_trainable
-    from deepcovidxr.training import set_precision
+    from deepcovidxr.training import make_optimizer, set_precision
 
     if "TF_CONFIG" not in os.environ:
         raise ValueError("--multi-worker needs TF_CONFIG (cluster workers and this task's index); see the README")
@@ -111,7 +111,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             continue
         set_backbone_trainable(model, phase != "initial")
         with strategy.scope():  # a fresh optimizer per phase, built for this phase's variables
-            optimizer = keras.optimizers.SGD(learning_rate=hp.learning_rate, momentum=hp.momentum, nesterov=True)
+            optimizer = make_optimizer(config.optimizer, hp.learning_rate, hp.momentum)
             optimizer.build(model.trainable_variables)
 
         @tf.function

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,7 @@ def run_predict(config: PredictConfig) -> StageResult:
             "shard": config.shard,
             "files": len(files),
             "timings": timings,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         },
     )
     errors = sum(1 for r in rows if r[4] == ERROR)

@@ -49,6 +49,7 @@ class TrainConfig:
     cache: bool = True
     overwrite: bool = False
     multi_worker: bool = False
+    optimizer: str = "sgd"
 
     @property
     def member(self) -> Member:
@@ -125,11 +126,26 @@ def set_precision(enabled: bool) -> str:
     return policy
 
 
-def compile_member(model, learning_rate: float, momentum: float) -> None:
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float):
+    """SGD with Nesterov momentum (the original's, the default) or Adam (momentum unused), which
+    trains randomly initialised backbones far more readily on small data."""
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def compile_member(model, learning_rate: float, momentum: float, optimizer: str = "sgd") -> None:
     import keras
 
     model.compile(
-        optimizer=keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True),
+        optimizer=make_optimizer(optimizer, learning_rate, momentum),
         loss="binary_crossentropy",
         metrics=[
             keras.metrics.BinaryAccuracy(name="acc"),
@@ -266,7 +282,7 @@ def train_member(config: TrainConfig) -> Path:
                 initial = None if from_scratch else paths.checkpoint("initial")
                 model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=initial)
                 set_backbone_trainable(model, True)
-            compile_member(model, hp.learning_rate, hp.momentum)
+            compile_member(model, hp.learning_rate, hp.momentum, config.optimizer)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, config.epochs)
         history = model.fit(
