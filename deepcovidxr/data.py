@@ -151,7 +151,9 @@ def make_dataset(
             chosen = split.labels == value
             files = [f for f, keep in zip(split.files, chosen, strict=True) if keep]
             per_class.append(decoded(files, split.labels[chosen]).shuffle(len(files), seed=seed).repeat())
-        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
+        ds = tf.data.Dataset.sample_from_datasets(
+            per_class, weights=[0.5, 0.5], seed=seed, rerandomize_each_iteration=True
+        )
         # an "epoch" keeps the size of the real training set
         ds = ds.take(len(split))
     else:

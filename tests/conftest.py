@@ -49,10 +49,16 @@ def lung_cropper():
     return LungCropper(UNET_WEIGHTS, batch_size=8)
 
 
-def make_phantom_tree(root: Path, count: int, size: int, seed: int = 0, splits=(0.6, 0.2, 0.2)) -> Path:
+def make_phantom_tree(
+    root: Path, count: int, size: int, seed: int = 0, splits=(0.6, 0.2, 0.2), opacity_boost: float = 0.0
+) -> Path:
     """A dataset tree ``root/<size>/uncrop/{Train,Validation,Test}/{Negative,Positive}`` of
     synthetic phantoms, Lanczos-resized, without the U-Net (training tests need no crops).
+    ``opacity_boost`` adds that many grey levels inside positives' opacities (a stronger signal
+    for tests that must learn from random weights in a few CPU minutes).
     Returns the view folder (what train.py takes as -p)."""
+    import numpy as np
+
     from deepcovidxr.imageio import write_gray
     from deepcovidxr.layout import DataTree, Label, Split
     from deepcovidxr.preprocess import lanczos_resize
@@ -63,10 +69,14 @@ def make_phantom_tree(root: Path, count: int, size: int, seed: int = 0, splits=(
     for index in range(count):
         positive = index % 2 == 1
         phantom = make_phantom(seed * 100_000 + index, positive, height=256, width=256)
+        image = phantom.image
+        if opacity_boost:
+            boosted = image.astype(np.float32) + opacity_boost * (phantom.opacity_mask > 0)
+            image = np.clip(boosted, 0, 255).astype(np.uint8)
         split = Split.TRAIN if index < bounds[0] else Split.VALIDATION if index < bounds[1] else Split.TEST
         label = Label.POSITIVE if positive else Label.NEGATIVE
         write_gray(
             tree.class_dir(size, "uncrop", split, label) / f"phantom_{index:04d}.png",
-            lanczos_resize(phantom.image, size),
+            lanczos_resize(image, size),
         )
     return tree.view_dir(size, "uncrop")

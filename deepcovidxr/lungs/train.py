@@ -204,7 +204,21 @@ def train_unet(config: UnetTrainConfig) -> Path:
     model.fit(data, epochs=config.epochs, callbacks=[KeepBest()], verbose=2)
     seconds = time.time() - started
     model.load_weights(weights_path)
+    write_unet_metadata(model, config, pairs, train_pairs, held_pairs, history, best, seconds)
+    return weights_path
+
+
+def write_unet_metadata(model, config: UnetTrainConfig, pairs: list[Pair], train_pairs: list[Pair],
+                        held_pairs: list[Pair], history: list[dict], best: dict, seconds: float,
+                        note: str = "") -> Path:
+    """Measure the held-out Dice of ``model`` and write ``lung_unet.json`` beside the weights."""
+    import keras
+
+    from deepcovidxr.lungs.unet import sidecar_path
+
     scores = heldout_dice(model, held_pairs)
+    by_set = {name: float(np.mean([s for s, p in zip(scores, held_pairs, strict=True) if p.dataset == name]))
+              for name in sorted({p.dataset for p in held_pairs})}
     meta = {
         "name": "deepcovidxr lung U-Net",
         "architecture": config.architecture,
@@ -228,6 +242,7 @@ def train_unet(config: UnetTrainConfig) -> Path:
             "dice_mean": float(np.mean(scores)),
             "dice_median": float(np.median(scores)),
             "dice_min": float(np.min(scores)),
+            "dice_mean_by_dataset": by_set,
             "heldout_dice256_best": best["dice256"],
             "measured_on": "held-out pairs at mask resolution, post-processed as crop_img.py --save-masks",
         },
@@ -236,17 +251,14 @@ def train_unet(config: UnetTrainConfig) -> Path:
             "best_epoch": best["epoch"],
             "seconds": round(seconds, 1),
             "history": history,
+            "note": note,
         },
         "date": dt.date.today().isoformat(),
         "deepcovidxr_version": __version__,
         "keras_version": keras.__version__,
     }
-    write_json(sidecar_path(weights_path), meta)
-    log.info(
-        "held-out Dice %.4f (median %.4f, min %.4f); wrote %s",
-        meta["validation"]["dice_mean"],
-        meta["validation"]["dice_median"],
-        meta["validation"]["dice_min"],
-        weights_path,
-    )
-    return weights_path
+    path = sidecar_path(config.output / "lung_unet.weights.h5")
+    write_json(path, meta)
+    log.info("held-out Dice %.4f (median %.4f, min %.4f); wrote %s", meta["validation"]["dice_mean"],
+             meta["validation"]["dice_median"], meta["validation"]["dice_min"], path)
+    return path
