@@ -90,6 +90,11 @@ def train_member_multiworker(config: TrainConfig) -> Path:
 
     with strategy.scope():
         model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Batch statistics over the global batch: moving averages then stay identical on
+            # every worker (local statistics would make the workers' weights drift apart).
+            layer.synchronized = True
     optimizer = None
     loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
 

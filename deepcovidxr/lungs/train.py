@@ -127,7 +127,7 @@ def train_unet(config: UnetTrainConfig) -> Path:
     """Train, keep the best held-out epoch, write ``lung_unet.weights.h5`` + ``lung_unet.json``."""
     import keras
 
-    from deepcovidxr.lungs.unet import build_unet, sidecar_path
+    from deepcovidxr.lungs.unet import build_unet
 
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
@@ -208,17 +208,27 @@ def train_unet(config: UnetTrainConfig) -> Path:
     return weights_path
 
 
-def write_unet_metadata(model, config: UnetTrainConfig, pairs: list[Pair], train_pairs: list[Pair],
-                        held_pairs: list[Pair], history: list[dict], best: dict, seconds: float,
-                        note: str = "") -> Path:
+def write_unet_metadata(
+    model,
+    config: UnetTrainConfig,
+    pairs: list[Pair],
+    train_pairs: list[Pair],
+    held_pairs: list[Pair],
+    history: list[dict],
+    best: dict,
+    seconds: float,
+    note: str = "",
+) -> Path:
     """Measure the held-out Dice of ``model`` and write ``lung_unet.json`` beside the weights."""
     import keras
 
     from deepcovidxr.lungs.unet import sidecar_path
 
     scores = heldout_dice(model, held_pairs)
-    by_set = {name: float(np.mean([s for s, p in zip(scores, held_pairs, strict=True) if p.dataset == name]))
-              for name in sorted({p.dataset for p in held_pairs})}
+    by_set = {
+        name: float(np.mean([s for s, p in zip(scores, held_pairs, strict=True) if p.dataset == name]))
+        for name in sorted({p.dataset for p in held_pairs})
+    }
     meta = {
         "name": "deepcovidxr lung U-Net",
         "architecture": config.architecture,
@@ -259,6 +269,11 @@ def write_unet_metadata(model, config: UnetTrainConfig, pairs: list[Pair], train
     }
     path = sidecar_path(config.output / "lung_unet.weights.h5")
     write_json(path, meta)
-    log.info("held-out Dice %.4f (median %.4f, min %.4f); wrote %s", meta["validation"]["dice_mean"],
-             meta["validation"]["dice_median"], meta["validation"]["dice_min"], path)
+    log.info(
+        "held-out Dice %.4f (median %.4f, min %.4f); wrote %s",
+        meta["validation"]["dice_mean"],
+        meta["validation"]["dice_median"],
+        meta["validation"]["dice_min"],
+        path,
+    )
     return path
