@@ -32,7 +32,8 @@ def member_cams(model, layer_name: str, inputs: np.ndarray) -> tuple[np.ndarray,
         activations, features = probe(x, training=False)
         logit = tf.matmul(tf.cast(features, tf.float32), tf.cast(head.kernel, tf.float32))[:, 0]
         logit = logit + tf.cast(head.bias, tf.float32)[0]
-    gradients = tf.cast(tape.gradient(tf.reduce_sum(logit), activations), tf.float32)
+        total = tf.reduce_sum(logit)  # inside the tape, or the gradient is None
+    gradients = tf.cast(tape.gradient(total, activations), tf.float32)
     channel_weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     signed = tf.reduce_sum(channel_weights * tf.cast(activations, tf.float32), axis=-1)
     size = inputs.shape[1]

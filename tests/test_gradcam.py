@@ -8,36 +8,37 @@ import pytest
 from deepcovidxr.gradcam import fuse, member_cams, to_original
 
 
-def _bright_spot_model(size: int = 32):
-    """A tiny member-shaped model whose logit grows with the brightness of the image's top-left
-    quarter: its positive Grad-CAM must peak there."""
+def _red_evidence_model(size: int = 32):
+    """A tiny member-shaped model: feature channel 0 sees the red input channel, channel 1 the
+    green one, and only channel 0 feeds the logit. Its positive Grad-CAM must follow the red."""
     import keras
 
     inputs = keras.Input((size, size, 3))
-    conv = keras.layers.Conv2D(
-        1, 1, activation="relu", name="features", kernel_initializer="ones", bias_initializer="zeros"
-    )(inputs)
-    mask = np.zeros((1, size, size, 1), np.float32)
-    mask[:, : size // 2, : size // 2] = 1.0
-    masked = keras.layers.Lambda(lambda t: t * mask)(conv)
-    pooled = keras.layers.GlobalAveragePooling2D()(masked)
+    features = keras.layers.Conv2D(2, 1, activation="relu", name="features")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
     dropped = keras.layers.Dropout(0.0, name="dropout")(pooled)
-    output = keras.layers.Dense(1, activation="sigmoid", name="last", kernel_initializer="ones")(dropped)
-    return keras.Model(inputs, output)
+    output = keras.layers.Dense(1, activation="sigmoid", name="last")(dropped)
+    model = keras.Model(inputs, output)
+    kernel = np.zeros((1, 1, 3, 2), np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
+    model.get_layer("features").set_weights([kernel, np.zeros(2, np.float32)])
+    model.get_layer("last").set_weights([np.array([[4.0], [0.0]], np.float32), np.array([-1.0], np.float32)])
+    return model
 
 
 def test_positive_map_peaks_where_the_evidence_is() -> None:
-    model = _bright_spot_model()
+    model = _red_evidence_model()
     x = np.zeros((2, 32, 32, 3), np.float32)
-    x[:, :16, :16] = 1.0  # evidence in the top-left quarter
-    x[:, 20:, 20:] = 1.0  # bright but irrelevant bottom-right
+    x[:, :12, :12, 0] = 1.0  # evidence (red) in the top-left
+    x[:, 20:, 20:, 1] = 1.0  # bright but irrelevant (green) bottom-right
     positive, negative, scores = member_cams(model, "features", x)
     assert positive.shape == (2, 32, 32) and positive.max() == pytest.approx(1.0)
     peak = np.unravel_index(np.argmax(positive[0]), positive[0].shape)
-    assert peak[0] < 16 and peak[1] < 16
-    assert positive[0][24:, 24:].max() < 0.05
-    assert np.allclose(negative, 0)  # nothing argues for the negative class here
-    assert np.all(scores > 0.5)
+    assert peak[0] < 12 and peak[1] < 12
+    assert positive[0][22:, 22:].max() < 0.05
+    assert np.allclose(negative, 0)  # nothing argues for the negative class
+    expected = 1 / (1 + np.exp(-(4.0 * (144 / 1024) - 1.0)))
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
 
 
 def test_crop_maps_go_back_into_their_box() -> None:
