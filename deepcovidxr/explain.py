@@ -143,7 +143,7 @@ def _write_figure(
     axes[2].set_title("Overlay")
     for axis in axes:
         axis.axis("off")
-    figure.suptitle(f"{name}: ensemble score {score:.3f}\\n{DISCLAIMER}", fontsize=9)
+    figure.suptitle(f"{name}: ensemble score {score:.3f}\n{DISCLAIMER}", fontsize=9)
     figure.tight_layout()
     with atomic_path(destination) as tmp:
         figure.savefig(tmp, dpi=80)
