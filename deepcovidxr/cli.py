@@ -25,6 +25,9 @@ def configure_logging(verbose: int = 0) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # absl repeats Keras' advice against the HDF5 files the member contract requires.
     logging.getLogger("absl").setLevel(logging.ERROR)
+    # TensorFlow counts traces across every member's own inference function and calls one trace
+    # per member "excessive retracing"; each member is traced exactly once.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     # Keras warns that fit's default shuffle does not apply to tf.data, which we shuffle ourselves.
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     # pydicom logs a traceback per failed decoder plugin; the stage reports the failure itself.

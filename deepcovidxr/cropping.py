@@ -19,7 +19,7 @@ from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport, chunked
 from deepcovidxr.imageio import ImageReadError, iter_input_files, output_name, read_gray, write_gray
 from deepcovidxr.lungs import segment
-from deepcovidxr.lungs.cropper import LungCropper, locate
+from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,14 @@ def _locate_and_write(
     mask_path = mask_output(relative, config)
     if mask_path is not None:
         write_gray(mask_path, result.full_resolution_mask(gray.shape[1], gray.shape[0]))
+    row = {"file": relative.as_posix(), **crop_columns(result)}
+    return row, QcItem.of(relative.as_posix(), gray, result.square, result.status.value)
+
+
+def crop_columns(result: CropResult) -> dict:
+    """The report columns every cropping stage writes: status, square box, lung fraction."""
     box = result.square
-    row = {
-        "file": relative.as_posix(),
+    return {
         "status": result.status.value,
         "x0": box.x0,
         "y0": box.y0,
@@ -112,7 +117,6 @@ def _locate_and_write(
         "lung_fraction": f"{result.lung.lung_fraction:.4f}",
         "error": "",
     }
-    return row, QcItem.of(relative.as_posix(), gray, box, result.status.value)
 
 
 def run_crop(config: CropConfig, cropper: LungCropper | None = None) -> StageResult:

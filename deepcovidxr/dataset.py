@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.cropping import StageResult, ensure_outside, segment_files
+from deepcovidxr.cropping import StageResult, crop_columns, ensure_outside, segment_files
 from deepcovidxr.imageio import output_name, write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
@@ -166,18 +166,7 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
         wanted = tuple((size, mode) for size in config.sizes for mode in CropMode)
         for (size, mode), image in make_views(gray, result.square, wanted).items():
             write_gray(tree.class_dir(size, mode, split, row.label) / name, image)
-        box = result.square
-        record = {
-            **base_row(item),
-            "status": result.status.value,
-            "x0": box.x0,
-            "y0": box.y0,
-            "x1": box.x1,
-            "y1": box.y1,
-            "lung_fraction": f"{result.lung.lung_fraction:.4f}",
-            "error": "",
-        }
-        return record, QcItem.of(row.file, gray, box, result.status.value)
+        return {**base_row(item), **crop_columns(result)}, QcItem.of(row.file, gray, result.square, result.status.value)
 
     def failed(item: tuple, reason: str) -> dict:
         return {**base_row(item), "status": ERROR, "error": reason}

@@ -108,6 +108,24 @@ def image_seed(name: str, seed: int = 0) -> int:
     return (zlib.crc32(name.encode("utf-8")) ^ (seed * 2_654_435_761)) & 0x7FFFFFFF
 
 
+def _compiled_forward(model):
+    """One traced inference function per model, kept on the model and reused across calls (a new
+    tf.function per call would retrace, which costs as much as a small folder's forward pass).
+    Stored with object.__setattr__ so Keras does not track it; the model/function cycle is freed
+    with the model."""
+    import tensorflow as tf
+
+    forward = getattr(model, "_deepcovidxr_forward", None)
+    if forward is None:
+
+        def run(batch):
+            return model(batch, training=False)
+
+        forward = tf.function(run, reduce_retracing=True, autograph=False)
+        object.__setattr__(model, "_deepcovidxr_forward", forward)
+    return forward
+
+
 def member_scores(
     model, images: np.ndarray, batch_size: int, tta: int = 0, seeds: np.ndarray | None = None
 ) -> np.ndarray:
@@ -122,9 +140,7 @@ def member_scores(
 
     from deepcovidxr.data import augment, to_rgb_normalised
 
-    @tf.function(reduce_retracing=True)
-    def forward(batch):
-        return model(batch, training=False)
+    forward = _compiled_forward(model)
 
     def augment_each(batch, batch_seeds):
         return tf.map_fn(
