@@ -259,3 +259,36 @@ def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path:
     assert low <= summary["auc"] <= high
     for name in ("ROC_Curve.png", "PrecisionRecall_Curve.png", "Calibration.png", "ConfusionMatrix.png"):
         assert (tmp_path / "Results" / name).stat().st_size > 1000
+
+
+def test_vissample_writes_fused_heatmaps_in_original_coordinates(
+    weights_dir: Path, messy_images: Path, tmp_path: Path
+) -> None:
+    from deepcovidxr.imageio import read_gray
+
+    done = run_script(
+        "visSample.py",
+        "-w",
+        weights_dir,
+        "-p",
+        messy_images,
+        "-o",
+        tmp_path,
+        "-e",
+        weights_dir / "ensemble_weights.json",
+        "--target",
+        "positive",
+    )
+    assert done.returncode == 1, done.stderr[-3000:]  # the broken file is reported, the rest explained
+    folder = tmp_path / "gradCAM_img"
+    for stem, source in [("a", "a.png"), ("sub__b", "sub/b.png"), ("sub__c", "sub/c.dcm")]:
+        assert (folder / f"{stem}_gradCAM.png").stat().st_size > 10_000
+        heatmap = np.load(folder / f"{stem}_heatmap.npy")
+        original = read_gray(messy_images / source)
+        scale = 512 / max(original.shape)
+        expected = (
+            original.shape if scale >= 1 else (round(original.shape[0] * scale), round(original.shape[1] * scale))
+        )
+        assert heatmap.shape == expected
+        assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0, abs=1e-6)
+    assert "broken.png" in done.stderr
