@@ -27,23 +27,9 @@ def build_parser():
         help="dataset root holding {224,331}/{crop,uncrop}/Test/{Negative,Positive}",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (Results/ is written in it)")
-    p.add_argument(
-        "-e",
-        "--ensemble_weight",
-        type=Path,
-        default=None,
-        help="ensemble_weights.pickle or .json (default: the authors' published weights shipped here)",
-    )
-    p.add_argument(
-        "-t",
-        "--tta",
-        type=int,
-        nargs="?",
-        const=10,
-        default=0,
-        help="test-time augmentation: average N augmented passes per member before weighting (bare -t: 10)",
-    )
-    p.add_argument("--members", nargs="+", default=(), help="only these members (weights renormalised)")
+    cli.add_ensemble_weight(p)
+    cli.add_tta(p)
+    cli.add_members(p)
     p.add_argument(
         "--bootstrap", type=int, default=2000, help="bootstrap resamples for the AUC interval (default 2000)"
     )

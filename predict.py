@@ -35,25 +35,9 @@ def build_parser():
     p.add_argument("-w", "--weight", type=Path, help="folder holding the member files <Prefix>_<size>_up_<crop>.h5")
     p.add_argument("-i", "--image", type=cli.existing_path, help="an image file or a folder (recursive)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (must lie outside the input)")
-    p.add_argument(
-        "-e",
-        "--ensemble_weight",
-        type=Path,
-        default=None,
-        help="ensemble_weights.pickle or .json (default: the authors' published weights shipped here)",
-    )
-    p.add_argument(
-        "-t",
-        "--tta",
-        type=int,
-        nargs="?",
-        const=10,
-        default=0,
-        help="test-time augmentation: average N augmented passes per member (bare -t: 10)",
-    )
-    p.add_argument(
-        "--members", nargs="+", default=(), help="only these members (weights renormalised), e.g. res_224_crop"
-    )
+    cli.add_ensemble_weight(p)
+    cli.add_tta(p)
+    cli.add_members(p)
     p.add_argument(
         "--shard",
         type=shard,

@@ -20,14 +20,8 @@ def build_parser():
     p.add_argument("-w", "--weight", type=cli.existing_path, required=True, help="folder holding the member files")
     p.add_argument("-p", "--path", type=cli.existing_path, required=True, help="an image file or a folder (recursive)")
     p.add_argument("-o", "--output", type=Path, default=Path("."), help="output folder (default: current folder)")
-    p.add_argument(
-        "-e",
-        "--ensemble_weight",
-        type=Path,
-        default=None,
-        help="ensemble weights for the fusion (default: the authors' published weights)",
-    )
-    p.add_argument("--members", nargs="+", default=(), help="only these members, e.g. res_224_uncrop dense_331_crop")
+    cli.add_ensemble_weight(p, " for the Grad-CAM fusion")
+    cli.add_members(p)
     p.add_argument(
         "--target",
         choices=("positive", "negative", "predicted"),

@@ -76,6 +76,37 @@ def add_precision(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ensemble_weight(p: argparse.ArgumentParser, what: str = "") -> None:
+    p.add_argument(
+        "-e",
+        "--ensemble_weight",
+        type=Path,
+        default=None,
+        help=f"ensemble_weights.pickle or .json{what} (default: the authors' published weights shipped here)",
+    )
+
+
+def add_members(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--members",
+        nargs="+",
+        default=(),
+        help="only these members, e.g. res_224_crop dense_331_uncrop (their weights renormalised)",
+    )
+
+
+def add_tta(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-t",
+        "--tta",
+        type=int,
+        nargs="?",
+        const=10,
+        default=0,
+        help="test-time augmentation: average N augmented passes per member before weighting (bare -t: 10)",
+    )
+
+
 def existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():

@@ -166,11 +166,9 @@ def _pil_format(path: Path) -> str:
 
 
 def output_name(relative: Path) -> Path:
-    """The output file name for an input: same name, but DICOM becomes PNG."""
-    if relative.suffix.lower() in RASTER_SUFFIXES:
+    """The output file name for an input: the same name, except that DICOM (with or without a
+    suffix) becomes PNG."""
+    suffix = relative.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
         return relative
-    return (
-        relative.with_name(relative.name + ".png")
-        if relative.suffix.lower() not in DICOM_SUFFIXES
-        else relative.with_suffix(".png")
-    )
+    return relative.with_suffix(".png") if suffix in DICOM_SUFFIXES else relative.with_name(relative.name + ".png")

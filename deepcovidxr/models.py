@@ -195,10 +195,8 @@ def load_member(path: Path, member: Member | None = None):
         raise WeightsUnavailableError(f"member weights not found: {path}")
     if member is None:
         meta_path = sidecar(path)
-        if meta_path.is_file() and json.loads(meta_path.read_text()).get("member"):
-            member = Member.parse(json.loads(meta_path.read_text())["member"])
-        else:
-            member = Member.parse(path.name)
+        recorded = json.loads(meta_path.read_text()).get("member") if meta_path.is_file() else None
+        member = Member.parse(recorded or path.name)
     model = build_member(member.backbone, member.size, dropout=0.0)
     load_weights_file(model, path)
     return model
