@@ -66,6 +66,13 @@ def build_parser():
         help="sgd: SGD with Nesterov momentum, as the original (default); adam: Adam, which trains "
         "randomly initialised backbones far more readily (momentum is then unused)",
     )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="epochs before early stopping and the learning-rate plateau rule watch the validation AUC "
+        "(default: 10 from random weights, 0 from pretrained ones)",
+    )
     p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
     p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
     p.add_argument(
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         multi_worker=args.multi_worker,
         optimizer=args.optimizer,
+        warmup_epochs=args.warmup_epochs,
     )
     return cli.run_stage(lambda: train(config))
 

@@ -110,7 +110,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
 
     history: dict[str, dict[str, list[float]]] = {}
     best_weights = None
-    from_scratch = config.weights is None or str(config.weights).lower() == "none"
+    from_scratch = config.from_scratch
     for phase in PHASES:
         if phase == "initial" and from_scratch:  # as train_member: nothing to warm up on
             continue
@@ -137,11 +137,11 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             if np.isfinite(auc) and auc > best + MIN_DELTA:
                 best, best_epoch, flat = auc, epoch + 1, 0
                 best_weights = [w.numpy() for w in model.weights]
-            else:
+            elif epoch >= config.warmup:  # the same warm-up as train_member's callbacks
                 flat += 1
                 if flat % PLATEAU_PATIENCE == 0:
                     optimizer.learning_rate.assign(float(optimizer.learning_rate.numpy()) * 0.1)
-                if epoch + 1 - best_epoch >= PATIENCE[phase]:
+                if epoch + 1 - max(best_epoch, config.warmup) >= PATIENCE[phase]:
                     break
         if best_weights is not None:
             for variable, value in zip(model.weights, best_weights, strict=True):
