@@ -49,41 +49,6 @@ def lung_cropper():
     return LungCropper(UNET_WEIGHTS, batch_size=8)
 
 
-def phantom_crop_box(lung_mask):
-    """The square box crop_img.py would cut from a phantom, from its true lung mask (the U-Net's
-    boxes on phantoms keep 99.9 % of this lung, see test_crop): 8 px padding at 256 scale, then
-    squared inside the image."""
-    import numpy as np
-
-    from deepcovidxr.lungs import segment
-    from deepcovidxr.lungs.segment import Box
-
-    height, width = lung_mask.shape
-    ys, xs = np.nonzero(lung_mask)
-    pad_x, pad_y = round(8 * width / 256), round(8 * height / 256)
-    tight = Box(
-        max(0, int(xs.min()) - pad_x),
-        max(0, int(ys.min()) - pad_y),
-        min(width, int(xs.max()) + 1 + pad_x),
-        min(height, int(ys.max()) + 1 + pad_y),
-    )
-    return segment.square_box(tight, width, height)
-
-
-def phantom_image(index: int, seed: int = 0, opacity_boost: float = 0.0):
-    """The phantom behind ``phantom_<index>.png`` of :func:`make_phantom_tree` (odd: positive)."""
-    import numpy as np
-
-    from deepcovidxr.synthetic import make_phantom
-
-    phantom = make_phantom(seed * 100_000 + index, index % 2 == 1, height=256, width=256)
-    image = phantom.image
-    if opacity_boost:
-        boosted = image.astype(np.float32) + opacity_boost * (phantom.opacity_mask > 0)
-        image = np.clip(boosted, 0, 255).astype(np.uint8)
-    return phantom, image
-
-
 def make_phantom_tree(
     root: Path,
     count: int,
@@ -93,25 +58,11 @@ def make_phantom_tree(
     opacity_boost: float = 0.0,
     view: str = "uncrop",
 ) -> Path:
-    """A dataset tree ``root/<size>/<view>/{Train,Validation,Test}/{Negative,Positive}`` of
-    synthetic phantoms, Lanczos-resized, without the U-Net (``view="crop"`` cuts
-    :func:`phantom_crop_box`). ``opacity_boost`` adds that many grey levels inside positives'
-    opacities (a stronger signal for tests that must learn from random weights in a few CPU
-    minutes). Returns the view folder (what train.py takes as -p)."""
-    from deepcovidxr.imageio import write_gray
-    from deepcovidxr.layout import DataTree, Label, Split
-    from deepcovidxr.preprocess import lanczos_resize
+    """A phantom dataset tree without the U-Net; see :func:`deepcovidxr.phantom_tasks.write_view_tree`.
+    Returns the view folder (what train.py takes as -p)."""
+    from deepcovidxr.phantom_tasks import write_view_tree
 
-    tree = DataTree(root)
-    bounds = [round(f * count) for f in (splits[0], splits[0] + splits[1])]
-    for index in range(count):
-        phantom, image = phantom_image(index, seed, opacity_boost)
-        if view == "crop":
-            image = phantom_crop_box(phantom.lung_mask).crop(image)
-        split = Split.TRAIN if index < bounds[0] else Split.VALIDATION if index < bounds[1] else Split.TEST
-        label = Label.POSITIVE if phantom.label else Label.NEGATIVE
-        write_gray(tree.class_dir(size, view, split, label) / f"phantom_{index:04d}.png", lanczos_resize(image, size))
-    return tree.view_dir(size, view)
+    return write_view_tree(root, count, size, seed, splits, opacity_boost, view)
 
 
 LEARNING_SIZE = 128  # 4x4 final feature maps: the least that Grad-CAM can point with

