@@ -56,12 +56,14 @@ def locate(gray: np.ndarray, probability256: np.ndarray) -> CropResult:
 class LungCropper:
     """Holds one U-Net; ``probabilities`` runs it, ``crop`` does the whole job for a batch."""
 
-    def __init__(self, unet_path: Path | None = None, batch_size: int = 16, precision: str = "auto") -> None:
+    def __init__(
+        self, unet_path: Path | None = None, batch_size: int = 16, precision: str = "auto", fold: bool = True
+    ) -> None:
         from deepcovidxr.lungs.unet import load_unet
 
         self.path = Path(unet_path) if unet_path else default_unet_path()
         dtype = {"auto": None, "float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
-        self.model, self.meta = load_unet(self.path, dtype)
+        self.model, self.meta = load_unet(self.path, dtype, fold=fold)
         self.batch_size = batch_size
         log.info(
             "lung U-Net: %s (%s architecture, %s)",
