@@ -52,34 +52,10 @@ def build_parser():
         default=None,
         help="the view, for the output name (default: inferred from --path)",
     )
-    p.add_argument(
-        "--epochs", type=int, default=50, help="most epochs per phase (default 50; early stopping ends sooner)"
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="images per step per GPU (default 16)")
+    cli.add_training(p)
     p.add_argument("--learning-rate", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--momentum", type=float, default=None, help="overrides the hyperparameters file")
     p.add_argument("--dropout", type=float, default=None, help="overrides the hyperparameters file")
-    p.add_argument(
-        "--optimizer",
-        choices=("sgd", "adam"),
-        default="sgd",
-        help="sgd: SGD with Nesterov momentum, as the original (default); adam: Adam, which trains "
-        "randomly initialised backbones far more readily (momentum is then unused)",
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=None,
-        help="epochs before early stopping and the learning-rate plateau rule watch the validation AUC "
-        "(default: 10 from random weights, 0 from pretrained ones)",
-    )
-    p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
-    p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)",
-    )
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not cache decoded images in memory")
     p.add_argument(
         "--multi-worker",
@@ -105,20 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         weights=args.weight_path,
         hyperparameters=args.hyperparameters,
         crop=args.crop,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
         seed=args.seed,
         learning_rate=args.learning_rate,
         momentum=args.momentum,
         dropout=args.dropout,
-        class_weight=args.class_weight,
-        oversample=args.oversample,
-        mixed_precision=args.mixed_precision,
         cache=args.cache,
         overwrite=args.overwrite,
+        **cli.training_options(args),
         multi_worker=args.multi_worker,
-        optimizer=args.optimizer,
-        warmup_epochs=args.warmup_epochs,
     )
     return cli.run_stage(lambda: train(config))
 

@@ -41,17 +41,7 @@ def build_parser():
         default=None,
         help="a tuner.py output folder (per member) or one hyperparameters file for all",
     )
-    p.add_argument("--epochs", type=int, default=50, help="most epochs per phase (default 50)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per step per GPU (default 16)")
-    p.add_argument(
-        "--optimizer",
-        choices=("sgd", "adam"),
-        default="sgd",
-        help="sgd: SGD with Nesterov momentum (default, as the original); adam: for random initial weights",
-    )
-    p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
-    p.add_argument("--mixed-precision", action="store_true", help="mixed_float16 on GPU, mixed_bfloat16 on CPU")
+    cli.add_training(p)
     cli.add_seed(p)
     cli.add_common(p)
     return p
@@ -62,15 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args.verbose)
     from deepcovidxr.training import TrainAllConfig, train_all
 
-    common = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "class_weight": args.class_weight,
-        "oversample": args.oversample,
-        "mixed_precision": args.mixed_precision,
-        "optimizer": args.optimizer,
-        "seed": args.seed,
-    }
+    common = {**cli.training_options(args), "seed": args.seed}
     config = TrainAllConfig(
         data=args.data,
         output=args.output,

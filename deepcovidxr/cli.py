@@ -107,6 +107,51 @@ def add_tta(p: argparse.ArgumentParser) -> None:
     )
 
 
+TRAINING_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "warmup_epochs",
+    "class_weight",
+    "oversample",
+    "mixed_precision",
+)
+
+
+def add_training(p: argparse.ArgumentParser) -> None:
+    """The member-training flags train.py and train_all.py share (TrainConfig fields of the same
+    names; :func:`training_options` collects them)."""
+    p.add_argument(
+        "--epochs", type=int, default=50, help="most epochs per phase (default 50; early stopping ends sooner)"
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="images per step per GPU (default 16)")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: SGD with Nesterov momentum, as the original (default); adam: Adam, which trains "
+        "randomly initialised backbones far more readily (momentum is then unused)",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=None,
+        help="epochs before early stopping and the learning-rate plateau rule watch the validation AUC "
+        "(default: 10 from random weights, 0 from pretrained ones)",
+    )
+    p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
+    p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)",
+    )
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in TRAINING_OPTIONS}
+
+
 def existing_path(text: str) -> Path:
     path = Path(text)
     if not path.exists():
