@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -99,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     unfolded.probabilities(np.zeros((args.batch_size, 256, 256, 1), np.float32))
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        config = CropConfig(args.data, Path(tmp) / "crop", batch_size=args.batch_size, workers=args.workers)
-        run_crop(dataclasses.replace(config, qc_montage=False), unfolded)
+        config = CropConfig(
+            args.data, Path(tmp) / "crop", batch_size=args.batch_size, workers=args.workers, qc_montage=False
+        )
+        run_crop(config, unfolded)
         t_unfolded = time.perf_counter() - t0
     print(
         f"{'crop stage, BN unfolded':<28}{t_unfolded:>10.2f}{n / t_unfolded:>12.1f}"

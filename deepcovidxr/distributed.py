@@ -32,16 +32,11 @@ def task_index() -> int:
     return int(config.get("task", {}).get("index", 0))
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
-
-
 def train_member_multiworker(config: TrainConfig) -> Path:
     import keras
     import tensorflow as tf
 
+    from deepcovidxr import metrics
     from deepcovidxr.data import list_split, make_dataset
     from deepcovidxr.models import build_member, save_member, set_backbone_trainable
     from deepcovidxr.training import make_optimizer, set_precision
@@ -128,7 +123,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
         for epoch in range(config.epochs):
             losses = [float(train_step(distributed)) for _ in range(steps)]
             scores = np.concatenate([np.asarray(model(x, training=False), np.float32)[:, 0] for x, _ in val_ds])
-            auc = _auc(val_files.labels, scores)
+            auc = metrics.auc_or_nan(val_files.labels, scores)
             records["loss"].append(float(np.mean(losses)))
             records["val_auc"].append(auc)
             log.info(

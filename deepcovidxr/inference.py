@@ -66,13 +66,6 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     return Ensemble([(m, Path(weights_dir) / m.legacy_filename) for m in chosen], weights)
 
 
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC (sklearn), NaN where the labels hold one class only."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
-
-
 def _views_of(members: list[tuple[Member, Path]]) -> tuple:
     return tuple(dict.fromkeys((m.size, m.crop) for m, _ in members))
 
@@ -376,7 +369,9 @@ def run_evaluate(config: EvaluateConfig) -> Path:
         rows,
     )
     summary = metrics.evaluate(images.labels, combined, n_boot=config.bootstrap, seed=config.seed)
-    summary["member_auc"] = {name: _auc(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)}
+    summary["member_auc"] = {
+        name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
+    }
     write_json(
         results / "metrics.json",
         {
@@ -451,7 +446,8 @@ def run_ensemble(config: EnsembleConfig) -> Path:
     test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size)
     combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
     member_rows = [
-        [name, f"{_auc(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"] for i, name in enumerate(names)
+        [name, f"{metrics.auc_or_nan(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"]
+        for i, name in enumerate(names)
     ]
     summary = metrics.evaluate(test.labels, combined, seed=config.seed)
     member_rows.append([f"ensemble ({config.method})", f"{summary['auc']:.6f}", "1.000000"])

@@ -117,6 +117,12 @@ def youden_threshold(y_true: Any, scores: Any) -> float:
     return float(thresholds[int(np.argmax(tpr - fpr))])
 
 
+def auc_or_nan(labels: Any, scores: Any) -> float:
+    """ROC AUC (scikit-learn's), NaN where the labels hold one class only (AUC is undefined)."""
+    labels = np.asarray(labels)
+    return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < labels.size else math.nan
+
+
 def auc_with_case_weights(y_true: Any, scores: Any, case_weights: Any) -> np.ndarray:
     """ROC AUC for many weightings of the same cases at once (the bootstrap's inner loop).
 
@@ -208,7 +214,7 @@ def evaluate(y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dic
     """
     y, s = _as_binary_problem(y_true, scores)
     both = bool(y.min() != y.max())
-    auc = float(roc_auc_score(y, s)) if both else math.nan
+    auc = auc_or_nan(y, s)
     low, high = bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed)
     return {
         "n": int(y.size),

@@ -595,7 +595,7 @@ def per_finding_auroc(y_true: np.ndarray, y_score: np.ndarray, findings: Sequenc
     holds one class only, plus a final ``mean`` row averaging the defined AUROCs (its counts are
     the totals)."""
     # Imported here: scikit-learn costs about a second to import, and only evaluation needs it.
-    from sklearn.metrics import roc_auc_score
+    from deepcovidxr.metrics import auc_or_nan
 
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)
@@ -613,7 +613,7 @@ def per_finding_auroc(y_true: np.ndarray, y_score: np.ndarray, findings: Sequenc
         column = y_true[:, j].astype(np.int64)
         positives = int(column.sum())
         negatives = len(column) - positives
-        auroc = float(roc_auc_score(column, y_score[:, j])) if positives and negatives else float("nan")
+        auroc = auc_or_nan(column, y_score[:, j])
         rows.append({"finding": finding, "auroc": auroc, "positives": positives, "negatives": negatives})
     frame = pd.DataFrame(rows, columns=["finding", "auroc", "positives", "negatives"])
     defined = frame["auroc"].dropna()

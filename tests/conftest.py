@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from deepcovidxr.phantom_tasks import write_view_tree as make_phantom_tree  # tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shared" / "data"))
 UNET_WEIGHTS = REPO / "unet" / "lung_unet.weights.h5"
@@ -47,22 +49,6 @@ def lung_cropper():
 
     assert UNET_WEIGHTS.is_file(), f"shipped U-Net weights missing: {UNET_WEIGHTS}"
     return LungCropper(UNET_WEIGHTS, batch_size=8)
-
-
-def make_phantom_tree(
-    root: Path,
-    count: int,
-    size: int,
-    seed: int = 0,
-    splits=(0.6, 0.2, 0.2),
-    opacity_boost: float = 0.0,
-    view: str = "uncrop",
-) -> Path:
-    """A phantom dataset tree without the U-Net; see :func:`deepcovidxr.phantom_tasks.write_view_tree`.
-    Returns the view folder (what train.py takes as -p)."""
-    from deepcovidxr.phantom_tasks import write_view_tree
-
-    return write_view_tree(root, count, size, seed, splits, opacity_boost, view)
 
 
 LEARNING_SIZE = 128  # 4x4 final feature maps: the least that Grad-CAM can point with

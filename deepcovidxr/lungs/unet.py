@@ -95,10 +95,9 @@ def fold_batch_norm(model: keras.Model, dtype: str | None = None) -> keras.Model
             continue
         source = model.get_layer(layer.name)
         if not source.use_bias:
-            gamma, beta, mean, variance = (
-                np.asarray(w, np.float64) for w in model.get_layer(f"{layer.name}_bn").get_weights()
-            )
-            scale = gamma / np.sqrt(variance + model.get_layer(f"{layer.name}_bn").epsilon)
+            norm = model.get_layer(f"{layer.name}_bn")
+            gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in norm.get_weights())
+            scale = gamma / np.sqrt(variance + norm.epsilon)
             kernel = np.asarray(source.get_weights()[0], np.float64) * scale
             layer.set_weights([kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)])
         else:
