@@ -79,16 +79,20 @@ def gradcam_pointing(
     """Grad-CAM of one crop-view member on the positives of ``splits``, placed back into the
     256 px phantoms. Returns the fraction of peaks inside an opacity (``inside``), the chance of
     that for a peak anywhere in the crop box (``chance``), the fraction in the lower half of a
-    lung side holding an opacity (``lower_zone``), the median peak-to-opacity distance in pixels
-    and the fraction of positives the member scores above 0.5."""
+    lung side holding an opacity (``lower_zone``), the fraction of positives for which a node of the
+    map's grid lies inside an opacity at all (``grid_ceiling``: what a perfect map of that
+    resolution could reach, since a bilinearly upsampled map peaks on a node), the median
+    peak-to-opacity distance in pixels, the fraction of positives the member scores above 0.5
+    (``detected``) and the side of the layer's map (``map_side``)."""
     from deepcovidxr.gradcam import member_cams, to_original
     from deepcovidxr.imageio import read_gray
     from deepcovidxr.models import load_member
     from deepcovidxr.preprocess import to_model_input
 
     model = load_member(member_file)
+    map_side = int(model.get_layer(layer).output.shape[1])
     files = [f for split in splits for f in sorted((Path(view_dir) / split / "Positive").glob("*.png"))]
-    inside, chance, lower_zone, distance, scores = [], [], [], [], []
+    inside, chance, lower_zone, distance, scores, reachable = [], [], [], [], [], []
     for start in range(0, len(files), 16):
         chunk = files[start : start + 16]
         cams, _, chunk_scores = member_cams(model, layer, np.stack([to_model_input(read_gray(f)) for f in chunk]))
@@ -100,6 +104,8 @@ def gradcam_pointing(
             y, x = np.unravel_index(np.argmax(heatmap), heatmap.shape)
             opacity = phantom.opacity_mask > 0
             inside.append(bool(opacity[y, x]))
+            nodes = np.ix_(grid_nodes(box.y0, box.y1, map_side), grid_nodes(box.x0, box.x1, map_side))
+            reachable.append(bool(opacity[nodes].any()))
             chance.append(float(opacity[box.y0 : box.y1, box.x0 : box.x1].mean()))
             ys, xs = np.nonzero(opacity)
             distance.append(float(np.min(np.hypot(ys - y, xs - x))))
@@ -108,9 +114,17 @@ def gradcam_pointing(
             lower_zone.append(bool(y > (box.y0 + box.y1) / 2 and bool(x < centre_x) in affected_sides))
     return {
         "positives": len(files),
+        "map_side": map_side,
         "inside": float(np.mean(inside)),
+        "grid_ceiling": float(np.mean(reachable)),
         "chance": float(np.mean(chance)),
         "lower_zone": float(np.mean(lower_zone)),
         "median_distance_px": float(np.median(distance)),
         "detected": float(np.mean(np.asarray(scores) > 0.5)),
     }
+
+
+def grid_nodes(start: int, stop: int, cells: int) -> np.ndarray:
+    """Pixel rows (or columns) of the cell centres of a ``cells``-wide map stretched over
+    [start, stop) with half-pixel-centred resizing, as :func:`deepcovidxr.gradcam.to_original` does."""
+    return np.round(start + (np.arange(cells) + 0.5) * (stop - start) / cells - 0.5).astype(int)

@@ -50,6 +50,32 @@ def test_crop_maps_go_back_into_their_box() -> None:
     assert whole.shape == (100, 80) and whole.min() == pytest.approx(1.0)
 
 
+def test_a_coarse_map_peaks_on_its_cell_centre_in_the_original_image() -> None:
+    """Evidence confined to one cell of a 4x4 last map: the placed heatmap peaks at that cell's
+    centre in the crop box, the node :func:`phantom_tasks.grid_nodes` reports (the pointing
+    benchmark's grid ceiling rests on it)."""
+    import keras
+
+    from deepcovidxr.phantom_tasks import grid_nodes
+
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.Conv2D(1, 8, strides=8, activation="relu", name="features")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(features)
+    output = keras.layers.Dense(1, activation="sigmoid", name="last")(pooled)
+    model = keras.Model(inputs, output)
+    kernel = np.zeros((8, 8, 3, 1), np.float32)
+    kernel[:, :, 0, 0] = 1 / 64
+    model.get_layer("features").set_weights([kernel, np.zeros(1, np.float32)])
+    model.get_layer("last").set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    image = np.zeros((1, 32, 32, 3), np.float32)
+    image[0, 16:24, 8:16, 0] = 1.0  # cell (row 2, column 1)
+    positive, _, _ = member_cams(model, "features", image)
+    box = (10, 20, 110, 120)
+    placed = to_original(positive[0], (150, 140), box)
+    y, x = np.unravel_index(np.argmax(placed), placed.shape)
+    assert abs(y - grid_nodes(20, 120, 4)[2]) <= 1 and abs(x - grid_nodes(10, 110, 4)[1]) <= 1, (y, x)
+
+
 def test_fusion_is_ensemble_weighted() -> None:
     a, b = np.zeros((4, 4), np.float32), np.zeros((4, 4), np.float32)
     a[0, 0], b[3, 3] = 1.0, 1.0
@@ -77,5 +103,6 @@ def test_gradcam_of_a_trained_member_points_at_the_opacities(phantom_member) -> 
     member = output / f"ResNet50_{LEARNING_SIZE}_up_crop.h5"
     measured = gradcam_pointing(member, view, get("ResNet-50").gradcam_layer)
     assert measured["positives"] == 80 and measured["detected"] > 0.8, measured
+    assert measured["map_side"] == LEARNING_SIZE // 32, measured
     assert measured["lower_zone"] >= 0.8, measured
     assert measured["inside"] >= 3 * measured["chance"], measured
