@@ -49,6 +49,13 @@ def build_parser():
         action="store_false",
         help="train in float32 instead of mixed bfloat16",
     )
+    p.add_argument(
+        "--init",
+        type=cli.existing_path,
+        default=None,
+        help="start from these U-Net weights (ours, or imlab's trained_model.hdf5 with --architecture imlab) "
+        "instead of random ones, e.g. to fine-tune on your own masks",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke tests)")
     cli.add_seed(p)
     cli.add_common(p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -91,3 +92,47 @@ def test_folded_batch_norm_computes_the_same_function(tmp_path: Path) -> None:
     assert np.abs(expected - 0.5).max() > 0.05  # the statistics matter for this probe
     np.testing.assert_allclose(folded.predict(probe, verbose=0), expected, atol=1e-5)
     np.testing.assert_allclose(unfolded.predict(probe, verbose=0), expected, atol=1e-6)
+
+
+def _train_unet(output: Path, *extra: str) -> tuple:
+    """train_unet.py for one epoch on 16 real pairs: (completed process, its metadata or None)."""
+    from conftest import run_script, shared
+
+    data = shared("lungmasks")
+    common = ("--data", data, "--output", output, "--epochs", "1", "--batch-size", "4", "--limit", "16")
+    done = run_script("train_unet.py", *common, *extra)
+    return done, json.loads((output / "lung_unet.json").read_text()) if done.returncode == 0 else None
+
+
+def test_train_unet_writes_weights_that_load_and_metadata_that_describes_them(tmp_path: Path) -> None:
+    done, meta = _train_unet(tmp_path / "scratch")
+    assert done.returncode == 0, done.stderr[-2000:]
+    weights = tmp_path / "scratch" / "lung_unet.weights.h5"
+    assert done.stdout.strip().endswith(str(weights))
+    model, loaded_meta = load_unet(weights, dtype="float32", fold=False)
+    assert loaded_meta["architecture"] == meta["architecture"] == "light"
+    assert model.count_params() == meta["parameters"]
+    data = meta["training_data"]
+    assert data["train_pairs"] + data["heldout_pairs"] == 16 and data["heldout_pairs"] >= 1
+    assert len(data["heldout_files"]) == data["heldout_pairs"]
+    assert len(meta["training"]["history"]) == 1 and meta["training"]["init"] is None
+    assert 0.0 <= meta["validation"]["dice_min"] <= meta["validation"]["dice_mean"] <= 1.0
+
+
+def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path) -> None:
+    """With a zero learning rate, a run started from the shipped U-Net keeps its kernels and its
+    held-out Dice; a wrong architecture is refused before any data is read."""
+    from conftest import REPO
+
+    shipped = REPO / "unet" / "lung_unet.weights.h5"
+    done, meta = _train_unet(tmp_path / "tuned", "--init", shipped, "--learning-rate", "0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert meta["training"]["init"] == str(shipped)
+    assert meta["validation"]["dice_mean"] > 0.9, meta["validation"]
+    tuned, _ = load_unet(tmp_path / "tuned" / "lung_unet.weights.h5", dtype="float32", fold=False)
+    original, _ = load_unet(shipped, dtype="float32", fold=False)
+    kernels = [(a, b) for a, b in zip(tuned.weights, original.weights, strict=True) if "kernel" in a.path]
+    assert kernels and all(np.array_equal(a.numpy(), b.numpy()) for a, b in kernels)
+
+    refused, _ = _train_unet(tmp_path / "wrong", "--init", shipped, "--architecture", "imlab")
+    assert refused.returncode == 2 and "--architecture light" in refused.stderr

@@ -40,6 +40,7 @@ class UnetTrainConfig:
     seed: int = 0
     mixed_precision: bool = True
     limit: int | None = None  # use only the first N pairs (tests)
+    init: Path | None = None  # start from these U-Net weights (fine-tuning) instead of random ones
 
 
 @dataclass(frozen=True)
@@ -127,11 +128,10 @@ def train_unet(config: UnetTrainConfig) -> Path:
     """Train, keep the best held-out epoch, write ``lung_unet.weights.h5`` + ``lung_unet.json``."""
     import keras
 
-    from deepcovidxr.lungs.unet import build_unet
-
     keras.utils.set_random_seed(config.seed)
     if config.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    model = _initial_model(config)  # first: a wrong --init fails before the data is read
     pairs = find_pairs(config.data)
     if config.limit:
         pairs = pairs[: config.limit]
@@ -179,7 +179,6 @@ def train_unet(config: UnetTrainConfig) -> Path:
         return bce + keras.ops.mean(1.0 - (2.0 * intersection + 1.0) / (total + 1.0))
 
     data = Augmented()
-    model = build_unet(config.architecture)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=config.epochs * len(data), alpha=0.02
     )
@@ -206,6 +205,22 @@ def train_unet(config: UnetTrainConfig) -> Path:
     model.load_weights(weights_path)
     write_unet_metadata(model, config, pairs, train_pairs, held_pairs, history, best, seconds)
     return weights_path
+
+
+def _initial_model(config: UnetTrainConfig):
+    """Random weights, or ``config.init`` (ours or imlab's .hdf5) in the same architecture."""
+    from deepcovidxr.lungs.unet import build_unet, load_unet
+
+    if config.init is None:
+        return build_unet(config.architecture)
+    model, meta = load_unet(config.init, dtype="mixed_bfloat16" if config.mixed_precision else "float32", fold=False)
+    if meta["architecture"] != config.architecture:
+        raise ValueError(
+            f"{config.init} holds the {meta['architecture']!r} U-Net; pass --architecture {meta['architecture']}"
+            " to fine-tune it"
+        )
+    log.info("U-Net starts from %s", config.init)
+    return model
 
 
 def write_unet_metadata(
