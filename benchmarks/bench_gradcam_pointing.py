@@ -1,12 +1,13 @@
 """Grad-CAM pointing against input size and backbone: does the heatmap peak fall inside the opacity?
 
 For each backbone (default ResNet-50) and size, trains a crop-view member from random weights with
-train.py (as a user would, in a subprocess) on 400 cropped phantoms (240 training images, opacities boosted by 40 grey
-levels as in the tests), then measures on the 80 held-out positives (Validation + Test) where the
-Grad-CAM peak falls in the 256 px phantom: inside an opacity, in the lower zone of an affected
-lung, the chance level of "inside" for a peak anywhere in the crop box, and the grid ceiling
-(the fraction of positives with a cell centre of the map inside an opacity at all). The default suite
-runs the 128 px case; this script adds the production size, which a CPU test cannot afford.
+train.py (as a user would, in a subprocess) on 400 cropped phantoms (240 training images,
+opacities boosted by 40 grey levels as in the tests), then measures on the 80 held-out positives
+(Validation + Test) where the Grad-CAM peak falls in the 256 px phantom: inside an opacity, in the
+lower zone of an affected lung, the chance level of "inside" for a peak anywhere in the crop box,
+and the grid ceiling (the fraction of positives with a cell centre of the map inside an opacity at
+all). The default suite runs the ResNet-50 128 px case; this script adds the production size and
+the other backbones, which a CPU test cannot afford.
 
 Examples (the first about 20 minutes on 2 CPU cores):
     python benchmarks/bench_gradcam_pointing.py --sizes 128 224
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(member_file.with_name(f"{member_file.stem}_config.json").read_text())
         best_auc = max(config["history"]["final"]["val_auc"])
         m = gradcam_pointing(member_file, view, backbone.gradcam_layer)
-        results.append({"backbone": backbone.name, "size": size, "train_seconds": round(seconds, 1)})
-        results[-1] |= {"best_val_auc": best_auc, **m}
+        results.append(
+            {"backbone": backbone.name, "size": size, "train_seconds": round(seconds, 1), "best_val_auc": best_auc, **m}
+        )
         cells = f"{m['map_side']}x{m['map_side']}"
         print(
             f"{backbone.name:<20} {size:<5} {cells:<6} {seconds:7.0f}  {best_auc:12.3f}  {m['detected']:8.2f}"

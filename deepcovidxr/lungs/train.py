@@ -129,9 +129,9 @@ def train_unet(config: UnetTrainConfig) -> Path:
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
-    model = _initial_model(config)  # first: a wrong --init fails before the data is read
+    policy = "mixed_bfloat16" if config.mixed_precision else "float32"
+    keras.mixed_precision.set_dtype_policy(policy)
+    model = _initial_model(config, policy)  # first: a wrong --init fails before the data is read
     pairs = find_pairs(config.data)
     if config.limit:
         pairs = pairs[: config.limit]
@@ -207,13 +207,13 @@ def train_unet(config: UnetTrainConfig) -> Path:
     return weights_path
 
 
-def _initial_model(config: UnetTrainConfig):
+def _initial_model(config: UnetTrainConfig, policy: str):
     """Random weights, or ``config.init`` (ours or imlab's .hdf5) in the same architecture."""
     from deepcovidxr.lungs.unet import build_unet, load_unet
 
     if config.init is None:
-        return build_unet(config.architecture)
-    model, meta = load_unet(config.init, dtype="mixed_bfloat16" if config.mixed_precision else "float32", fold=False)
+        return build_unet(config.architecture, policy)
+    model, meta = load_unet(config.init, dtype=policy, fold=False)
     if meta["architecture"] != config.architecture:
         raise ValueError(
             f"{config.init} holds the {meta['architecture']!r} U-Net; pass --architecture {meta['architecture']}"
