@@ -56,6 +56,13 @@ def build_parser():
         help="start from these U-Net weights (ours, or imlab's trained_model.hdf5 with --architecture imlab) "
         "instead of random ones, e.g. to fine-tune on your own masks",
     )
+    p.add_argument(
+        "--pathology-probability",
+        type=float,
+        default=0.5,
+        help="chance per training image of painted lung opacities (and, half as often, tubes and wires); "
+        "the mask stays the whole lung, so opacified lung is segmented as lung (default 0.5; 0 turns it off)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N pairs (smoke tests)")
     cli.add_seed(p)
     cli.add_common(p)

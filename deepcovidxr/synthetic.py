@@ -361,7 +361,7 @@ def _render_anatomy(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarra
     return image, lung_mask
 
 
-def _lower_zone_opacities(rng: np.random.Generator, lung_mask: np.ndarray, lung_soft: np.ndarray) -> np.ndarray:
+def lower_zone_opacities(rng: np.random.Generator, lung_mask: np.ndarray, lung_soft: np.ndarray) -> np.ndarray:
     """Soft field in 0..1: 1-3 blotchy peripheral blobs in the lower lung zones, zero outside the lungs.
 
     Nothing reaches above the middle row of the box around both lungs.
@@ -454,7 +454,7 @@ def make_phantom(
     opacity = np.zeros((h, w), np.float32)
     if positive:
         lesion_rng = np.random.default_rng(lesion_seq)
-        opacity = _lower_zone_opacities(lesion_rng, lung_mask, lung_soft)
+        opacity = lower_zone_opacities(lesion_rng, lung_mask, lung_soft)
         image += _uniform(lesion_rng, 0.26, 0.34) * opacity
     opacity_mask = (opacity >= 0.3) & (lung_mask > 0)
     if positive and not opacity_mask.any():  # cannot happen with two real lung fields; keep the contract anyway

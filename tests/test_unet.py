@@ -116,6 +116,7 @@ def test_train_unet_writes_weights_that_load_and_metadata_that_describes_them(tm
     assert data["train_pairs"] + data["heldout_pairs"] == 16 and data["heldout_pairs"] >= 1
     assert len(data["heldout_files"]) == data["heldout_pairs"]
     assert len(meta["training"]["history"]) == 1 and meta["training"]["init"] is None
+    assert meta["started_from"] is None and meta["training"]["pathology_probability"] == 0.5
     assert 0.0 <= meta["validation"]["dice_min"] <= meta["validation"]["dice_mean"] <= 1.0
 
 
@@ -128,6 +129,9 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path) -> None:
     done, meta = _train_unet(tmp_path / "tuned", "--init", shipped, "--learning-rate", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert meta["training"]["init"] == str(shipped)
+    shipped_meta = json.loads(shipped.with_name("lung_unet.json").read_text())
+    assert meta["started_from"]["file"] == str(shipped)
+    assert meta["started_from"]["validation"] == shipped_meta["validation"]  # provenance travels with the file
     assert meta["validation"]["dice_mean"] > 0.9, meta["validation"]
     tuned, _ = load_unet(tmp_path / "tuned" / "lung_unet.weights.h5", dtype="float32", fold=False)
     original, _ = load_unet(shipped, dtype="float32", fold=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from deepcovidxr import __version__
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
+from deepcovidxr.lungs.augment import augment_pair
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class UnetTrainConfig:
     mixed_precision: bool = True
     limit: int | None = None  # use only the first N pairs (tests)
     init: Path | None = None  # start from these U-Net weights (fine-tuning) instead of random ones
+    pathology_probability: float = 0.5  # painted opacities (and, half as often, lines); see lungs.augment
 
 
 @dataclass(frozen=True)
@@ -90,15 +93,6 @@ def _load_256(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
         mask = (read_gray(p.mask) > MASK_THRESHOLD).astype(np.float32)
         masks.append(cv2.resize(mask, (256, 256), interpolation=cv2.INTER_AREA) > 0.5)
     return images, np.stack(masks).astype(np.float32)
-
-
-def random_affine(rng: np.random.Generator, size: int = 256) -> np.ndarray:
-    """imlab's augmentation: rotation +-10 deg, shifts +-10 %, zoom 0.8-1.2."""
-    angle = rng.uniform(-10, 10)
-    scale = rng.uniform(0.8, 1.2)
-    matrix = cv2.getRotationMatrix2D((size / 2, size / 2), angle, scale)
-    matrix[:, 2] += rng.uniform(-0.1, 0.1, size=2) * size
-    return matrix
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -158,17 +152,9 @@ def train_unet(config: UnetTrainConfig) -> Path:
             chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
             images, masks = [], []
             for i in chosen:
-                matrix = random_affine(rng)
-                image = cv2.warpAffine(
-                    x_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-                )
-                mask = cv2.warpAffine(
-                    y_train[i], matrix, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-                )
-                if rng.random() < 0.5:  # radiographs are stored both ways round
-                    image, mask = image[:, ::-1], mask[:, ::-1]
-                images.append(segment.unet_input(np.ascontiguousarray(image)))
-                masks.append((mask > 0.5).astype(np.float32)[..., None])
+                image, mask = augment_pair(x_train[i], y_train[i], rng, config.pathology_probability)
+                images.append(segment.unet_input(image))
+                masks.append(mask[..., None])
             return np.stack(images), np.stack(masks)
 
     def bce_dice(y_true, y_pred):
@@ -221,6 +207,22 @@ def _initial_model(config: UnetTrainConfig, policy: str):
         )
     log.info("U-Net starts from %s", config.init)
     return model
+
+
+def _parent_summary(init: Path | None) -> dict | None:
+    """What a fine-tuned U-Net started from: the file, and its own metadata's date, validation and
+    training sections when it has a sidecar (imlab's .hdf5 has none)."""
+    from deepcovidxr.lungs.unet import sidecar_path
+
+    if init is None:
+        return None
+    summary: dict = {"file": str(init)}
+    sidecar = sidecar_path(init)
+    if init.name.endswith(".weights.h5") and sidecar.is_file():
+        parent = json.loads(sidecar.read_text())
+        kept = ("date", "validation", "training", "started_from")
+        summary.update({key: parent[key] for key in kept if key in parent})
+    return summary
 
 
 def write_unet_metadata(
@@ -278,6 +280,7 @@ def write_unet_metadata(
             "history": history,
             "note": note,
         },
+        "started_from": _parent_summary(config.init),
         "date": dt.date.today().isoformat(),
         "deepcovidxr_version": __version__,
         "keras_version": keras.__version__,

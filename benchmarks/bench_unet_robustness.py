@@ -1,0 +1,152 @@
+"""Lung U-Net robustness: does the mask keep opacified lung?
+
+For each U-Net weights file given, on the held-out Montgomery/Shenzhen pairs named in the first
+file's metadata (never trained on by any of them, if they share the split):
+
+* ``clean``: Dice of the mask ``crop_img.py --save-masks`` writes, against the manual mask, for
+  all films, normal films (``*_0``) and TB films (``*_1``, real pathology);
+* ``painted``: the same films with lower-zone opacities painted in at full resolution by the
+  phantom generator (:func:`deepcovidxr.synthetic.lower_zone_opacities`, a different pattern from
+  the U-Net's training augmentation), manual mask unchanged: Dice, and ``kept``, the fraction of
+  painted opacity pixels that the predicted mask keeps (1.0: the opacity stays inside the lung);
+
+and on the real films of ``../shared/data/cxr`` (no lung ground truth there, so shape only):
+crop statuses and the median solidity (area / convex-hull area) of the kept lung components. A
+mask that cuts opacified lung out is ragged; manual lung masks have solidity of about 0.9.
+
+Example:
+    python benchmarks/bench_unet_robustness.py unet/lung_unet.weights.h5 other/lung_unet.weights.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+OPACITY_AMPLITUDE = (0.26, 0.34)  # as the phantoms: added brightness, fraction of full scale
+
+
+def _painted(gray: np.ndarray, truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(film with opacities, boolean opacity pixels inside the true lung)."""
+    import cv2
+
+    from deepcovidxr.synthetic import lower_zone_opacities
+
+    rng = np.random.default_rng(seed)
+    lung = truth.astype(np.uint8)
+    soft = cv2.GaussianBlur(lung.astype(np.float32), (0, 0), 0.006 * lung.shape[1] + 0.6)
+    field = lower_zone_opacities(rng, lung, soft)
+    amplitude = rng.uniform(*OPACITY_AMPLITUDE)
+    film = np.clip(np.rint(gray.astype(np.float32) + 255.0 * amplitude * field), 0, 255).astype(np.uint8)
+    return film, (field >= 0.3) & truth
+
+
+def _solidity(mask: np.ndarray) -> float:
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    area = sum(cv2.contourArea(c) for c in contours)
+    hull = sum(cv2.contourArea(cv2.convexHull(c)) for c in contours)
+    return float(area / hull) if hull > 0 else 0.0
+
+
+def measure(weights: Path, pairs: list, cxr_files: list[Path], seed: int) -> dict:
+    from deepcovidxr.imageio import read_gray
+    from deepcovidxr.lungs.cropper import LungCropper
+    from deepcovidxr.lungs.segment import CropStatus
+    from deepcovidxr.lungs.train import MASK_THRESHOLD, dice
+
+    cropper = LungCropper(weights, batch_size=16)
+    clean, painted, kept, tb = [], [], [], []
+    for start in range(0, len(pairs), 16):
+        chunk = pairs[start : start + 16]
+        grays = [read_gray(pair.image) for pair in chunk]
+        truths = [read_gray(pair.mask) > MASK_THRESHOLD for pair in chunk]
+        films, opacities = zip(
+            *(_painted(g, t, seed + start + i) for i, (g, t) in enumerate(zip(grays, truths, strict=True))),
+            strict=True,
+        )
+        for images, scores in ((grays, clean), (films, painted)):
+            for result, truth, opacity in zip(cropper.crop(list(images)), truths, opacities, strict=True):
+                predicted = result.full_resolution_mask(truth.shape[1], truth.shape[0]) > 0
+                scores.append(dice(predicted, truth))
+                if scores is painted and opacity.any():
+                    kept.append(float((predicted & opacity).sum() / opacity.sum()))
+        tb += [pair.image.stem.endswith("_1") for pair in chunk]
+    clean_a, tb_a = np.array(clean), np.array(tb)
+    statuses: dict[str, dict[str, int]] = {}
+    solidity: dict[str, list[float]] = {}
+    for start in range(0, len(cxr_files), 16):
+        chunk = cxr_files[start : start + 16]
+        for path, result in zip(chunk, cropper.crop([read_gray(f) for f in chunk]), strict=True):
+            group = path.parent.name
+            counts = statuses.setdefault(group, {s.value: 0 for s in CropStatus if s is not CropStatus.ERROR})
+            counts[result.status.value] += 1
+            if result.status is not CropStatus.FALLBACK:
+                solidity.setdefault(group, []).append(_solidity(result.lung.lung_mask256))
+    return {
+        "weights": str(weights),
+        "heldout": len(pairs),
+        "clean_dice": float(clean_a.mean()),
+        "clean_dice_normal": float(clean_a[~tb_a].mean()),
+        "clean_dice_tb": float(clean_a[tb_a].mean()),
+        "tb_films": int(tb_a.sum()),
+        "painted_dice": float(np.mean(painted)),
+        "painted_kept": float(np.mean(kept)),
+        "cxr_status": statuses,
+        "cxr_solidity_median": {g: float(np.median(v)) for g, v in sorted(solidity.items())},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("weights", type=Path, nargs="+", help="U-Net .weights.h5 files (with their .json metadata)")
+    p.add_argument("--masks", type=Path, default=SHARED / "lungmasks", help="Montgomery/Shenzhen pairs")
+    p.add_argument("--cxr", type=Path, default=SHARED / "cxr", help="real films without lung masks")
+    p.add_argument("--seed", type=int, default=0, help="seed of the painted opacities")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = p.parse_args(argv)
+    for path in (args.masks, args.cxr, *args.weights):
+        if not path.exists():
+            print(f"not found: {path}", file=sys.stderr)
+            return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING)
+    from deepcovidxr.imageio import iter_input_files
+    from deepcovidxr.lungs.train import find_pairs
+    from deepcovidxr.lungs.unet import sidecar_path
+
+    meta = json.loads(sidecar_path(args.weights[0]).read_text())
+    held = set(meta["training_data"]["heldout_files"])
+    pairs = [p for p in find_pairs(args.masks) if str(p.image.relative_to(args.masks)) in held]
+    cxr_files = sorted(f for f in iter_input_files(args.cxr) if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    rows = [measure(w, pairs, cxr_files, args.seed) for w in args.weights]
+    print(
+        "| weights | clean Dice | normal | TB | painted Dice | opacity kept | cxr solidity (Neg / Pos) "
+        "| one_lung+fallback (Neg / Pos) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        solid = row["cxr_solidity_median"]
+        odd = {g: c["one_lung"] + c["fallback"] for g, c in row["cxr_status"].items()}
+        print(
+            f"| {row['weights']} | {row['clean_dice']:.4f} | {row['clean_dice_normal']:.4f} | "
+            f"{row['clean_dice_tb']:.4f} | {row['painted_dice']:.4f} | {row['painted_kept']:.3f} | "
+            f"{solid.get('Negative', float('nan')):.3f} / {solid.get('Positive', float('nan')):.3f} | "
+            f"{odd.get('Negative', 0)} / {odd.get('Positive', 0)} |"
+        )
+    print(f"held-out pairs: {rows[0]['heldout']} ({rows[0]['tb_films']} TB); real films: {len(cxr_files)}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
