@@ -58,7 +58,7 @@ def build_parser():
     )
     p.add_argument(
         "--pathology-probability",
-        type=float,
+        type=cli.probability,
         default=0.5,
         help="chance per training image of painted lung opacities (and, half as often, tubes and wires); "
         "the mask stays the whole lung, so opacified lung is segmented as lung (default 0.5; 0 turns it off)",

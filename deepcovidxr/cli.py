@@ -159,6 +159,14 @@ def existing_path(text: str) -> Path:
     return path
 
 
+def probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def run_stage(stage: Callable[[], Any]) -> int:
     """Run a stage; print what it returns (its main output path) to stdout and map its result to
     an exit code. Expected failures (bad paths, bad options, unusable weights) become one clear

@@ -140,3 +140,11 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path) -> None:
 
     refused, _ = _train_unet(tmp_path / "wrong", "--init", shipped, "--architecture", "imlab")
     assert refused.returncode == 2 and "--architecture light" in refused.stderr
+
+
+def test_train_unet_refuses_a_probability_outside_0_1(capsys: pytest.CaptureFixture[str]) -> None:
+    import train_unet
+
+    with pytest.raises(SystemExit) as exit_info:
+        train_unet.main(["--data", ".", "--pathology-probability", "1.5"])
+    assert exit_info.value.code == 2 and "1.5 is not between 0 and 1" in capsys.readouterr().err
