@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     cli.configure_logging(args.verbose)
     from deepcovidxr.lungs.train import UnetTrainConfig, train_unet
 
-    config = UnetTrainConfig(**{k: v for k, v in vars(args).items() if k != "verbose"})
-    return cli.run_stage(lambda: train_unet(config))
+    options = {k: v for k, v in vars(args).items() if k != "verbose"}
+    return cli.run_stage(lambda: train_unet(UnetTrainConfig(**options)))
 
 
 if __name__ == "__main__":

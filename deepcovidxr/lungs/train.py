@@ -45,6 +45,12 @@ class UnetTrainConfig:
     init: Path | None = None  # start from these U-Net weights (fine-tuning) instead of random ones
     pathology_probability: float = 0.5  # painted opacities (and, half as often, lines); see lungs.augment
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"--heldout-fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
+        if not 0.0 <= self.pathology_probability <= 1.0:
+            raise ValueError(f"--pathology-probability must lie in [0, 1], got {self.pathology_probability}")
+
 
 @dataclass(frozen=True)
 class Pair:
