@@ -25,18 +25,27 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 OPACITY_AMPLITUDE = (0.26, 0.34)  # as the phantoms: added brightness, fraction of full scale
 
 
+@dataclass(frozen=True)
+class HeldOutFilm:
+    truth: np.ndarray  # manual lung mask, boolean
+    clean: np.ndarray
+    painted: np.ndarray  # the same film with phantom opacities
+    opacity: np.ndarray  # painted opacity pixels inside the true lung, boolean
+    tb: bool
+
+
 def _painted(gray: np.ndarray, truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(film with opacities, boolean opacity pixels inside the true lung)."""
-    import cv2
-
     from deepcovidxr.synthetic import lower_zone_opacities
 
     rng = np.random.default_rng(seed)
@@ -48,56 +57,64 @@ def _painted(gray: np.ndarray, truth: np.ndarray, seed: int) -> tuple[np.ndarray
     return film, (field >= 0.3) & truth
 
 
-def _solidity(mask: np.ndarray) -> float:
-    import cv2
+def load_heldout(pairs: list, seed: int) -> list[HeldOutFilm]:
+    """Read each held-out pair once and paint its opacities (seeded per film)."""
+    from deepcovidxr.imageio import read_gray
+    from deepcovidxr.lungs.train import MASK_THRESHOLD
 
+    films = []
+    for index, pair in enumerate(pairs):
+        gray = read_gray(pair.image)
+        truth = read_gray(pair.mask) > MASK_THRESHOLD
+        painted, opacity = _painted(gray, truth, seed + index)
+        films.append(HeldOutFilm(truth, gray, painted, opacity, pair.image.stem.endswith("_1")))
+    return films
+
+
+def _solidity(mask: np.ndarray) -> float:
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     area = sum(cv2.contourArea(c) for c in contours)
     hull = sum(cv2.contourArea(cv2.convexHull(c)) for c in contours)
     return float(area / hull) if hull > 0 else 0.0
 
 
-def measure(weights: Path, pairs: list, cxr_files: list[Path], seed: int) -> dict:
-    from deepcovidxr.imageio import read_gray
+def measure(weights: Path, held: list[HeldOutFilm], real: list[tuple[str, np.ndarray]]) -> dict:
+    """Figures of one U-Net on the held-out films and on the real (group, film) pairs."""
     from deepcovidxr.lungs.cropper import LungCropper
     from deepcovidxr.lungs.segment import CropStatus
-    from deepcovidxr.lungs.train import MASK_THRESHOLD, dice
+    from deepcovidxr.lungs.train import dice
 
     cropper = LungCropper(weights, batch_size=16)
-    clean, painted, kept, tb = [], [], [], []
-    for start in range(0, len(pairs), 16):
-        chunk = pairs[start : start + 16]
-        grays = [read_gray(pair.image) for pair in chunk]
-        truths = [read_gray(pair.mask) > MASK_THRESHOLD for pair in chunk]
-        films, opacities = zip(
-            *(_painted(g, t, seed + start + i) for i, (g, t) in enumerate(zip(grays, truths, strict=True))),
-            strict=True,
-        )
-        for images, scores in ((grays, clean), (films, painted)):
-            for result, truth, opacity in zip(cropper.crop(list(images)), truths, opacities, strict=True):
-                predicted = result.full_resolution_mask(truth.shape[1], truth.shape[0]) > 0
-                scores.append(dice(predicted, truth))
-                if scores is painted and opacity.any():
-                    kept.append(float((predicted & opacity).sum() / opacity.sum()))
-        tb += [pair.image.stem.endswith("_1") for pair in chunk]
-    clean_a, tb_a = np.array(clean), np.array(tb)
+
+    def masks(images: list[np.ndarray]) -> list[np.ndarray]:
+        results = [r for i in range(0, len(images), 16) for r in cropper.crop(images[i : i + 16])]
+        return [r.full_resolution_mask(im.shape[1], im.shape[0]) > 0 for r, im in zip(results, images, strict=True)]
+
+    clean = np.array([dice(m, f.truth) for m, f in zip(masks([f.clean for f in held]), held, strict=True)])
+    painted_masks = masks([f.painted for f in held])
+    painted = [dice(m, f.truth) for m, f in zip(painted_masks, held, strict=True)]
+    kept = [
+        float((m & f.opacity).sum() / f.opacity.sum())
+        for m, f in zip(painted_masks, held, strict=True)
+        if f.opacity.any()
+    ]
+    tb = np.array([f.tb for f in held])
     statuses: dict[str, dict[str, int]] = {}
     solidity: dict[str, list[float]] = {}
-    for start in range(0, len(cxr_files), 16):
-        chunk = cxr_files[start : start + 16]
-        for path, result in zip(chunk, cropper.crop([read_gray(f) for f in chunk]), strict=True):
-            group = path.parent.name
+    for start in range(0, len(real), 16):
+        chunk = real[start : start + 16]
+        for (group, _), result in zip(chunk, cropper.crop([film for _, film in chunk]), strict=True):
             counts = statuses.setdefault(group, {s.value: 0 for s in CropStatus if s is not CropStatus.ERROR})
             counts[result.status.value] += 1
             if result.status is not CropStatus.FALLBACK:
                 solidity.setdefault(group, []).append(_solidity(result.lung.lung_mask256))
     return {
         "weights": str(weights),
-        "heldout": len(pairs),
-        "clean_dice": float(clean_a.mean()),
-        "clean_dice_normal": float(clean_a[~tb_a].mean()),
-        "clean_dice_tb": float(clean_a[tb_a].mean()),
-        "tb_films": int(tb_a.sum()),
+        "heldout": len(held),
+        "clean_dice": float(clean.mean()),
+        "clean_dice_normal": float(clean[~tb].mean()),
+        "clean_dice_tb": float(clean[tb].mean()),
+        "tb_films": int(tb.sum()),
         "painted_dice": float(np.mean(painted)),
         "painted_kept": float(np.mean(kept)),
         "cxr_status": statuses,
@@ -119,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.imageio import iter_input_files
+    from deepcovidxr.imageio import iter_input_files, read_gray
     from deepcovidxr.lungs.train import find_pairs
     from deepcovidxr.lungs.unet import sidecar_path
 
     meta = json.loads(sidecar_path(args.weights[0]).read_text())
-    held = set(meta["training_data"]["heldout_files"])
-    pairs = [p for p in find_pairs(args.masks) if str(p.image.relative_to(args.masks)) in held]
+    names = set(meta["training_data"]["heldout_files"])
+    pairs = [p for p in find_pairs(args.masks) if str(p.image.relative_to(args.masks)) in names]
+    held = load_heldout(pairs, args.seed)  # read and painted once, shared by every weights file
     cxr_files = sorted(f for f in iter_input_files(args.cxr) if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
-    rows = [measure(w, pairs, cxr_files, args.seed) for w in args.weights]
+    real = [(f.parent.name, read_gray(f)) for f in cxr_files]
+    rows = [measure(w, held, real) for w in args.weights]
     print(
         "| weights | clean Dice | normal | TB | painted Dice | opacity kept | cxr solidity (Neg / Pos) "
         "| one_lung+fallback (Neg / Pos) |"
