@@ -63,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
             unet_seconds = 0.0
             t0 = time.perf_counter()
             run_crop(
-                CropConfig(args.data, tmp / "crop", batch_size=args.batch_size, workers=args.workers, qc_montage=False),
+                CropConfig(
+                    input=args.data,
+                    output=tmp / "crop",
+                    batch_size=args.batch_size,
+                    workers=args.workers,
+                    qc_montage=False,
+                ),
                 cropper,
             )
             t_crop = time.perf_counter() - t0
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             timings = {}
             for size in (224, 331):
                 t0 = time.perf_counter()
-                run_resize(ResizeConfig(tmp / "crop", tmp / f"r{size}", size, workers=args.workers))
+                run_resize(ResizeConfig(input=tmp / "crop", output=tmp / f"r{size}", size=size, workers=args.workers))
                 timings[size] = time.perf_counter() - t0
             rows.append((t_crop, t_unet, timings[224], timings[331]))
     t_crop, t_unet, t224, t331 = (float(np.median(c)) for c in zip(*rows, strict=True))
@@ -99,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         config = CropConfig(
-            args.data, Path(tmp) / "crop", batch_size=args.batch_size, workers=args.workers, qc_montage=False
+            input=args.data,
+            output=Path(tmp) / "crop",
+            batch_size=args.batch_size,
+            workers=args.workers,
+            qc_montage=False,
         )
         run_crop(config, unfolded)
         t_unfolded = time.perf_counter() - t0

@@ -1,17 +1,17 @@
-"""Shared command-line plumbing: logging set-up and the flags every stage spells the same way."""
+"""Command-line plumbing shared by every stage script: logging, the exit-code contract, the one
+call a script makes (:func:`main`) and the package's console entry points."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from deepcovidxr import DISCLAIMER
+from deepcovidxr.errors import DeepcovidxrError
 
 
 def configure_logging(verbose: int = 0) -> None:
@@ -34,151 +34,70 @@ def configure_logging(verbose: int = 0) -> None:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser whose description is the script's docstring and whose epilog is the disclaimer."""
-    return argparse.ArgumentParser(
-        description=doc, epilog=DISCLAIMER, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeat for debug)")
-
-
-def add_seed(p: argparse.ArgumentParser, default: int = 0) -> None:
-    p.add_argument("--seed", type=int, default=default, help=f"random seed for everything random (default {default})")
-
-
-def add_overwrite(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="redo files whose output already exists (default: skip them, so a rerun resumes)",
-    )
-
-
-def add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=min(8, os.cpu_count() or 1),
-        help="parallel decode/encode threads (default: CPU cores, at most 8)",
-    )
-
-
-def add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--precision",
-        choices=("auto", "float32", "bfloat16"),
-        default="auto",
-        help="U-Net compute precision: auto = bfloat16 on CPUs with native bfloat16 (faster; the shipped U-Net was "
-        "trained in mixed bfloat16), else float32",
-    )
-
-
-def add_ensemble_weight(p: argparse.ArgumentParser, what: str = "") -> None:
-    p.add_argument(
-        "-e",
-        "--ensemble_weight",
-        type=Path,
-        default=None,
-        help=f"ensemble_weights.pickle or .json{what} (default: the authors' published weights shipped here)",
-    )
-
-
-def add_members(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--members",
-        nargs="+",
-        default=(),
-        help="only these members, e.g. res_224_crop dense_331_uncrop (their weights renormalised)",
-    )
-
-
-def add_tta(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-t",
-        "--tta",
-        type=int,
-        nargs="?",
-        const=10,
-        default=0,
-        help="test-time augmentation: average N augmented passes per member before weighting (bare -t: 10)",
-    )
-
-
-TRAINING_OPTIONS = (
-    "epochs",
-    "batch_size",
-    "optimizer",
-    "warmup_epochs",
-    "class_weight",
-    "oversample",
-    "mixed_precision",
-)
-
-
-def add_training(p: argparse.ArgumentParser) -> None:
-    """The member-training flags train.py and train_all.py share (TrainConfig fields of the same
-    names; :func:`training_options` collects them)."""
-    p.add_argument(
-        "--epochs", type=int, default=50, help="most epochs per phase (default 50; early stopping ends sooner)"
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="images per step per GPU (default 16)")
-    p.add_argument(
-        "--optimizer",
-        choices=("sgd", "adam"),
-        default="sgd",
-        help="sgd: SGD with Nesterov momentum, as the original (default); adam: Adam, which trains "
-        "randomly initialised backbones far more readily (momentum is then unused)",
-    )
-    p.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=None,
-        help="epochs before early stopping and the learning-rate plateau rule watch the validation AUC "
-        "(default: 10 from random weights, 0 from pretrained ones)",
-    )
-    p.add_argument("--class-weight", action="store_true", help="weight the loss by inverse class frequency")
-    p.add_argument("--oversample", action="store_true", help="draw training batches with balanced classes")
-    p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)",
-    )
-
-
-def training_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in TRAINING_OPTIONS}
-
-
-def existing_path(text: str) -> Path:
-    path = Path(text)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"{text} does not exist")
-    return path
-
-
-def probability(text: str) -> float:
-    """An argparse type: a number in [0, 1]."""
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
-    return value
-
-
-def run_stage(stage: Callable[[], Any]) -> int:
+def run_stage(stage: Callable[[], Any], verbose: int = 0) -> int:
     """Run a stage; print what it returns (its main output path) to stdout and map its result to
-    an exit code. Expected failures (bad paths, bad options, unusable weights) become one clear
-    log line and exit code 2 instead of a traceback."""
+    an exit code: 0 done, 1 some input files failed (each reported) or an unexpected error (its
+    traceback shown at ``-v``), 2 a usage or input problem the user can mend (one clear line)."""
     log = logging.getLogger("deepcovidxr")
     try:
         result = stage()
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as error:
+    except DeepcovidxrError as error:
         log.error("%s", error)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted; finished files are kept and a rerun resumes")
         return 130
+    except Exception as error:
+        if verbose:
+            log.exception("unexpected error")
+        else:
+            log.error("unexpected error: %s: %s (rerun with -v for the traceback)", type(error).__name__, error)
+        return 1
     print(getattr(result, "report", result))
     return int(getattr(result, "exit_code", 0))
+
+
+def main(stem: str, argv: list[str] | None = None) -> int:
+    """Everything a stage script does: parse its flags (and ``--config``) into its config, set up
+    logging, record the run in ``run_config.json`` and run the stage."""
+    from deepcovidxr import stages
+    from deepcovidxr.config import dump_run, resolve
+
+    stage = stages.get(stem)
+    try:
+        config, verbose = resolve(stage.config_class(), stem, argv, stages.STAGES)
+    except SystemExit as done:  # --help, or a usage error argparse has already explained
+        return int(done.code or 0)
+    configure_logging(verbose)
+
+    def run() -> Any:
+        dump_run(config, stem)
+        return stage.run_function()(config)
+
+    return run_stage(run, verbose)
+
+
+def dispatch(argv: list[str] | None = None) -> int:
+    """``deepcovidxr STAGE [flags]``: any stage by its script name or its command's suffix."""
+    from deepcovidxr import stages
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = {s.command.removeprefix("deepcovidxr-"): s.stem for s in stages.STAGES.values()}
+    names.update({stem: stem for stem in stages.STAGES})
+    if not argv or argv[0] in {"-h", "--help"} or argv[0] not in names:
+        listing = "\n".join(
+            f"  {s.command.removeprefix('deepcovidxr-'):<15} ({s.stem}.py)" for s in stages.STAGES.values()
+        )
+        print(f"usage: deepcovidxr STAGE [flags]   (deepcovidxr STAGE --help)\n\nstages:\n{listing}\n\n{DISCLAIMER}")
+        return 0 if argv and argv[0] in {"-h", "--help"} else 2
+    return main(names[argv[0]], argv[1:])
+
+
+def entry(stem: str) -> Callable[[], int]:
+    """A console entry point for one stage (see ``[project.scripts]``)."""
+
+    def command() -> int:
+        return main(stem)
+
+    command.__name__ = stem
+    return command

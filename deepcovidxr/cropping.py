@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport, chunked
+from deepcovidxr.configs import CropConfig
 from deepcovidxr.imageio import ImageReadError, iter_input_files, output_name, read_gray, write_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
@@ -25,20 +26,6 @@ from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
 log = logging.getLogger(__name__)
 
 REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "error"]
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    input: Path
-    output: Path
-    unet: Path | None = None
-    save_masks: Path | None = None
-    legacy_names: bool = False
-    overwrite: bool = False
-    batch_size: int = 16
-    workers: int = 4
-    qc_montage: bool = True
-    precision: str = "auto"  # U-Net compute: auto (bfloat16 where the CPU has it), float32, bfloat16
 
 
 @dataclass(frozen=True)

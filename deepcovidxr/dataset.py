@@ -19,6 +19,7 @@ import numpy as np
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.configs import DatasetConfig
 from deepcovidxr.cropping import StageResult, crop_columns, ensure_outside, segment_files
 from deepcovidxr.imageio import output_name, write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
@@ -42,21 +43,6 @@ MANIFEST_COLUMNS = [
     "lung_fraction",
     "error",
 ]
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    images: Path
-    labels: Path
-    output: Path
-    unet: Path | None = None
-    sizes: tuple[int, ...] = layout.SIZES
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    overwrite: bool = False
-    batch_size: int = 16
-    workers: int = 4
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)

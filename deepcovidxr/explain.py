@@ -16,6 +16,7 @@ from tqdm import tqdm
 from deepcovidxr import DISCLAIMER
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR
+from deepcovidxr.configs import GradcamConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name
 from deepcovidxr.gradcam import TARGETS, fuse, member_cams, to_original
 from deepcovidxr.imageio import ImageReadError, iter_input_files, read_gray
@@ -28,18 +29,6 @@ from deepcovidxr.views import make_views
 log = logging.getLogger(__name__)
 
 DISPLAY_SIDE = 512  # maps and figures are made at this longest side
-
-
-@dataclass(frozen=True)
-class GradcamConfig:
-    weights: Path
-    path: Path
-    output: Path = Path(".")
-    ensemble_weights: Path | None = None
-    members: tuple[str, ...] = ()
-    target: str = "predicted"
-    unet: Path | None = None
-    precision: str = "auto"
 
 
 @dataclass

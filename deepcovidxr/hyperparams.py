@@ -12,6 +12,7 @@ from pathlib import Path
 
 from deepcovidxr import safe_pickle
 from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.errors import MissingInputError, UsageError
 
 KEYS = ("dropout_rate", "learning_rate", "momentum")
 
@@ -24,11 +25,11 @@ class Hyperparameters:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+            raise UsageError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not self.learning_rate > 0.0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+            raise UsageError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
 
     def with_overrides(self, **values: float | None) -> Hyperparameters:
         return replace(self, **{k: float(v) for k, v in values.items() if v is not None})
@@ -37,18 +38,21 @@ class Hyperparameters:
         return asdict(self)
 
 
-def load(path: Path | None) -> Hyperparameters:
-    """Read ``hyperparameters.json`` or the original's ``hyperparameters.pickle``; keys other
-    than the three are ignored, missing ones keep their defaults."""
-    if path is None:
-        return Hyperparameters()
+def read(path: Path) -> dict[str, float]:
+    """The keys of the three found in ``hyperparameters.json`` or the original's
+    ``hyperparameters.pickle``; other keys are ignored."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"hyperparameters file not found: {path}")
+        raise MissingInputError(f"hyperparameters file not found: {path}")
     values = json.loads(path.read_text()) if path.suffix.lower() == ".json" else safe_pickle.load(path)
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
-    return Hyperparameters(**{k: float(values[k]) for k in KEYS if k in values})
+        raise UsageError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
+    return {k: float(values[k]) for k in KEYS if k in values}
+
+
+def load(path: Path | None) -> Hyperparameters:
+    """Read a hyperparameters file (see :func:`read`); missing keys keep their defaults."""
+    return Hyperparameters() if path is None else Hyperparameters(**read(path))
 
 
 def save(hyperparameters: Hyperparameters, folder: Path) -> tuple[Path, Path]:

@@ -17,6 +17,7 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, ensemble
 from deepcovidxr.atomic import write_json, write_text
 from deepcovidxr.batch import ERROR
+from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, PredictConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name, segment_files
 from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.layout import CropMode, DataTree, Label, Member, Split, ensemble_members
@@ -82,22 +83,6 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 # ---- predict ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PredictConfig:
-    weights: Path
-    input: Path
-    output: Path
-    ensemble_weights: Path | None = None
-    tta: int = 0
-    shard: tuple[int, int] | None = None  # (k, n): the k-th of n shards, 1-based
-    batch_size: int = 16
-    unet: Path | None = None
-    members: tuple[str, ...] = ()
-    seed: int = 0
-    workers: int = 4
-    precision: str = "auto"
-
-
 PREDICTION_COLUMNS = ["Filenames", "Scores", "Binary pred", "Predictions", "crop_status", "error"]
 
 
@@ -111,10 +96,12 @@ def shard_files(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
     return files[k - 1 :: n]
 
 
-def run_predict(config: PredictConfig) -> StageResult:
+def run_predict(config: PredictConfig) -> StageResult | Path:
     from deepcovidxr.lungs.cropper import LungCropper, locate
     from deepcovidxr.reports import QcCollector, QcItem
 
+    if config.merge:
+        return merge_predictions(list(config.merge), config.output)
     ensure_outside(config.input, config.output)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     files = shard_files(list(iter_input_files(config.input)), config.shard)
@@ -313,19 +300,6 @@ __all__ = ["CropMode", "merge_predictions", "resolve_ensemble", "run_predict", "
 # ---- evaluate ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    weights: Path
-    image: Path  # dataset root
-    output: Path
-    ensemble_weights: Path | None = None
-    tta: int = 0
-    members: tuple[str, ...] = ()
-    batch_size: int = 16
-    seed: int = 0
-    bootstrap: int = 2000
-
-
 def _plots(folder: Path, labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> list[Path]:
     from deepcovidxr import metrics
 
@@ -395,18 +369,6 @@ def run_evaluate(config: EvaluateConfig) -> Path:
 
 
 # ---- ensemble -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EnsembleConfig:
-    weights: Path  # folder of member files
-    data: Path  # dataset root
-    output: Path = Path(".")
-    method: str = "weighted"
-    draws: int = 10_000
-    members: tuple[str, ...] = ()
-    batch_size: int = 16
-    seed: int = 0
 
 
 def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[Member, Path]]:

@@ -12,34 +12,15 @@ official test list is written as CSV.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from deepcovidxr import nih
 from deepcovidxr.atomic import write_json
+from deepcovidxr.configs import PretrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    model: str
-    size: int
-    path: Path  # ChestX-ray14 root: labels CSV, official lists, images (flat or images_0NN/images/)
-    output: Path = Path(".")
-    weights: str | None = "imagenet"
-    epochs: int = 50
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    validation_fraction: float = 0.1
-    seed: int = 0
-    download: bool = False
-    mixed_precision: bool = False
-    cache: bool | str = False  # 112k images do not fit in memory; a file path caches on disk
-    overwrite: bool = False
 
 
 def checkpoint_name(model: str, size: int) -> str:

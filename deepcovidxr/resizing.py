@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from tqdm import tqdm
 from deepcovidxr import layout
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.configs import ResizeConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name
 from deepcovidxr.imageio import MAX_PIXELS, ImageReadError, is_dicom, iter_input_files, output_name, read_gray
 from deepcovidxr.preprocess import lanczos_resize
@@ -25,15 +25,6 @@ from deepcovidxr.preprocess import lanczos_resize
 log = logging.getLogger(__name__)
 
 REPORT_COLUMNS = ["file", "status", "width", "height", "error"]
-
-
-@dataclass(frozen=True)
-class ResizeConfig:
-    input: Path
-    output: Path
-    size: int
-    overwrite: bool = False
-    workers: int = 4
 
 
 def load_for_resize(path: Path) -> np.ndarray:

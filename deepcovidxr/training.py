@@ -18,6 +18,7 @@ import numpy as np
 
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.configs import TrainAllConfig, TrainConfig
 from deepcovidxr.layout import CropMode, Member, Split
 
 log = logging.getLogger(__name__)
@@ -30,45 +31,6 @@ PLATEAU_PATIENCE = 3
 # plateau rule cut the learning rate 100x within 11 epochs, before anything was learnt (measured on
 # phantoms: val AUC stuck at 0.62; 0.93 with the warm-up). Pretrained backbones are judged at once.
 FROM_SCRATCH_WARMUP = 10
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str
-    size: int
-    path: Path  # folder holding Train/ and Validation/
-    output: Path
-    weights: str | None = None
-    hyperparameters: Path | None = None
-    crop: CropMode | None = None
-    epochs: int = 50
-    batch_size: int = 16
-    seed: int = 0
-    learning_rate: float | None = None
-    momentum: float | None = None
-    dropout: float | None = None
-    class_weight: bool = False
-    oversample: bool = False
-    mixed_precision: bool = False
-    cache: bool = True
-    overwrite: bool = False
-    multi_worker: bool = False
-    optimizer: str = "sgd"
-    warmup_epochs: int | None = None  # None: FROM_SCRATCH_WARMUP from random weights, else 0
-
-    @property
-    def member(self) -> Member:
-        return Member(self.model, self.size, infer_crop(self.path, self.crop))
-
-    @property
-    def from_scratch(self) -> bool:
-        return self.weights is None or str(self.weights).lower() == "none"
-
-    @property
-    def warmup(self) -> int:
-        if self.warmup_epochs is not None:
-            return self.warmup_epochs
-        return FROM_SCRATCH_WARMUP if self.from_scratch else 0
 
 
 def infer_crop(path: Path, crop: CropMode | str | None) -> CropMode:
@@ -384,16 +346,6 @@ def train(config: TrainConfig) -> Path:
 
         return train_member_multiworker(config)
     return train_member(config)
-
-
-@dataclass(frozen=True)
-class TrainAllConfig:
-    data: Path  # dataset root holding {224,331}/{crop,uncrop}/...
-    output: Path
-    members: tuple[str, ...] = ()  # short names or file names; empty = all 24
-    weights: str | None = None  # imagenet | none | a file | a folder of nih_weight_<Model>_<size>.h5
-    hyperparameters: Path | None = None  # a file, or a tuner output folder
-    common: dict | None = None  # TrainConfig fields shared by every member (epochs, batch_size, ...)
 
 
 def member_weights(weights: str | None, member: Member) -> str | None:

@@ -18,12 +18,12 @@ import csv
 import gc
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json, write_text
-from deepcovidxr.layout import CropMode, Member, Split
+from deepcovidxr.configs import TuneConfig
+from deepcovidxr.layout import Member, Split
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +32,6 @@ SEARCH_SPACE = {
     "learning_rate": (1e-5, 1e-1, "log", 1e-2),
     "momentum": (0.0, 0.9, "linear", 0.5),
 }
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    model: str
-    size: int
-    path: Path
-    output: Path = Path(".")
-    weights: str | None = None
-    crop: CropMode | None = None
-    max_trials: int = 20
-    epochs: int = 10
-    warmup_epochs: int = 50
-    batch_size: int = 16
-    seed: int = 0
-    cache: bool = True
-    overwrite: bool = False
 
 
 def run_tuner(config: TuneConfig) -> Path:

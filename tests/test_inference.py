@@ -202,7 +202,9 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
     monkeypatch.setattr(ensemble, "dirichlet_search", spy)
     validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
     json_path = inference.run_ensemble(
-        inference.EnsembleConfig(weights_dir, tree, tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4)
+        inference.EnsembleConfig(
+            weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
+        )
     )
     assert seen == [validation_count]
     weights = json.loads(json_path.read_text())
@@ -223,7 +225,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
         Image.fromarray(np.zeros((224, 224), np.uint8)).save(path)
     inference.run_ensemble(
         inference.EnsembleConfig(
-            weights_dir, tree, tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
+            weights=weights_dir, data=tree, output=tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
         )
     )
     assert json.loads((tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json").read_text()) == weights

@@ -44,7 +44,7 @@ def test_stage_mirrors_tree_keeps_modes_and_reports_errors(tmp_path: Path) -> No
     (source / "empty.jpg").write_bytes(b"")
     before = sorted(p.relative_to(source) for p in source.rglob("*"))
 
-    result = run_resize(ResizeConfig(source, tmp_path / "out", 64, workers=2))
+    result = run_resize(ResizeConfig(input=source, output=tmp_path / "out", size=64, workers=2))
 
     assert result.exit_code == 1 and result.counts == {"ok": 3, "error": 2}
     out = tmp_path / "out"
@@ -67,12 +67,12 @@ def test_rerun_skips_finished_files_and_overwrite_redoes_them(tmp_path: Path) ->
     source = tmp_path / "in"
     source.mkdir()
     Image.fromarray(_noise((100, 100))).save(source / "x.png")
-    run_resize(ResizeConfig(source, tmp_path / "out", 32))
+    run_resize(ResizeConfig(input=source, output=tmp_path / "out", size=32))
     target = tmp_path / "out" / "x.png"
     target.write_bytes(b"sentinel")  # a finished file is trusted, not redone
-    run_resize(ResizeConfig(source, tmp_path / "out", 32))
+    run_resize(ResizeConfig(input=source, output=tmp_path / "out", size=32))
     assert target.read_bytes() == b"sentinel"
-    run_resize(ResizeConfig(source, tmp_path / "out", 32, overwrite=True))
+    run_resize(ResizeConfig(input=source, output=tmp_path / "out", size=32, overwrite=True))
     assert Image.open(target).size == (32, 32)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from deepcovidxr import __version__
 from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.configs import UnetTrainConfig
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.augment import augment_pair
@@ -28,28 +29,6 @@ from deepcovidxr.lungs.augment import augment_pair
 log = logging.getLogger(__name__)
 
 MASK_THRESHOLD = 127  # the masks are anti-aliased (data README)
-
-
-@dataclass(frozen=True)
-class UnetTrainConfig:
-    data: Path
-    output: Path
-    architecture: str = "light"
-    epochs: int = 40
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    heldout_fraction: float = 0.15
-    seed: int = 0
-    mixed_precision: bool = True
-    limit: int | None = None  # use only the first N pairs (tests)
-    init: Path | None = None  # start from these U-Net weights (fine-tuning) instead of random ones
-    pathology_probability: float = 0.5  # painted opacities (and, half as often, lines); see lungs.augment
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ValueError(f"--heldout-fraction must lie strictly between 0 and 1, got {self.heldout_fraction}")
-        if not 0.0 <= self.pathology_probability <= 1.0:
-            raise ValueError(f"--pathology-probability must lie in [0, 1], got {self.pathology_probability}")
 
 
 @dataclass(frozen=True)
