@@ -7,6 +7,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from deepcovidxr.errors import UsageError
+
 
 @dataclass(frozen=True)
 class Backbone:
@@ -22,7 +24,7 @@ class Backbone:
         import keras
 
         if size < self.min_size:
-            raise ValueError(f"{self.name} needs inputs of at least {self.min_size} px, got {size}")
+            raise UsageError(f"{self.name} needs inputs of at least {self.min_size} px, got {size}")
         constructor = getattr(keras.applications, self.constructor)
         return constructor(include_top=False, weights=weights, input_shape=(size, size, 3), input_tensor=input_tensor)
 
@@ -49,4 +51,4 @@ def get(name: str) -> Backbone:
             return backbone
     close = difflib.get_close_matches(name, [*NAMES, *(b.prefix for b in BACKBONES)], n=3, cutoff=0.4)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    raise ValueError(f"unknown backbone {name!r}{hint} Choose one of: {', '.join(NAMES)}")
+    raise UsageError(f"unknown backbone {name!r}{hint} Choose one of: {', '.join(NAMES)}")

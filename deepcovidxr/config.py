@@ -119,6 +119,8 @@ class StageConfig:
     # The fields naming the run's output folder and its input (for run_config.json).
     OUTPUT_FIELD: ClassVar[str | None] = "output"
     INPUT_FIELD: ClassVar[str | None] = None
+    # Output fields that must lie outside the input (nothing is ever written into an input folder).
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         hints = _hints(type(self))
@@ -139,6 +141,9 @@ class StageConfig:
             complaint = spec.check(value) if spec.check else None
             if complaint:
                 raise UsageError(f"{_spelling(spec)}: {complaint}")
+        source = getattr(self, self.INPUT_FIELD) if self.INPUT_FIELD else None
+        if source is not None and self.OUTSIDE_INPUT:
+            ensure_outside(source, *(getattr(self, name) for name in self.OUTSIDE_INPUT))
 
     @property
     def mixed_precision(self) -> bool:
@@ -148,6 +153,18 @@ class StageConfig:
     def options(self) -> dict[str, Any]:
         """The resolved options as JSON-ready values, keyed by field name."""
         return {f.name: jsonable(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+
+def ensure_outside(source: Path, *targets: Path | None) -> None:
+    """Refuse to write anywhere inside the input tree (or onto the input file)."""
+    source = Path(source).resolve()
+    root = source if source.is_dir() else source.parent
+    for target in targets:
+        if target is None:
+            continue
+        resolved = Path(target).resolve()
+        if resolved == root or root in resolved.parents:
+            raise UsageError(f"output {target} lies inside the input {root}; choose a folder outside it")
 
 
 def _spelling(spec: Option) -> str:

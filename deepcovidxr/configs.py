@@ -32,6 +32,7 @@ class CropConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "input"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output", "save_masks")
 
     input: Path = option(
         "-f",
@@ -73,6 +74,7 @@ class ResizeConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "input"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output",)
 
     input: Path = option(
         "-i", "--input_path", help="an image file or a folder, searched recursively", required=True, check=exists
@@ -102,6 +104,7 @@ class DatasetConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "images"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output",)
 
     images: Path = option(
         "--images", help="folder the labels table's file column is relative to", required=True, check=exists
@@ -528,6 +531,7 @@ class PredictConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "input"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output",)
 
     weights: Path | None = options.member_folder(required=False)
     input: Path | None = option(
@@ -576,6 +580,7 @@ class GradcamConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "path"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output",)
 
     weights: Path = options.member_folder()
     path: Path = option("-p", "--path", help="an image file or a folder (recursive)", required=True, check=exists)

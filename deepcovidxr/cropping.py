@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport, chunked
+from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import CropConfig
 from deepcovidxr.imageio import ImageReadError, iter_input_files, output_name, read_gray, write_gray
 from deepcovidxr.lungs import segment
@@ -36,18 +37,6 @@ class StageResult:
     @property
     def exit_code(self) -> int:
         return 1 if self.counts.get(ERROR, 0) else 0
-
-
-def ensure_outside(source: Path, *targets: Path | None) -> None:
-    """Refuse to write anywhere inside the input tree (or onto the input file)."""
-    source = source.resolve()
-    root = source if source.is_dir() else source.parent
-    for target in targets:
-        if target is None:
-            continue
-        resolved = target.resolve()
-        if resolved == root or root in resolved.parents:
-            raise ValueError(f"output {target} lies inside the input {root}; choose a folder outside it")
 
 
 def relative_name(path: Path, root: Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import Label, Split
 from deepcovidxr.preprocess import normalise
 
@@ -53,7 +54,7 @@ def list_split(view_dir: Path, split: Split | str) -> SplitFiles:
     for label in Label:
         folder = Path(view_dir) / Split(split).value / label.value
         if not folder.is_dir():
-            raise FileNotFoundError(f"missing folder {folder} (expected {view_dir}/<split>/{{Negative,Positive}})")
+            raise MissingInputError(f"missing folder {folder} (expected {view_dir}/<split>/{{Negative,Positive}})")
         for path in sorted(folder.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
                 files.append(str(path))
@@ -135,7 +136,7 @@ def make_dataset(
     """Batches of (images, labels). Training: shuffled each epoch, augmented, optionally
     oversampled to balanced classes. Otherwise: file order, no augmentation."""
     if len(split) == 0:
-        raise ValueError("no images in this split")
+        raise UsageError("no images in this split")
     autotune = tf.data.AUTOTUNE
 
     def decoded(files: list[str], labels: np.ndarray) -> tf.data.Dataset:

@@ -21,6 +21,7 @@ from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import DatasetConfig
 from deepcovidxr.cropping import StageResult, crop_columns, ensure_outside, segment_files
+from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import output_name, write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
@@ -67,20 +68,20 @@ def read_labels(path: Path) -> list[LabelledImage]:
         label_col = column("label", "class", "covid", "target")
         patient_col = column("patient_id", "patient", "patientid", "patient id")
         if file_col is None or label_col is None:
-            raise ValueError(f"{path}: needs a file column and a label column; found {reader.fieldnames}")
+            raise UsageError(f"{path}: needs a file column and a label column; found {reader.fieldnames}")
         rows = []
         for line, row in enumerate(reader, start=2):
             try:
                 label = Label.parse(row[label_col])
             except ValueError as error:
-                raise ValueError(f"{path}, line {line}: {error}") from None
+                raise UsageError(f"{path}, line {line}: {error}") from None
             file = row[file_col].strip().replace("\\", "/")
             rows.append(LabelledImage(file, label, (row[patient_col].strip() if patient_col else "") or file))
     if not patient_col:
         log.warning("%s has no patient_id column: splitting by file, which leaks patients with several images", path)
     duplicates = [f for f, n in Counter(r.file for r in rows).items() if n > 1]
     if duplicates:
-        raise ValueError(f"{path}: files listed more than once: {duplicates[:5]}")
+        raise UsageError(f"{path}: files listed more than once: {duplicates[:5]}")
     return rows
 
 
@@ -89,7 +90,7 @@ def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, floa
     label; returns file -> split. Every split gets at least one patient of a label that has
     three or more."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+        raise UsageError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
     by_patient: dict[str, list[LabelledImage]] = defaultdict(list)
     for row in rows:
         by_patient[row.patient_id].append(row)

@@ -21,6 +21,7 @@ import numpy as np
 
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json
+from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Split
 from deepcovidxr.training import MIN_DELTA, PATIENCE, PHASES, PLATEAU_PATIENCE, RunPaths, TrainConfig
 
@@ -42,7 +43,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     from deepcovidxr.training import make_optimizer, set_precision
 
     if "TF_CONFIG" not in os.environ:
-        raise ValueError("--multi-worker needs TF_CONFIG (cluster workers and this task's index); see the README")
+        raise UsageError("--multi-worker needs TF_CONFIG (cluster workers and this task's index); see the README")
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     index, workers = task_index(), strategy.num_replicas_in_sync
     chief = index == 0

@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 
 from deepcovidxr import safe_pickle
 from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Member, ensemble_members
 
 logger = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def fast_auc(labels: Any, scores: Any) -> np.ndarray | float:
     n_pos = int(positive.sum())
     n_neg = y.size - n_pos
     if n_pos == 0 or n_neg == 0:
-        raise ValueError("ROC AUC needs both classes among the labels")
+        raise UsageError("ROC AUC needs both classes among the labels")
     order = np.argsort(s, axis=0, kind="stable")
     ordered = np.take_along_axis(s, order, axis=0)
     negative = ~positive[order]
@@ -235,7 +236,7 @@ def _canonical_name(name: str) -> str:
     except ValueError:
         short = None
     if short not in MEMBER_NAMES:
-        raise ValueError(f"unknown ensemble member {name!r}; members are named like {MEMBER_NAMES[0]}")
+        raise UsageError(f"unknown ensemble member {name!r}; members are named like {MEMBER_NAMES[0]}")
     return short
 
 
@@ -243,24 +244,24 @@ def _validated(weights: Mapping[str, Any], source: str) -> dict[str, float]:
     """Canonical names, canonical order, finite non-negative floats summing to 1 (else ValueError
     naming ``source``)."""
     if not weights:
-        raise ValueError(f"{source}: no ensemble weights")
+        raise UsageError(f"{source}: no ensemble weights")
     result: dict[str, float] = {}
     for raw_name, raw_value in weights.items():
         try:
             name = _canonical_name(str(raw_name))
         except ValueError as error:
-            raise ValueError(f"{source}: {error}") from None
+            raise UsageError(f"{source}: {error}") from None
         if name in result:
-            raise ValueError(f"{source}: member {name} is given twice")
+            raise UsageError(f"{source}: member {name} is given twice")
         if isinstance(raw_value, bool) or not isinstance(raw_value, int | float | np.integer | np.floating):
-            raise ValueError(f"{source}: weight of {name} is not a number: {raw_value!r}")
+            raise UsageError(f"{source}: weight of {name} is not a number: {raw_value!r}")
         value = float(raw_value)
         if not math.isfinite(value) or value < 0:
-            raise ValueError(f"{source}: weight of {name} must be finite and non-negative, got {value}")
+            raise UsageError(f"{source}: weight of {name} must be finite and non-negative, got {value}")
         result[name] = value
     total = math.fsum(result.values())
     if abs(total - 1.0) > SUM_TOLERANCE:
-        raise ValueError(f"{source}: ensemble weights must sum to 1 (within {SUM_TOLERANCE}), they sum to {total!r}")
+        raise UsageError(f"{source}: ensemble weights must sum to 1 (within {SUM_TOLERANCE}), they sum to {total!r}")
     return {name: result[name] for name in MEMBER_NAMES if name in result}
 
 
@@ -268,7 +269,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
     duplicates = sorted({key for key in keys if keys.count(key) > 1})
     if duplicates:
-        raise ValueError(f"duplicate keys {duplicates}")
+        raise UsageError(f"duplicate keys {duplicates}")
     return dict(pairs)
 
 
@@ -282,7 +283,7 @@ def _from_vector(values: list[float], path: Path) -> dict[str, float]:
         named = load_weights(sibling)
         if len(named) == len(values) and np.allclose(list(named.values()), values, rtol=0, atol=1e-12):
             return named
-    raise ValueError(
+    raise UsageError(
         f"{path}: holds {len(values)} weights, not {len(MEMBER_NAMES)}; the members of a subset ensemble are "
         f"named only in its {WEIGHTS_JSON}, load that instead"
     )
@@ -301,23 +302,23 @@ def load_weights(path: Path) -> dict[str, float]:
         try:
             payload = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicate_keys)
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
-            raise ValueError(f"{path}: not a valid weights JSON ({error})") from error
+            raise UsageError(f"{path}: not a valid weights JSON ({error})") from error
         if not isinstance(payload, dict):
-            raise ValueError(f"{path}: expected a JSON object {{member name: weight}}, got {type(payload).__name__}")
+            raise UsageError(f"{path}: expected a JSON object {{member name: weight}}, got {type(payload).__name__}")
         return _validated(payload, str(path))
     payload = safe_pickle.load(path)  # ValueError naming the file for anything but plain data
     if isinstance(payload, Mapping):
         return _validated(payload, str(path))
     if isinstance(payload, np.ndarray):
         if payload.ndim != 1 or not np.issubdtype(payload.dtype, np.number):
-            raise ValueError(f"{path}: expected a 1-D numeric array of weights, got {payload.dtype} {payload.shape}")
+            raise UsageError(f"{path}: expected a 1-D numeric array of weights, got {payload.dtype} {payload.shape}")
         return _from_vector(payload.astype(np.float64).tolist(), path)
     if isinstance(payload, list | tuple):
         for value in payload:
             if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-                raise ValueError(f"{path}: expected a list of numbers, found {value!r}")
+                raise UsageError(f"{path}: expected a list of numbers, found {value!r}")
         return _from_vector([float(v) for v in payload], path)
-    raise ValueError(f"{path}: expected an array, list or dict of weights, got {type(payload).__name__}")
+    raise UsageError(f"{path}: expected an array, list or dict of weights, got {type(payload).__name__}")
 
 
 def weight_vector(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:

@@ -18,6 +18,7 @@ from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR
 from deepcovidxr.configs import GradcamConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name
+from deepcovidxr.errors import UsageError
 from deepcovidxr.gradcam import TARGETS, fuse, member_cams, to_original
 from deepcovidxr.imageio import ImageReadError, iter_input_files, read_gray
 from deepcovidxr.inference import THRESHOLD, resolve_ensemble
@@ -57,7 +58,7 @@ def run_gradcam(config: GradcamConfig) -> StageResult:
     from deepcovidxr.models import load_member
 
     if config.target not in TARGETS:
-        raise ValueError(f"unknown target {config.target!r}; choose one of {TARGETS}")
+        raise UsageError(f"unknown target {config.target!r}; choose one of {TARGETS}")
     ensure_outside(config.path, config.output)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     files = list(iter_input_files(config.path))

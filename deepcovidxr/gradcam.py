@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepcovidxr.errors import UsageError
+
 TARGETS = ("positive", "negative", "predicted")
 
 
@@ -63,7 +65,7 @@ def fuse(maps: list[np.ndarray], weights: list[float]) -> np.ndarray:
     """Ensemble-weighted mean of per-member maps, rescaled to [0, 1]."""
     weights_array = np.asarray(weights, np.float64)
     if not maps or weights_array.sum() <= 0:
-        raise ValueError("Grad-CAM fusion needs at least one member with a positive weight")
+        raise UsageError("Grad-CAM fusion needs at least one member with a positive weight")
     fused = np.tensordot(weights_array / weights_array.sum(), np.stack(maps).astype(np.float64), axes=1)
     peak = fused.max()
     return (fused / peak if peak > 0 else fused).astype(np.float32)

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from deepcovidxr.atomic import atomic_path
+from deepcovidxr.errors import MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
         yield root
         return
     if not root.is_dir():
-        raise FileNotFoundError(f"input not found: {root}")
+        raise MissingInputError(f"input not found: {root}")
     exclude_resolved = exclude.resolve() if exclude is not None else None
     for directory, subdirs, files in os.walk(root):
         here = Path(directory)

@@ -19,6 +19,7 @@ from deepcovidxr.atomic import write_json, write_text
 from deepcovidxr.batch import ERROR
 from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, PredictConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name, segment_files
+from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.layout import CropMode, DataTree, Label, Member, Split, ensemble_members
 from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, score_members
@@ -57,10 +58,10 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
         wanted = {Member.parse(s).short_name for s in subset}
         chosen = [m for m in chosen if m.short_name in wanted]
         if not chosen:
-            raise ValueError(f"none of {', '.join(subset)} has a non-zero ensemble weight")
+            raise UsageError(f"none of {', '.join(subset)} has a non-zero ensemble weight")
     missing = [m.legacy_filename for m in chosen if not (Path(weights_dir) / m.legacy_filename).is_file()]
     if missing:
-        raise FileNotFoundError(f"{weights_dir}: missing member file(s): {', '.join(missing)}")
+        raise MissingInputError(f"{weights_dir}: missing member file(s): {', '.join(missing)}")
     weights = np.array([by_name[m.short_name] for m in chosen], np.float64)
     if subset:
         weights = weights / weights.sum()
@@ -92,7 +93,7 @@ def shard_files(files: list[Path], shard: tuple[int, int] | None) -> list[Path]:
         return files
     k, n = shard
     if not 1 <= k <= n:
-        raise ValueError(f"--shard {k}/{n}: K must be between 1 and N")
+        raise UsageError(f"--shard {k}/{n}: K must be between 1 and N")
     return files[k - 1 :: n]
 
 
@@ -209,14 +210,14 @@ def merge_predictions(shards: list[Path], output: Path) -> Path:
             reader = csv.reader(handle)
             this_header = next(reader)
             if header is not None and this_header != header:
-                raise ValueError(f"{path}: columns differ from the first shard's")
+                raise UsageError(f"{path}: columns differ from the first shard's")
             header = this_header
             for row in reader:
                 if row[0] in rows:
-                    raise ValueError(f"{row[0]} appears in more than one shard")
+                    raise UsageError(f"{row[0]} appears in more than one shard")
                 rows[row[0]] = row
     if header is None:
-        raise ValueError("no shards given")
+        raise UsageError("no shards given")
     return _write_csv(Path(output) / "predictions.csv", header, [rows[k] for k in sorted(rows)])
 
 
@@ -254,18 +255,18 @@ def load_split(
             else None
         )
         if names is None:
-            raise FileNotFoundError(f"missing folder {folder}")
+            raise MissingInputError(f"missing folder {folder}")
         listing[(size, crop)] = names
     reference_view, reference = next(iter(listing.items()))
     for view, names in listing.items():
         if names != reference:
             extra, missing = sorted(set(names) - set(reference)), sorted(set(reference) - set(names))
-            raise ValueError(
+            raise UsageError(
                 f"{split.value}: views {reference_view[0]}/{reference_view[1].value} and {view[0]}/{view[1].value} "
                 f"hold different images; only in the second: {extra[:5]}; missing from it: {missing[:5]}"
             )
     if not reference:
-        raise ValueError(f"no images in the {split.value} split of {root}")
+        raise UsageError(f"no images in the {split.value} split of {root}")
     store = ViewStore(store_folder, len(reference), views)
     for (size, crop), array in store.arrays.items():
         folder = tree.split_dir(size, crop, split)
@@ -377,9 +378,9 @@ def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[
     found = [(m, Path(folder) / m.legacy_filename) for m in wanted if (Path(folder) / m.legacy_filename).is_file()]
     missing = [m.legacy_filename for m in wanted if not (Path(folder) / m.legacy_filename).is_file()]
     if subset and missing:
-        raise FileNotFoundError(f"{folder}: missing member file(s): {', '.join(missing)}")
+        raise MissingInputError(f"{folder}: missing member file(s): {', '.join(missing)}")
     if not found:
-        raise FileNotFoundError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
+        raise MissingInputError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
     if missing:
         log.warning("%d of 24 members have no file in %s; ensembling the %d present", len(missing), folder, len(found))
     return found
@@ -391,7 +392,7 @@ def run_ensemble(config: EnsembleConfig) -> Path:
     from deepcovidxr import metrics
 
     if config.method not in ensemble.METHODS:
-        raise ValueError(f"unknown method {config.method!r}; choose one of {ensemble.METHODS}")
+        raise UsageError(f"unknown method {config.method!r}; choose one of {ensemble.METHODS}")
     members = available_members(config.weights, config.members)
     names = [m.short_name for m, _ in members]
     results = Path(config.output) / "Ensemble_Results"

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from deepcovidxr.errors import MissingInputError, UsageError
+
 SIZES: tuple[int, ...] = (224, 331)
 CROP_REPORT = "crop_report.csv"
 RESIZE_REPORT = "resize_report.csv"
@@ -42,7 +44,7 @@ class Label(enum.StrEnum):
             return cls.POSITIVE
         if value in {"negative", "neg", "0", "0.0", "non-covid", "noncovid", "normal", "false", "no", "n"}:
             return cls.NEGATIVE
-        raise ValueError(f"unrecognised label {text!r}: use Positive/Negative (or 1/0)")
+        raise UsageError(f"unrecognised label {text!r}: use Positive/Negative (or 1/0)")
 
 
 class CropMode(enum.StrEnum):
@@ -82,7 +84,7 @@ class DataTree:
         if missing:
             listed = "\n  ".join(str(m) for m in missing[:12])
             more = f"\n  ... and {len(missing) - 12} more" if len(missing) > 12 else ""
-            raise FileNotFoundError(f"dataset tree {self.root} is incomplete; missing folders:\n  {listed}{more}")
+            raise MissingInputError(f"dataset tree {self.root} is incomplete; missing folders:\n  {listed}{more}")
 
 
 def legacy_crop_names(relative: Path) -> tuple[Path, Path]:
@@ -129,7 +131,7 @@ class Member:
         if len(parts) == 4 and parts[2] == "up":
             parts = [parts[0], parts[1], parts[3]]
         if len(parts) != 3 or not parts[1].isdigit():
-            raise ValueError(f"not a member name: {text!r} (expected e.g. res_331_crop or ResNet50_331_up_crop.h5)")
+            raise UsageError(f"not a member name: {text!r} (expected e.g. res_331_crop or ResNet50_331_up_crop.h5)")
         return cls(backbones.get(parts[0]).name, int(parts[1]), CropMode(parts[2]))
 
 

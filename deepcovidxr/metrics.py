@@ -29,6 +29,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from deepcovidxr.atomic import atomic_path
+from deepcovidxr.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def binary_metrics(y_true: Any, scores: Any, threshold: float) -> dict[str, floa
 
 def _require_both_classes(y: np.ndarray, what: str) -> None:
     if y.min() == y.max():
-        raise ValueError(f"{what} needs both classes; all {y.size} labels are {int(y[0])}")
+        raise UsageError(f"{what} needs both classes; all {y.size} labels are {int(y[0])}")
 
 
 def youden_threshold(y_true: Any, scores: Any) -> float:

@@ -22,6 +22,7 @@ import numpy as np
 
 from deepcovidxr import __version__, backbones
 from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.errors import MissingInputError
 from deepcovidxr.layout import Member
 from deepcovidxr.legacy_h5 import LegacyWeightsError, copy_weights_in_order, read_layer_weights
 
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 HEAD_LAYERS = ("gap", "dropout", "last")
 
 
-class WeightsUnavailableError(FileNotFoundError):
+class WeightsUnavailableError(MissingInputError):
     """Initial weights that cannot be had here (offline ImageNet, a missing file)."""
 
 

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from deepcovidxr.atomic import write_text
+from deepcovidxr.errors import DeepcovidxrError, MissingInputError, OfflineError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def find_labels_csv(root: Path) -> Path:
         candidate = root / name
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"no NIH ChestX-ray14 labels table in {root}: expected one of {', '.join(LABEL_CSV_NAMES)} "
         f"(download Data_Entry_2017_v2020.csv from {BOX_FOLDER})"
     )
@@ -167,7 +168,7 @@ def _multi_hot(labels: pd.Series, source: Path) -> np.ndarray:
     parsed, then broadcast by their codes: ~50x faster than ``str.get_dummies`` on 112k rows."""
     if labels.isna().any():
         first = labels.index[labels.isna()][0]
-        raise ValueError(f"{source}: empty 'Finding Labels' (first at data row {first})")
+        raise UsageError(f"{source}: empty 'Finding Labels' (first at data row {first})")
     codes, uniques = pd.factorize(labels, sort=False)
     column = {finding: i for i, finding in enumerate(FINDINGS)}
     table = np.zeros((len(uniques), len(FINDINGS)), dtype=np.uint8)
@@ -181,7 +182,7 @@ def _multi_hot(labels: pd.Series, source: Path) -> np.ndarray:
             else:
                 unknown.add(name)
     if unknown:
-        raise ValueError(f"{source}: unknown finding labels {sorted(unknown)}; known: {', '.join(FINDINGS)}")
+        raise UsageError(f"{source}: unknown finding labels {sorted(unknown)}; known: {', '.join(FINDINGS)}")
     return table[codes]
 
 
@@ -196,12 +197,12 @@ def read_table(csv_path: Path) -> pd.DataFrame:
     try:
         raw = pd.read_csv(csv_path, usecols=wanted, dtype=str, keep_default_na=False, na_values=[""])
     except ValueError as error:  # pandas names the missing columns in its message
-        raise ValueError(f"{csv_path}: not an NIH ChestX-ray14 labels table ({error})") from None
+        raise UsageError(f"{csv_path}: not an NIH ChestX-ray14 labels table ({error})") from None
     if raw["Image Index"].isna().any() or raw["Patient ID"].isna().any():
-        raise ValueError(f"{csv_path}: rows with an empty 'Image Index' or 'Patient ID'")
+        raise UsageError(f"{csv_path}: rows with an empty 'Image Index' or 'Patient ID'")
     duplicated = raw["Image Index"][raw["Image Index"].duplicated()]
     if len(duplicated):
-        raise ValueError(f"{csv_path}: images listed more than once: {duplicated.head(5).tolist()}")
+        raise UsageError(f"{csv_path}: images listed more than once: {duplicated.head(5).tolist()}")
     hot = _multi_hot(raw["Finding Labels"], csv_path)
     table = pd.DataFrame(
         {
@@ -250,13 +251,13 @@ class NihSplits:
 def _read_list(root: Path, name: str) -> list[str]:
     path = root / name
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"official split list {path} not found: put {TRAIN_VAL_LIST} and {TEST_LIST} from {BOX_FOLDER} "
             f"next to the labels table (the patient-wise split depends on them)"
         )
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
-        raise ValueError(f"{path} lists no images")
+        raise UsageError(f"{path} lists no images")
     return names
 
 
@@ -281,19 +282,19 @@ def load_splits(root: Path, validation_fraction: float = 0.1, seed: int = 0, req
     """
     root = Path(root)
     if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
+        raise UsageError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     table = read_table(find_labels_csv(root))
     train_val = _read_list(root, TRAIN_VAL_LIST)
     test = _read_list(root, TEST_LIST)
 
     both = set(train_val) & set(test)
     if both:
-        raise ValueError(f"{len(both)} images are in both {TRAIN_VAL_LIST} and {TEST_LIST}, e.g. {sorted(both)[:3]}")
+        raise UsageError(f"{len(both)} images are in both {TRAIN_VAL_LIST} and {TEST_LIST}, e.g. {sorted(both)[:3]}")
     indexed = table.set_index("image", drop=False)
     listed = pd.Index(train_val + test)
     unknown = listed.difference(indexed.index)
     if len(unknown):
-        raise ValueError(f"{len(unknown)} listed images are not in the labels table, e.g. {unknown[:3].tolist()}")
+        raise UsageError(f"{len(unknown)} listed images are not in the labels table, e.g. {unknown[:3].tolist()}")
     unlisted = len(indexed) - len(listed)
     if unlisted:
         log.warning("%d images of the labels table are in neither official list; they are left out", unlisted)
@@ -303,7 +304,7 @@ def load_splits(root: Path, validation_fraction: float = 0.1, seed: int = 0, req
     # The official lists are patient-wise; verify rather than trust, since a leak would inflate test AUROC.
     leaked = set(train_val_rows["patient_id"]) & set(test_rows["patient_id"])
     if leaked:
-        raise ValueError(f"{len(leaked)} patients have images in both official lists, e.g. {sorted(leaked)[:3]}")
+        raise UsageError(f"{len(leaked)} patients have images in both official lists, e.g. {sorted(leaked)[:3]}")
 
     validation_patients = _patient_split(train_val_rows["patient_id"].tolist(), validation_fraction, seed)
     in_validation = train_val_rows["patient_id"].isin(validation_patients)
@@ -341,7 +342,7 @@ def load_splits(root: Path, validation_fraction: float = 0.1, seed: int = 0, req
 # Download
 
 
-class NihDownloadError(RuntimeError):
+class NihDownloadError(DeepcovidxrError, RuntimeError):
     """An archive that arrived incomplete or damaged, or that holds unsafe member names."""
 
 
@@ -363,8 +364,8 @@ def _placed_archive(root: Path, number: int) -> Path | None:
     return None
 
 
-def _offline_error(root: Path, number: int, url: str, reason: object) -> ConnectionError:
-    return ConnectionError(
+def _offline_error(root: Path, number: int, url: str, reason: object) -> OfflineError:
+    return OfflineError(
         f"cannot download {archive_name(number)} from {url}: the network is unreachable ({reason}). "
         f"Download the archives images_01.tar.gz .. images_12.tar.gz by hand from {BOX_FOLDER} "
         f"(folder 'images') into {root}; the next run verifies and extracts them without downloading."
@@ -408,7 +409,7 @@ def _fetch(root: Path, number: int, url: str, part: Path, opener: Opener, chunk_
         if error.code == 416 and offset:
             log.info("%s: server has nothing past byte %d; checking the part file as complete", part.name, offset)
             return
-        raise ConnectionError(
+        raise OfflineError(
             f"cannot download {archive_name(number)}: {url} answered HTTP {error.code} {error.reason}. "
             f"The NIH's static Box links may have moved; download images_01.tar.gz .. images_12.tar.gz by hand "
             f"from {BOX_FOLDER} into {root} and rerun."
@@ -428,7 +429,7 @@ def _fetch(root: Path, number: int, url: str, part: Path, opener: Opener, chunk_
                     handle.write(chunk)
                     written += len(chunk)
             except (OSError, http.client.HTTPException) as error:  # IncompleteRead is not an OSError
-                raise ConnectionError(
+                raise OfflineError(
                     f"connection lost while downloading {archive_name(number)} after {written} bytes ({error}); "
                     f"rerun to resume from {part}"
                 ) from error
@@ -552,7 +553,7 @@ def download_nih(
     numbers = list(archives)
     bad = [n for n in numbers if n not in urls]
     if bad:
-        raise ValueError(f"unknown archive numbers {bad}; ChestX-ray14 has archives {min(urls)}..{max(urls)}")
+        raise UsageError(f"unknown archive numbers {bad}; ChestX-ray14 has archives {min(urls)}..{max(urls)}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     images = root / "images"

@@ -19,6 +19,7 @@ import numpy as np
 from deepcovidxr import nih
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import PretrainConfig
+from deepcovidxr.errors import MissingInputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     if config.download:
         nih.download_nih(root)
     elif not root.is_dir():
-        raise FileNotFoundError(f"NIH folder not found: {root} (pass --download to fetch the 12 archives into it)")
+        raise MissingInputError(f"NIH folder not found: {root} (pass --download to fetch the 12 archives into it)")
     output = Path(config.output)
     output.mkdir(parents=True, exist_ok=True)
     checkpoint = output / checkpoint_name(config.model, config.size)
@@ -50,7 +51,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     splits = nih.load_splits(root, config.validation_fraction, config.seed, require_images=True)
     for name, frame in splits.items():
         if frame.empty:
-            raise ValueError(f"{root}: no images found for the {name} split")
+            raise UsageError(f"{root}: no images found for the {name} split")
     summary = splits.summary()
     log.info("NIH: %s", ", ".join(f"{k} {v['images']} images / {v['patients']} patients" for k, v in summary.items()))
 

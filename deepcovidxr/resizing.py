@@ -19,6 +19,7 @@ from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import ResizeConfig
 from deepcovidxr.cropping import StageResult, ensure_outside, relative_name
+from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import MAX_PIXELS, ImageReadError, is_dicom, iter_input_files, output_name, read_gray
 from deepcovidxr.preprocess import lanczos_resize
 
@@ -55,7 +56,7 @@ def resize_one(path: Path, destination: Path, size: int) -> dict:
 
 def run_resize(config: ResizeConfig) -> StageResult:
     if config.size < 8:
-        raise ValueError(f"size must be at least 8 pixels, got {config.size}")
+        raise UsageError(f"size must be at least 8 pixels, got {config.size}")
     ensure_outside(config.input, config.output)
     files = list(iter_input_files(config.input))
     report = BatchReport(config.output / layout.RESIZE_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)

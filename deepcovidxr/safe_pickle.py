@@ -12,6 +12,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from deepcovidxr.errors import UsageError
+
 _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -40,4 +42,4 @@ def load(path: Path) -> Any:
     try:
         return RestrictedUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise ValueError(f"{path}: not a safe data-only pickle ({error})") from error
+        raise UsageError(f"{path}: not a safe data-only pickle ({error})") from error

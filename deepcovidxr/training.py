@@ -19,6 +19,7 @@ import numpy as np
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.configs import TrainAllConfig, TrainConfig
+from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import CropMode, Member, Split
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def infer_crop(path: Path, crop: CropMode | str | None) -> CropMode:
     for part in reversed(Path(path).resolve().parts):
         if part in {m.value for m in CropMode}:
             return CropMode(part)
-    raise ValueError(f"cannot tell crop or uncrop from {path}: pass --crop crop|uncrop")
+    raise UsageError(f"cannot tell crop or uncrop from {path}: pass --crop crop|uncrop")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def make_optimizer(name: str, learning_rate: float, momentum: float):
         return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
     if name == "adam":
         return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    raise UsageError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
 def compile_member(model, learning_rate: float, momentum: float, optimizer: str = "sgd") -> None:
@@ -211,7 +212,7 @@ def train_member(config: TrainConfig) -> Path:
     policy = set_precision(config.mixed_precision)
     train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
     if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
-        raise ValueError(f"{config.path}: Train and Validation each need Positive and Negative images")
+        raise UsageError(f"{config.path}: Train and Validation each need Positive and Negative images")
     strategy = distribution_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(
@@ -355,7 +356,7 @@ def member_weights(weights: str | None, member: Member) -> str | None:
 
         candidate = Path(weights) / checkpoint_name(member.backbone, member.size)
         if not candidate.is_file():
-            raise FileNotFoundError(f"no {candidate.name} in {weights} for {member.short_name}")
+            raise MissingInputError(f"no {candidate.name} in {weights} for {member.short_name}")
         return str(candidate)
     return weights
 
@@ -385,7 +386,7 @@ def train_all(config: TrainAllConfig) -> Path:
     tree = DataTree(Path(config.data))
     missing = [m.short_name for m in members if not tree.view_dir(m.size, m.crop).is_dir()]
     if missing:
-        raise FileNotFoundError(f"{config.data}: no data folder for {', '.join(missing)}")
+        raise MissingInputError(f"{config.data}: no data folder for {', '.join(missing)}")
     failures = []
     for number, member in enumerate(members, start=1):
         log.info("member %d of %d: %s", number, len(members), member.short_name)

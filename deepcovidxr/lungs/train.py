@@ -22,6 +22,7 @@ import numpy as np
 from deepcovidxr import __version__
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.configs import UnetTrainConfig
+from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.augment import augment_pair
@@ -53,7 +54,7 @@ def find_pairs(root: Path) -> list[Pair]:
                 if mask.is_file():
                     pairs.append(Pair(image, mask, images.parent.name))
     if not pairs:
-        raise FileNotFoundError(f"no image/mask pairs under {root} (expected manifest.csv or */images + */masks)")
+        raise MissingInputError(f"no image/mask pairs under {root} (expected manifest.csv or */images + */masks)")
     return sorted(pairs, key=lambda p: str(p.image))
 
 
@@ -186,7 +187,7 @@ def _initial_model(config: UnetTrainConfig, policy: str):
         return build_unet(config.architecture, policy)
     model, meta = load_unet(config.init, dtype=policy, fold=False)
     if meta["architecture"] != config.architecture:
-        raise ValueError(
+        raise UsageError(
             f"{config.init} holds the {meta['architecture']!r} U-Net; pass --architecture {meta['architecture']}"
             " to fine-tune it"
         )

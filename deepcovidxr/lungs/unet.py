@@ -21,6 +21,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from deepcovidxr.errors import MissingInputError, UsageError
+
 log = logging.getLogger(__name__)
 
 UNET_INPUT = 256
@@ -56,7 +58,7 @@ def build_unet(architecture: str = "light", dtype: str | None = None, folded: bo
     (inference only; see :func:`fold_batch_norm`).
     """
     if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown U-Net architecture {architecture!r}; choose one of {ARCHITECTURES}")
+        raise UsageError(f"unknown U-Net architecture {architecture!r}; choose one of {ARCHITECTURES}")
     light = architecture == "light"
     if folded and not light:
         raise ValueError("only the light U-Net has batch-norms to fold")
@@ -119,7 +121,7 @@ def load_unet(path: Path, dtype: str | None = None, fold: bool = True) -> tuple[
     dtype = dtype or inference_policy()
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"U-Net weights not found: {path} (pass -U/--Unet with a valid file)")
+        raise MissingInputError(f"U-Net weights not found: {path} (pass -U/--Unet with a valid file)")
     if path.name.endswith(".weights.h5"):
         meta_file = sidecar_path(path)
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"architecture": "light"}
