@@ -1,0 +1,105 @@
+"""The rules ARCHITECTURE.md states, checked on the source: no import cycles, thin scripts, one
+place for argparse."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from deepcovidxr import stages
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "deepcovidxr"
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Edges for every import, module-level or inside a function (a deferred import still ties
+    two modules together)."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    package = name.split(".")[: len(name.split(".")) - node.level + (path.name == "__init__.py")]
+                    base = ".".join([*package, base] if base else package)
+                for alias in node.names:
+                    candidate = f"{base}.{alias.name}"
+                    edges.add(candidate if candidate in modules else base)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+    return {k: {d for d in v if d in modules and d != k and d != "deepcovidxr"} for k, v in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    assert cycles(import_graph()) == []
+
+
+@pytest.mark.parametrize("stem", sorted(stages.STAGES))
+def test_scripts_are_a_docstring_and_one_call(stem: str) -> None:
+    tree = ast.parse((ROOT / f"{stem}.py").read_text())
+    docstring = ast.get_docstring(tree)
+    assert docstring and "Example" in docstring and f"python {stem}.py" in docstring
+    functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert [f.name for f in functions] == ["main"]
+    body = functions[0].body
+    assert len(body) == 1 and isinstance(body[0], ast.Return)
+    call = body[0].value
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "cli.main" and ast.unparse(call.args[0]) == repr(stem)
+
+
+def test_argparse_lives_in_one_module() -> None:
+    users = sorted(
+        str(p.relative_to(ROOT))
+        for p in [*PACKAGE.rglob("*.py"), *ROOT.glob("*.py")]
+        if "add_argument(" in p.read_text()
+    )
+    assert users == ["deepcovidxr/config.py"]
