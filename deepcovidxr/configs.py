@@ -595,3 +595,25 @@ class GradcamConfig(StageConfig):
     )
     unet: Path | None = options.unet()
     precision: str = options.inference_precision()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportConfig(StageConfig):
+    """Export ensemble members for fast inference engines: one file per member (ONNX, TFLite or a
+    TensorFlow SavedModel) plus ensemble.json describing the ensemble (members, weights, combination
+    rule, input contract, class names). An exported member takes the same preprocessed input as the
+    Keras member (size x size x 3, ImageNet-normalised) and returns the same scores.
+
+    Example:
+        python export.py -w weights/ -o exported/ --format onnx
+    """
+
+    INPUT_FIELD: ClassVar[str] = "weights"
+
+    weights: Path = options.member_folder()
+    output: Path = options.output("output folder for the exported members and ensemble.json")
+    format: str = option(
+        "--format", help="onnx, tflite or saved_model", default="onnx", choices=("onnx", "tflite", "saved_model")
+    )
+    members: tuple[str, ...] = options.members("only these members (default: every member with a non-zero weight)")
+    ensemble_weights: Path | None = options.ensemble_weight()

@@ -44,6 +44,7 @@ STAGES: dict[str, Stage] = {
         Stage("evaluate", "EvaluateConfig", "deepcovidxr.inference:run_evaluate", "deepcovidxr-evaluate"),
         Stage("predict", "PredictConfig", "deepcovidxr.inference:run_predict", "deepcovidxr-predict"),
         Stage("visSample", "GradcamConfig", "deepcovidxr.explain:run_gradcam", "deepcovidxr-gradcam"),
+        Stage("export", "ExportConfig", "deepcovidxr.export:run_export", "deepcovidxr-export"),
     )
 }
 
