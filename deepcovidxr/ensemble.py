@@ -289,6 +289,36 @@ def _from_vector(values: list[float], path: Path) -> dict[str, float]:
     )
 
 
+def _json_weights(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The weights of a weights JSON: ours (``{"rule": ..., "weights": {...}}``) or a flat
+    ``{member: weight}`` mapping (older files, hand-written ones: the weighted rule)."""
+    if "weights" not in payload:
+        return payload
+    if not isinstance(payload["weights"], dict):
+        raise UsageError(f"{path}: 'weights' must map member names to weights")
+    return payload["weights"]
+
+
+def load_rule(path: Path) -> str:
+    """The combination rule stored with the weights: the JSON's ``rule``; for the original's
+    pickle, the rule of the JSON written beside it when that JSON holds the same weights, else
+    ``weighted`` (the authors' published rule)."""
+    path = Path(path)
+    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
+    if not source.is_file():
+        return "weighted"
+    try:
+        payload = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
+    rule = payload.get("rule", "weighted") if isinstance(payload, dict) else "weighted"
+    if rule not in METHODS:
+        raise UsageError(f"{source}: unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
+    if source != path and load_weights(source) != load_weights(path):
+        return "weighted"  # a pickle that is not the one its neighbour describes
+    return rule
+
+
 def load_weights(path: Path) -> dict[str, float]:
     """Read ensemble weights as ``{member short name: weight}`` in canonical order.
 
@@ -305,7 +335,7 @@ def load_weights(path: Path) -> dict[str, float]:
             raise UsageError(f"{path}: not a valid weights JSON ({error})") from error
         if not isinstance(payload, dict):
             raise UsageError(f"{path}: expected a JSON object {{member name: weight}}, got {type(payload).__name__}")
-        return _validated(payload, str(path))
+        return _validated(_json_weights(payload, path), str(path))
     payload = safe_pickle.load(path)  # ValueError naming the file for anything but plain data
     if isinstance(payload, Mapping):
         return _validated(payload, str(path))
@@ -327,7 +357,7 @@ def weight_vector(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.nda
     return tuple(valid), np.array(list(valid.values()), dtype=np.float64)
 
 
-def save_weights(weights: Mapping[str, float], folder: Path) -> tuple[Path, Path]:
+def save_weights(weights: Mapping[str, float], folder: Path, rule: str = "weighted") -> tuple[Path, Path]:
     """Write ``ensemble_weights.pickle`` and ``ensemble_weights.json`` into ``folder``, atomically.
 
     The pickle is what the original reads: a float64 array in canonical order, over the members present
@@ -340,7 +370,11 @@ def save_weights(weights: Mapping[str, float], folder: Path) -> tuple[Path, Path
     pickle_path, json_path = folder / WEIGHTS_PICKLE, folder / WEIGHTS_JSON
     with atomic_path(pickle_path) as tmp:
         tmp.write_bytes(pickle.dumps(vector, protocol=_PICKLE_PROTOCOL))
-    write_json(json_path, dict(zip(names, vector.tolist(), strict=True)))
+    if rule not in METHODS:
+        raise UsageError(f"unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
+    # The rule travels with the weights: every later stage applies it (mean/vote/max ignore the
+    # values but keep the members).
+    write_json(json_path, {"rule": rule, "weights": dict(zip(names, vector.tolist(), strict=True))})
     if len(names) != len(MEMBER_NAMES):
         logger.warning(
             "%d of %d members weighted: %s names them, the pickle alone does not",

@@ -97,7 +97,7 @@ def run_gradcam(config: GradcamConfig) -> StageResult:
         gc.collect()
     folder = config.output / "gradCAM_img"
     for item in items:
-        ensemble_score = float(np.dot(chosen.weights, item.scores))
+        ensemble_score = float(chosen.combine(np.asarray(item.scores)[np.newaxis])[0])
         target = (
             config.target
             if config.target != "predicted"

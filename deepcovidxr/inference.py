@@ -39,20 +39,23 @@ class Ensemble:
 
     members: list[tuple[Member, Path]]
     weights: np.ndarray
+    rule: str = "weighted"  # stored with the weights (ensemble.load_rule)
 
     @property
     def names(self) -> list[str]:
         return [m.short_name for m, _ in self.members]
 
     def combine(self, scores: np.ndarray) -> np.ndarray:
-        return scores @ self.weights
+        """Member scores (images, members) -> one score per image by the ensemble's rule."""
+        return ensemble.combine_rule(scores, self.rule, self.weights)
 
 
 def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: tuple[str, ...] = ()) -> Ensemble:
     """Members with a non-zero weight (optionally a chosen subset, weights renormalised), each
     with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir``; missing files are one error
     listing them all."""
-    by_name = ensemble.load_weights(ensemble_weights or DEFAULT_ENSEMBLE_WEIGHTS)
+    source = ensemble_weights or DEFAULT_ENSEMBLE_WEIGHTS
+    by_name = ensemble.load_weights(source)
     chosen = [m for m in ensemble_members() if by_name.get(m.short_name, 0.0) > 0]
     if subset:
         wanted = {Member.parse(s).short_name for s in subset}
@@ -65,7 +68,10 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     weights = np.array([by_name[m.short_name] for m in chosen], np.float64)
     if subset:
         weights = weights / weights.sum()
-    return Ensemble([(m, Path(weights_dir) / m.legacy_filename) for m in chosen], weights)
+    rule = ensemble.load_rule(source)
+    if rule != "weighted":
+        log.info("ensemble rule %s (stored with %s)", rule, source)
+    return Ensemble([(m, Path(weights_dir) / m.legacy_filename) for m in chosen], weights, rule)
 
 
 def _views_of(members: list[tuple[Member, Path]]) -> tuple:
@@ -178,6 +184,7 @@ def run_predict(config: PredictConfig) -> StageResult | Path:
             "disclaimer": DISCLAIMER,
             "members": chosen.names,
             "weights": chosen.weights.tolist(),
+            "rule": chosen.rule,
             "tta": config.tta,
             "threshold": THRESHOLD,
             "shard": config.shard,
@@ -354,6 +361,7 @@ def run_evaluate(config: EvaluateConfig) -> Path:
             "split": "Test",
             "tta": config.tta,
             "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
+            "ensemble_rule": chosen.rule,
             **summary,
         },
     )
@@ -405,7 +413,9 @@ def run_ensemble(config: EnsembleConfig) -> Path:
         log.info("Dirichlet search (%d draws, seed %d): validation AUC %.4f", config.draws, config.seed, search.auc)
     else:
         weights = candidate.weights
-    pickle_path, json_path = ensemble.save_weights(dict(zip(names, weights.tolist(), strict=True)), results)
+    pickle_path, json_path = ensemble.save_weights(
+        dict(zip(names, weights.tolist(), strict=True)), results, rule=config.method
+    )
     test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size)
     combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
     member_rows = [

@@ -93,7 +93,8 @@ def test_scripts_are_a_docstring_and_one_call(stem: str) -> None:
     body = functions[0].body
     assert len(body) == 1 and isinstance(body[0], ast.Return)
     call = body[0].value
-    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "cli.main" and ast.unparse(call.args[0]) == repr(stem)
+    assert isinstance(call, ast.Call) and ast.unparse(call.func) == "cli.main"
+    assert ast.unparse(call.args[0]) == repr(stem)
 
 
 def test_argparse_lives_in_one_module() -> None:

@@ -198,7 +198,7 @@ def test_save_load_round_trip_full(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw, ensemble.PUBLISHED_WEIGHTS)
     assert ensemble.load_weights(pickle_path) == weights
     assert ensemble.load_weights(json_path) == weights
-    assert json.loads(json_path.read_text()) == weights
+    assert json.loads(json_path.read_text()) == {"rule": "weighted", "weights": weights}
     assert sorted(p.name for p in pickle_path.parent.iterdir()) == ["ensemble_weights.json", "ensemble_weights.pickle"]
 
 
@@ -273,3 +273,23 @@ def test_malicious_pickle_is_refused_without_running(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=re.escape("ensemble_weights.pickle")):
         ensemble.load_weights(path)
     assert not marker.exists()
+
+
+def test_the_rule_is_stored_and_a_flat_json_is_the_weighted_rule(tmp_path: Path) -> None:
+    weights = {"res_224_uncrop": 0.5, "dense_224_crop": 0.5}
+    pickle_path, json_path = ensemble.save_weights(weights, tmp_path / "vote", rule="vote")
+    assert ensemble.load_rule(json_path) == "vote" and ensemble.load_rule(pickle_path) == "vote"
+    assert ensemble.load_weights(json_path) == weights
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(weights))
+    assert ensemble.load_rule(flat) == "weighted" and ensemble.load_weights(flat) == weights
+    # a pickle whose neighbour holds other weights does not inherit its rule
+    names = ensemble.MEMBER_NAMES
+    full, other = tmp_path / "full", tmp_path / "other"
+    ensemble.save_weights(dict.fromkeys(names, 1 / len(names)), full, rule="vote")
+    ensemble.save_weights({**dict.fromkeys(names, 0.0), names[0]: 1.0}, other, rule="max")
+    (other / "ensemble_weights.pickle").write_bytes((full / "ensemble_weights.pickle").read_bytes())
+    assert ensemble.load_rule(full / "ensemble_weights.pickle") == "vote"
+    assert ensemble.load_rule(other / "ensemble_weights.pickle") == "weighted"
+    with pytest.raises(ValueError, match="unknown combination rule"):
+        ensemble.save_weights(weights, tmp_path / "bad", rule="median")

@@ -207,7 +207,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
         )
     )
     assert seen == [validation_count]
-    weights = json.loads(json_path.read_text())
+    weights = ensemble.load_weights(json_path)
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
     assert ensemble.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
     results = tmp_path / "Ensemble_Results"
@@ -228,7 +228,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
             weights=weights_dir, data=tree, output=tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
         )
     )
-    assert json.loads((tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json").read_text()) == weights
+    assert ensemble.load_weights(tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json") == weights
 
 
 def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path: Path) -> None:
@@ -294,3 +294,30 @@ def test_vissample_writes_fused_heatmaps_in_original_coordinates(
         assert heatmap.shape == expected
         assert heatmap.min() >= 0 and heatmap.max() == pytest.approx(1.0, abs=1e-6)
     assert "broken.png" in done.stderr
+
+
+@pytest.mark.parametrize("method", ["vote", "max"])
+def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path, tmp_path: Path, method: str) -> None:
+    """Regression (issue 10, defect 3): --method vote|max used to save uniform weights that every
+    later stage replayed as a weighted mean."""
+    from deepcovidxr import inference
+    from deepcovidxr.configs import EnsembleConfig, EvaluateConfig
+
+    json_path = inference.run_ensemble(
+        EnsembleConfig(
+            weights=weights_dir, data=tree, output=tmp_path / "fit", method=method, members=MEMBERS, batch_size=4
+        )
+    )
+    assert json.loads(json_path.read_text())["rule"] == method
+    for source in (json_path, json_path.with_name("ensemble_weights.pickle")):  # the pickle finds its JSON
+        out = tmp_path / source.suffix.lstrip(".")
+        inference.run_evaluate(
+            EvaluateConfig(
+                weights=weights_dir, image=tree, output=out, ensemble_weights=source, batch_size=4, bootstrap=50
+            )
+        )
+        rows = list(csv.DictReader((out / "Results" / "predictions.csv").open()))
+        members = np.array([[float(r[m]) for m in MEMBERS] for r in rows])
+        expected = (members >= 0.5).mean(axis=1) if method == "vote" else members.max(axis=1)
+        assert np.allclose([float(r["Scores"]) for r in rows], expected, atol=1e-6)
+        assert not np.allclose(expected, members.mean(axis=1))  # the mean would be a different answer
