@@ -19,7 +19,7 @@ from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport, chunked
 from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import CropConfig
-from deepcovidxr.imageio import ImageReadError, iter_input_files, output_name, read_gray, write_gray
+from deepcovidxr.imageio import ImageReadError, iter_input_files, read_gray, write_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
@@ -45,7 +45,7 @@ def relative_name(path: Path, root: Path) -> Path:
 
 def crop_outputs(relative: Path, config: CropConfig) -> list[Path]:
     """The image files this stage writes for one input (the square crop first)."""
-    name = output_name(relative)
+    name = layout.output_name(relative)
     if config.legacy_names:
         tight, square = layout.legacy_crop_names(name)
         return [config.output / square, config.output / tight]
@@ -53,7 +53,15 @@ def crop_outputs(relative: Path, config: CropConfig) -> list[Path]:
 
 
 def mask_output(relative: Path, config: CropConfig) -> Path | None:
-    return None if config.save_masks is None else config.save_masks / relative.with_suffix(".png")
+    return None if config.save_masks is None else config.save_masks / layout.png_name(relative)
+
+
+def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> dict[str, str]:
+    """Error rows for the inputs whose outputs would overwrite another input's (never written)."""
+    clashes = layout.collisions(outputs)
+    for name, reason in clashes.items():
+        report.add({"file": name, "status": ERROR, "error": reason})
+    return clashes
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray] | ImageReadError:
@@ -100,13 +108,21 @@ def run_crop(config: CropConfig, cropper: LungCropper | None = None) -> StageRes
     root = config.input
     files = list(iter_input_files(root))
     report = BatchReport(config.output / layout.CROP_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
-    todo = []
+    planned = {}
     for path in files:
         relative = relative_name(path, root)
-        outputs = crop_outputs(relative, config)
         mask_path = mask_output(relative, config)
-        if not report.finished(relative.as_posix(), *outputs, *([mask_path] if mask_path else [])):
-            todo.append((path, relative))
+        planned[relative.as_posix()] = (
+            path,
+            relative,
+            [*crop_outputs(relative, config), *([mask_path] if mask_path else [])],
+        )
+    clashes = refuse_collisions(report, {name: outputs for name, (_, _, outputs) in planned.items()})
+    todo = [
+        (path, relative)
+        for name, (path, relative, outputs) in planned.items()
+        if name not in clashes and not report.finished(name, *outputs)
+    ]
     log.info("crop: %d files, %d already done, %d to do", len(files), len(files) - len(todo), len(todo))
     qc = QcCollector()
     if todo:

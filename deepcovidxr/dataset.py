@@ -22,7 +22,7 @@ from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import DatasetConfig
 from deepcovidxr.cropping import StageResult, crop_columns, ensure_outside, segment_files
 from deepcovidxr.errors import UsageError
-from deepcovidxr.imageio import output_name, write_gray
+from deepcovidxr.imageio import write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
@@ -115,12 +115,6 @@ def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, floa
     return {row.file: split_of_patient[row.patient_id] for row in rows}
 
 
-def flat_name(file: str) -> str:
-    """The name an image gets in the tree: its relative path with folders joined by '__'
-    (unique, and the same for all four views); DICOM becomes PNG."""
-    return output_name(Path(file.replace("/", "__"))).as_posix()
-
-
 def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResult:
     ensure_outside(config.images, config.output)
     rows = read_labels(config.labels)
@@ -129,12 +123,22 @@ def run_build_dataset(config: DatasetConfig, cropper: LungCropper | None = None)
     for directory in tree.leaf_dirs(config.sizes):
         directory.mkdir(parents=True, exist_ok=True)
     report = BatchReport(config.output / layout.SPLIT_MANIFEST, MANIFEST_COLUMNS, overwrite=config.overwrite)
-    todo = []
+    planned = {}
     for row in rows:
-        split, name = splits[row.file], flat_name(row.file)
+        split, name = splits[row.file], layout.flat_name(row.file)
         outputs = [tree.class_dir(s, c, split, row.label) / name for s in config.sizes for c in CropMode]
-        if not report.finished(row.file, *outputs):
-            todo.append((config.images / row.file, row, split, name))
+        planned[row.file] = (row, split, name, outputs)
+    clashes = layout.collisions({file: item[3] for file, item in planned.items()})
+    for file, reason in clashes.items():
+        row = planned[file][0]
+        report.add(
+            {"file": file, "label": row.label.value, "patient_id": row.patient_id, "status": ERROR, "error": reason}
+        )
+    todo = [
+        (config.images / file, row, split, name)
+        for file, (row, split, name, outputs) in planned.items()
+        if file not in clashes and not report.finished(file, *outputs)
+    ]
     log.info("dataset: %d images of %d patients; %d to do", len(rows), len({r.patient_id for r in rows}), len(todo))
 
     def base_row(item: tuple) -> dict:

@@ -17,11 +17,10 @@ from PIL import Image, ImageFile
 
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.errors import MissingInputError
+from deepcovidxr.layout import DICOM_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff"})
-DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
 # Larger than any radiograph (a 43x43 cm detector at 100 um is 18 MP); stops decompression bombs
 # before their pixels are allocated.
 MAX_PIXELS = 80_000_000
@@ -164,12 +163,3 @@ def _pil_format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix, "PNG"
     )
-
-
-def output_name(relative: Path) -> Path:
-    """The output file name for an input: the same name, except that DICOM (with or without a
-    suffix) becomes PNG."""
-    suffix = relative.suffix.lower()
-    if suffix in RASTER_SUFFIXES:
-        return relative
-    return relative.with_suffix(".png") if suffix in DICOM_SUFFIXES else relative.with_name(relative.name + ".png")

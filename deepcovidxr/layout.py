@@ -11,6 +11,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from deepcovidxr.errors import MissingInputError, UsageError
 
@@ -87,6 +88,80 @@ class DataTree:
             raise MissingInputError(f"dataset tree {self.root} is incomplete; missing folders:\n  {listed}{more}")
 
 
+RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".tif", ".tiff"})
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic"})
+IMAGE_SUFFIXES = RASTER_SUFFIXES | DICOM_SUFFIXES
+
+
+def output_name(relative: Path) -> Path:
+    """The name an image output keeps for an input: the same name, except that DICOM becomes
+    PNG. Only a known image suffix is ever replaced: a PACS export named by UID
+    (``1.2.840.113619.2.55``) keeps its whole name (``1.2.840.113619.2.55.png``)."""
+    relative = Path(relative)
+    suffix = relative.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return relative
+    if suffix in DICOM_SUFFIXES:
+        return relative.with_suffix(".png")
+    return relative.with_name(relative.name + ".png")
+
+
+def png_name(relative: Path) -> Path:
+    """An output that is always PNG (a mask): :func:`output_name` with a raster suffix replaced."""
+    name = output_name(relative)
+    return name if name.suffix.lower() == ".png" else name.with_suffix(".png")
+
+
+def image_stem(relative: Path) -> str:
+    """The input's name without a known image suffix, sub-folders flattened with ``__``: the stem
+    of per-image outputs in a flat folder (Grad-CAM figures, heatmaps)."""
+    return png_name(relative).with_suffix("").as_posix().replace("/", "__")
+
+
+def flat_name(file: str) -> str:
+    """The name an image gets in the dataset tree: its relative path with folders joined by '__'
+    (the same in all four views, so views pair by name); DICOM becomes PNG."""
+    return output_name(Path(file.replace("/", "__"))).as_posix()
+
+
+GRADCAM_FOLDER = "gradCAM_img"
+GRADCAM_REPORT = "gradcam_report.csv"
+
+
+def gradcam_names(relative: Path) -> tuple[Path, Path, Path]:
+    """Grad-CAM outputs of one input under ``gradCAM_img/``: figure, raw map (.npy), 8-bit map."""
+    stem = image_stem(relative)
+    folder = Path(GRADCAM_FOLDER)
+    return folder / f"{stem}_gradCAM.png", folder / f"{stem}_heatmap.npy", folder / f"{stem}_heatmap.png"
+
+
+def collisions(outputs: dict[str, list[Path]]) -> dict[str, str]:
+    """Inputs whose output names clash with another input's (``{input: reason}``), given every
+    input's outputs. Every input in a clash is named, so none of them overwrites another."""
+    owners: dict[Path, list[str]] = {}
+    for source, paths in outputs.items():
+        for path in paths:
+            owners.setdefault(Path(path), []).append(source)
+    reasons: dict[str, str] = {}
+    for path, sources in owners.items():
+        if len(set(sources)) < 2:
+            continue
+        for source in sources:
+            others = ", ".join(sorted(s for s in set(sources) if s != source))
+            reasons.setdefault(source, f"output name {path.name} collides with {others}; rename one of them")
+    return reasons
+
+
+def infer_crop(path: Path, crop: CropMode | str | None) -> CropMode:
+    """``--crop`` if given, else the ``crop``/``uncrop`` folder the data path lies in."""
+    if crop is not None:
+        return CropMode(crop)
+    for part in reversed(Path(path).resolve().parts):
+        if part in {m.value for m in CropMode}:
+            return CropMode(part)
+    raise UsageError(f"cannot tell crop or uncrop from {path}: pass --crop crop|uncrop")
+
+
 def legacy_crop_names(relative: Path) -> tuple[Path, Path]:
     """The original crop_img.py names: ``crop/<stem>_crop<ext>`` and
     ``crop_squared/<stem>_crop_squared<ext>`` (sub-folders kept)."""
@@ -143,3 +218,242 @@ def ensemble_members() -> tuple[Member, ...]:
     return tuple(
         Member(b.name, size, crop) for b in BACKBONES for size in SIZES for crop in (CropMode.UNCROP, CropMode.CROP)
     )
+
+
+# ---- run outputs: members, tuner, pretraining, evaluation, ensemble -------------------------------
+
+SCRATCH = ".scratch"  # a stage's working memmaps inside its output folder, removed when it ends
+PHASES: tuple[str, ...] = ("initial", "final")  # the original's save_weights_initial/, save_weights_final/
+MEMBER_SUFFIX = ".h5"
+HYPERPARAMETERS_JSON = "hyperparameters.json"
+HYPERPARAMETERS_PICKLE = "hyperparameters.pickle"  # the original tuner's format
+ENSEMBLE_WEIGHTS_PICKLE = "ensemble_weights.pickle"
+ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
+PREDICTIONS_CSV = "predictions.csv"
+PREDICTIONS_INFO = "predictions_info.json"
+RESULTS_FOLDER = "Results"  # evaluate.py, as the original
+ENSEMBLE_RESULTS_FOLDER = "Ensemble_Results"  # ensemble.py, as the original
+
+
+def scratch_dir(output: Path) -> Path:
+    return Path(output) / SCRATCH
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one member's training run (train.py, train_all.py, multi-worker) writes."""
+
+    output: Path
+    member: Member
+
+    @property
+    def stem(self) -> str:
+        return self.member.legacy_filename.removesuffix(MEMBER_SUFFIX)
+
+    @property
+    def final(self) -> Path:
+        return Path(self.output) / self.member.legacy_filename
+
+    def checkpoint(self, phase: str) -> Path:
+        return Path(self.output) / f"save_weights_{phase}" / self.member.legacy_filename
+
+    def plots(self, phase: str) -> Path:
+        return Path(self.output) / f"save_plots_{phase}" / self.stem
+
+    def history(self, phase: str) -> Path:
+        return self.plots(phase) / "history.csv"
+
+    @property
+    def log_csv(self) -> Path:
+        return Path(self.output) / f"{self.stem}_log.csv"
+
+    @property
+    def curves(self) -> Path:
+        return Path(self.output) / f"{self.stem}_curves.png"
+
+    @property
+    def config(self) -> Path:
+        return Path(self.output) / f"{self.stem}_config.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return Path(self.output) / "tensorboard" / self.stem
+
+    def worker_copy(self, copies: Path, index: int) -> Path:
+        """A non-chief worker's throw-away copy of the final file (multi-worker training)."""
+        return Path(copies) / f"worker_{index}" / self.member.legacy_filename
+
+
+@dataclass(frozen=True)
+class TunerPaths:
+    """tuner.py's outputs for one member, as the original: ``<out>/tuner/initial_cps/<file>``
+    (warm-up), ``<out>/tuner/<stem>/`` (keras-tuner's project: a rerun resumes) and
+    ``<out>/tuner/best_models_and_params/<stem>/...``. train.py reads the same paths back."""
+
+    output: Path
+    member: Member
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output) / "tuner"
+
+    @property
+    def project(self) -> str:
+        """keras-tuner's project name (its folder under :attr:`root`)."""
+        return self.member.legacy_filename.removesuffix(MEMBER_SUFFIX)
+
+    @property
+    def warmup(self) -> Path:
+        return self.root / "initial_cps" / self.member.legacy_filename
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best_models_and_params" / self.project
+
+    @property
+    def params_dir(self) -> Path:
+        return self.best / "model_params"
+
+    @property
+    def hyperparameters(self) -> Path:
+        return self.params_dir / HYPERPARAMETERS_JSON
+
+    @property
+    def search(self) -> Path:
+        return self.params_dir / "search.json"
+
+    @property
+    def trials(self) -> Path:
+        return self.best / "trials.csv"
+
+
+@dataclass(frozen=True)
+class PretrainPaths:
+    """pretrain.py's outputs for one backbone and size: ``nih_weight_<Model>_<size>.h5`` (which
+    tuner.py and train.py take as -w), its per-finding AUROC, log and summary."""
+
+    output: Path
+    model: str  # backbone CLI name, e.g. "ResNet-50"
+    size: int
+
+    def _name(self, kind: str, suffix: str) -> Path:
+        return Path(self.output) / f"nih_{kind}_{self.model}_{self.size}{suffix}"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self._name("weight", ".h5")
+
+    @property
+    def auroc(self) -> Path:
+        return self._name("auroc", ".csv")
+
+    @property
+    def log_csv(self) -> Path:
+        return self._name("log", ".csv")
+
+    @property
+    def summary(self) -> Path:
+        return self._name("summary", ".json")
+
+    @classmethod
+    def parse(cls, path: Path) -> PretrainPaths:
+        """The backbone and size of an ``nih_weight_<Model>_<size>.h5`` (backbone names may hold '_')."""
+        path = Path(path)
+        body = path.name.removeprefix("nih_weight_").removesuffix(".h5")
+        model, _, size = body.rpartition("_")
+        if not path.name.startswith("nih_weight_") or not model or not size.isdigit():
+            raise UsageError(f"not a pretrain.py checkpoint: {path.name!r} (expected nih_weight_<Model>_<size>.h5)")
+        return cls(path.parent, model, int(size))
+
+
+class PlotPaths(NamedTuple):
+    roc: Path
+    precision_recall: Path
+    calibration: Path
+    confusion: Path
+
+
+def plot_paths(folder: Path) -> PlotPaths:
+    """The evaluation pictures evaluate.py and ensemble.py write, under the original's names."""
+    folder = Path(folder)
+    return PlotPaths(
+        folder / "ROC_Curve.png",
+        folder / "PrecisionRecall_Curve.png",
+        folder / "Calibration.png",
+        folder / "ConfusionMatrix.png",
+    )
+
+
+@dataclass(frozen=True)
+class EvaluationPaths:
+    """evaluate.py's outputs: ``<output>/Results/{predictions.csv, metrics.json, plots}``."""
+
+    output: Path
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output) / RESULTS_FOLDER
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / PREDICTIONS_CSV
+
+    @property
+    def metrics(self) -> Path:
+        return self.folder / "metrics.json"
+
+    @property
+    def plots(self) -> PlotPaths:
+        return plot_paths(self.folder)
+
+    @property
+    def scratch(self) -> Path:
+        return scratch_dir(self.output)
+
+
+@dataclass(frozen=True)
+class EnsemblePaths:
+    """ensemble.py's outputs under ``<output>/Ensemble_Results/``."""
+
+    output: Path
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output) / ENSEMBLE_RESULTS_FOLDER
+
+    @property
+    def weights_pickle(self) -> Path:
+        return self.folder / ENSEMBLE_WEIGHTS_PICKLE
+
+    @property
+    def weights_json(self) -> Path:
+        return self.folder / ENSEMBLE_WEIGHTS_JSON
+
+    @property
+    def member_auc(self) -> Path:
+        return self.folder / "member_auc.csv"
+
+    @property
+    def ensemble_predictions(self) -> Path:
+        return self.folder / "ensemble_predictions.csv"
+
+    @property
+    def individual_predictions(self) -> Path:
+        return self.folder / "individual_predictions.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.folder / "summary.json"
+
+    @property
+    def plots(self) -> PlotPaths:
+        return plot_paths(self.folder)
+
+    @property
+    def scratch(self) -> Path:
+        return scratch_dir(self.output)
+
+
+def gradcam_dir(output: Path) -> Path:
+    """visSample.py's figures and maps folder (the names of :func:`gradcam_names` lie under it)."""
+    return Path(output) / GRADCAM_FOLDER

@@ -18,9 +18,9 @@ from deepcovidxr import layout
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import ResizeConfig
-from deepcovidxr.cropping import StageResult, ensure_outside, relative_name
+from deepcovidxr.cropping import StageResult, ensure_outside, refuse_collisions, relative_name
 from deepcovidxr.errors import UsageError
-from deepcovidxr.imageio import MAX_PIXELS, ImageReadError, is_dicom, iter_input_files, output_name, read_gray
+from deepcovidxr.imageio import MAX_PIXELS, ImageReadError, is_dicom, iter_input_files, read_gray
 from deepcovidxr.preprocess import lanczos_resize
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,12 @@ def run_resize(config: ResizeConfig) -> StageResult:
     ensure_outside(config.input, config.output)
     files = list(iter_input_files(config.input))
     report = BatchReport(config.output / layout.RESIZE_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
-    todo = []
+    planned = {}
     for path in files:
         relative = relative_name(path, config.input)
-        destination = config.output / output_name(relative)
-        if not report.finished(relative.as_posix(), destination):
-            todo.append((path, relative, destination))
+        planned[relative.as_posix()] = (path, relative, config.output / layout.output_name(relative))
+    clashes = refuse_collisions(report, {name: [item[2]] for name, item in planned.items()})
+    todo = [item for name, item in planned.items() if name not in clashes and not report.finished(name, item[2])]
     log.info("resize to %d: %d files, %d already done", config.size, len(files), len(files) - len(todo))
 
     def work(item: tuple[Path, Path, Path]) -> dict:

@@ -20,7 +20,7 @@ from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.configs import TrainAllConfig, TrainConfig
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.layout import CropMode, Member, Split
+from deepcovidxr.layout import Member, Split
 
 log = logging.getLogger(__name__)
 
@@ -28,20 +28,6 @@ PHASES = ("initial", "final")  # the original's save_weights_initial/ and save_w
 PATIENCE = {"initial": 5, "final": 10}
 MIN_DELTA = 1e-3
 PLATEAU_PATIENCE = 3
-# From random weights the validation AUC wanders near 0.5 for the first epochs; judged by it, the
-# plateau rule cut the learning rate 100x within 11 epochs, before anything was learnt (measured on
-# phantoms: val AUC stuck at 0.62; 0.93 with the warm-up). Pretrained backbones are judged at once.
-FROM_SCRATCH_WARMUP = 10
-
-
-def infer_crop(path: Path, crop: CropMode | str | None) -> CropMode:
-    """``--crop`` if given, else the ``crop``/``uncrop`` folder the data path lies in."""
-    if crop is not None:
-        return CropMode(crop)
-    for part in reversed(Path(path).resolve().parts):
-        if part in {m.value for m in CropMode}:
-            return CropMode(part)
-    raise UsageError(f"cannot tell crop or uncrop from {path}: pass --crop crop|uncrop")
 
 
 @dataclass(frozen=True)

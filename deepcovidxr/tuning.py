@@ -39,8 +39,9 @@ def run_tuner(config: TuneConfig) -> Path:
     import keras_tuner as kt
 
     from deepcovidxr.data import list_split, make_dataset
+    from deepcovidxr.layout import infer_crop
     from deepcovidxr.models import build_member, set_backbone_trainable
-    from deepcovidxr.training import PLATEAU_PATIENCE, best_checkpoint, compile_member, infer_crop
+    from deepcovidxr.training import PLATEAU_PATIENCE, best_checkpoint, compile_member
 
     member = Member(config.model, config.size, infer_crop(config.path, config.crop))
     stem = member.legacy_filename.removesuffix(".h5")

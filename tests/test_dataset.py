@@ -11,9 +11,9 @@ import pytest
 from conftest import run_script
 from PIL import Image
 
-from deepcovidxr.dataset import LabelledImage, flat_name, patient_split, read_labels
+from deepcovidxr.dataset import LabelledImage, patient_split, read_labels
 from deepcovidxr.imageio import read_gray
-from deepcovidxr.layout import DataTree, Label, Split
+from deepcovidxr.layout import DataTree, Label, Split, flat_name
 from deepcovidxr.preprocess import lanczos_resize
 from deepcovidxr.synthetic import write_phantom_set
 

@@ -19,7 +19,6 @@ from deepcovidxr.imageio import (
     ImageTooLargeError,
     UnsupportedFormatError,
     iter_input_files,
-    output_name,
     read_gray,
 )
 
@@ -223,6 +222,8 @@ def test_iter_input_files_is_recursive_sorted_and_skips_hidden(tmp_path: Path) -
 
 
 def test_output_name_turns_dicom_into_png() -> None:
+    from deepcovidxr.layout import output_name
+
     assert output_name(Path("a/b.dcm")) == Path("a/b.png")
     assert output_name(Path("IM0001")) == Path("IM0001.png")
     assert output_name(Path("x.JPG")) == Path("x.JPG")

@@ -321,3 +321,41 @@ def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path
         expected = (members >= 0.5).mean(axis=1) if method == "vote" else members.max(axis=1)
         assert np.allclose([float(r["Scores"]) for r in rows], expected, atol=1e-6)
         assert not np.allclose(expected, members.mean(axis=1))  # the mean would be a different answer
+
+
+def test_vissample_batches_the_crop_and_streams_the_maps(
+    weights_dir: Path, messy_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 10, defect 5): the U-Net ran once per image (each padded to a batch of 16)
+    and every image's maps were computed in one pass and held in memory together."""
+    from deepcovidxr import explain
+    from deepcovidxr.configs import GradcamConfig
+    from deepcovidxr.lungs.cropper import LungCropper
+
+    unet_batches, cam_batches = [], []
+    probabilities, member_cams = LungCropper.probabilities, explain.member_cams
+
+    def count_unet(self, inputs):
+        unet_batches.append(len(inputs))
+        return probabilities(self, inputs)
+
+    def count_cams(model, layer, inputs):
+        cam_batches.append(len(inputs))
+        return member_cams(model, layer, inputs)
+
+    monkeypatch.setattr(LungCropper, "probabilities", count_unet)
+    monkeypatch.setattr(explain, "member_cams", count_cams)
+    config = GradcamConfig(
+        weights=weights_dir,
+        path=messy_images,
+        output=tmp_path,
+        ensemble_weights=weights_dir / "ensemble_weights.json",
+        batch_size=2,
+    )
+    result = explain.run_gradcam(config)
+    assert unet_batches == [1, 2]  # 4 files in batches of 2 (a+broken, b+c); broken.png never reaches it
+    assert cam_batches == [2, 1] * len(MEMBERS)  # per member, in batches, never the whole folder
+    rows = {r["file"]: r for r in csv.DictReader(result.report.open())}
+    assert rows["broken.png"]["status"] == "error" and result.exit_code == 1
+    assert {n for n, r in rows.items() if r["status"] == "ok"} == {"a.png", "sub/b.png", "sub/c.dcm"}
+    assert not (tmp_path / ".scratch").exists() or not any((tmp_path / ".scratch").iterdir())

@@ -108,7 +108,7 @@ def test_original_numpy_pickle_loads_but_code_does_not(tmp_path: Path) -> None:
 
 
 def test_crop_mode_is_inferred_from_the_path(tmp_path: Path) -> None:
-    from deepcovidxr.training import infer_crop
+    from deepcovidxr.layout import infer_crop
 
     assert infer_crop(tmp_path / "224" / "crop", None) is CropMode.CROP
     assert infer_crop(tmp_path / "224" / "uncrop", None) is CropMode.UNCROP

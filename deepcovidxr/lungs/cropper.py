@@ -62,7 +62,8 @@ class LungCropper:
         from deepcovidxr.lungs.unet import load_unet
 
         self.path = Path(unet_path) if unet_path else default_unet_path()
-        dtype = {"auto": None, "float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
+        # "mixed" is the configs' spelling; "bfloat16" the library's older one.
+        dtype = {"auto": None, "float32": "float32", "mixed": "mixed_bfloat16", "bfloat16": "mixed_bfloat16"}[precision]
         self.model, self.meta = load_unet(self.path, dtype, fold=fold)
         self.batch_size = batch_size
         log.info(
