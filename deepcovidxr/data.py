@@ -1,15 +1,18 @@
 """tf.data input pipelines over the dataset tree, and the training augmentation.
 
-Files decode in parallel inside TensorFlow (no GIL), are cached after decoding (before
-augmentation, which must differ every epoch), augmented per batch on the vectorised path and
-prefetched. The augmentation is the original's ImageDataGenerator setting (rotation 15 deg,
-shifts 5 %, zoom 5 % per axis, brightness 0.8-1.2, horizontal flip, constant black fill), seeded.
+Files decode through the project's one reader (:func:`deepcovidxr.imageio.read_view`, called in
+a parallel ``tf.numpy_function`` map, so training sees exactly the arrays evaluation and prediction
+see), are cached after decoding (before augmentation, which must differ every epoch), augmented
+per batch on the vectorised path and prefetched. The augmentation is the original's
+ImageDataGenerator setting (rotation 15 deg, shifts 5 %, zoom 5 % per axis, brightness 0.8-1.2,
+horizontal flip, constant black fill), seeded.
 Normalisation is :func:`deepcovidxr.preprocess.normalise`, the same function prediction uses.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.imageio import list_images, read_view
 from deepcovidxr.layout import Label, Split
 from deepcovidxr.preprocess import normalise
 
@@ -55,25 +59,22 @@ def list_split(view_dir: Path, split: Split | str) -> SplitFiles:
         folder = Path(view_dir) / Split(split).value / label.value
         if not folder.is_dir():
             raise MissingInputError(f"missing folder {folder} (expected {view_dir}/<split>/{{Negative,Positive}})")
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-                files.append(str(path))
-                labels.append(label.index)
+        for path in list_images(folder, IMAGE_SUFFIXES):
+            files.append(str(path))
+            labels.append(label.index)
     return SplitFiles(files, np.asarray(labels, np.float32))
 
 
 def decode(path: tf.Tensor, size: int) -> tf.Tensor:
-    """File -> float32 (size, size, 1) in 0..255. Images of another size are Lanczos-resized
-    (antialiased), though the resize stage normally made them the right size already."""
-    data = tf.io.read_file(path)
-    image = tf.io.decode_image(data, channels=1, expand_animations=False, dtype=tf.uint8)
-    image = tf.cast(image, tf.float32)
-    shape = tf.shape(image)
-    return tf.cond(
-        tf.logical_and(shape[0] == size, shape[1] == size),
-        lambda: tf.ensure_shape(image, (size, size, 1)),
-        lambda: tf.clip_by_value(tf.image.resize(image, (size, size), method="lanczos3", antialias=True), 0.0, 255.0),
-    )
+    """File -> float32 (size, size, 1) in 0..255, by :func:`deepcovidxr.imageio.read_view` (images
+    of another size are Lanczos-resized, as evaluation and prediction resize them)."""
+
+    def load(name: bytes | np.ndarray) -> np.ndarray:
+        # bytes inside a tf.data map, a 0-d bytes array when called eagerly
+        return read_view(os.fsdecode(np.asarray(name).item()), size)[..., None].astype(np.float32)
+
+    image = tf.numpy_function(load, [path], tf.float32, stateful=False)
+    return tf.ensure_shape(image, (size, size, 1))
 
 
 def _transforms(batch: int, size: int, augmentation: Augmentation, seed: tf.Tensor) -> tf.Tensor:

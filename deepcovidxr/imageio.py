@@ -1,5 +1,10 @@
 """Read any chest X-ray file (PNG, JPEG, BMP, TIFF or DICOM) into one gray uint8 array.
 
+:func:`read_gray` is the one decoder of the project: the crop, resize and dataset stages, the
+training / tuning / pretraining tf.data pipelines, ensemble fitting, evaluation, prediction and
+Grad-CAM all read through it, so the same file gives the same array in every stage. Listings skip
+the same hidden files everywhere (:func:`is_hidden`).
+
 Every failure is an :class:`ImageReadError` naming the file and the reason, so a batch can
 record it and go on. Writing goes through :mod:`deepcovidxr.atomic`.
 """
@@ -9,49 +14,60 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile
 
 from deepcovidxr.atomic import atomic_path
+from deepcovidxr.dicom import read_dicom_gray_info
 from deepcovidxr.errors import MissingInputError
 from deepcovidxr.layout import DICOM_SUFFIXES
+from deepcovidxr.pixels import (
+    MAX_PIXELS,
+    DecodeError,
+    EmptyFileError,
+    ImageReadError,
+    ImageTooLargeError,
+    ReadInfo,
+    UnsupportedFormatError,
+    stretch_to_uint8,
+)
+from deepcovidxr.preprocess import lanczos_resize
 
 log = logging.getLogger(__name__)
-
-# Larger than any radiograph (a 43x43 cm detector at 100 um is 18 MP); stops decompression bombs
-# before their pixels are allocated.
-MAX_PIXELS = 80_000_000
 
 # Never let Pillow silently pad a truncated file with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+# What operating systems and archivers leave beside images (besides dot files such as
+# ._x.png AppleDouble forks and .DS_Store): never inputs, so never listed or reported.
+OS_LITTER = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"})
 
-class ImageReadError(Exception):
-    """A file that cannot be turned into an image; ``reason`` is fit for a report column."""
-
-    def __init__(self, path: Path | str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = Path(path)
-        self.reason = reason
+# Container depths a 16-bit file's significant bits are inferred from (see read_gray).
+INFERRED_DEPTHS = (8, 10, 12, 14, 16)
 
 
-class EmptyFileError(ImageReadError):
-    pass
+def is_hidden_name(name: str) -> bool:
+    """A dot file or folder (``._x.png``, ``.DS_Store``, ``.ipynb_checkpoints``) or OS litter
+    (``Thumbs.db``, ``desktop.ini``, ``__MACOSX``)."""
+    return name.startswith(".") or name.lower() in OS_LITTER
 
 
-class UnsupportedFormatError(ImageReadError):
-    pass
+def is_hidden(path: Path | str, root: Path | str | None = None) -> bool:
+    """True when ``path``, or a folder between ``root`` and it, is hidden (:func:`is_hidden_name`).
+    Folders above ``root`` do not count: a dataset may live under a hidden folder."""
+    path = Path(path)
+    parts = path.relative_to(root).parts if root is not None else (path.name,)
+    return any(is_hidden_name(part) for part in parts)
 
 
-class ImageTooLargeError(ImageReadError):
-    pass
-
-
-class DecodeError(ImageReadError):
-    pass
+def list_images(folder: Path | str, suffixes: Iterable[str]) -> list[Path]:
+    """Non-hidden files under ``folder`` (recursively) whose suffix is one of ``suffixes``, sorted
+    by path: the listing of every dataset-tree reader."""
+    wanted = {s.lower() for s in suffixes}
+    return sorted(p for p in iter_input_files(Path(folder)) if p.suffix.lower() in wanted)
 
 
 def is_dicom(path: Path) -> bool:
@@ -67,7 +83,8 @@ def is_dicom(path: Path) -> bool:
 
 
 def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
-    """Every regular, non-hidden file under ``root`` (or ``root`` itself), sorted, recursively.
+    """Every regular, non-hidden (:func:`is_hidden_name`) file under ``root`` (or ``root`` itself),
+    sorted, recursively (a folder's files before its subfolders).
 
     Non-images are yielded too: the stages report them as errors rather than skip them
     silently. ``exclude`` (an output folder nested in the input) is never entered.
@@ -84,15 +101,48 @@ def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
         subdirs[:] = sorted(
             d
             for d in subdirs
-            if not d.startswith(".") and (exclude_resolved is None or (here / d).resolve() != exclude_resolved)
+            if not is_hidden_name(d) and (exclude_resolved is None or (here / d).resolve() != exclude_resolved)
         )
         for name in sorted(files):
-            if not name.startswith("."):
+            if not is_hidden_name(name):
                 yield here / name
 
 
 def read_gray(path: Path | str) -> np.ndarray:
-    """Return the image as a 2-D uint8 array, dark lungs as on a MONOCHROME2 radiograph."""
+    """Return the image as a 2-D uint8 array, dark lungs as on a MONOCHROME2 radiograph.
+
+    8-bit files are returned as stored (colour as ITU-R 601 luma, transparency composited on
+    black). DICOM goes through its display pipeline (:mod:`deepcovidxr.dicom`). 16-bit rasters
+    (PNG, TIFF) follow one fixed rule, never a per-image min-max stretch, so that an image and
+    its 16-bit copy read alike and brightness means the same in every image of a tree:
+
+    1. every value a multiple of 257 (an 8-bit image widened the standard way, as libpng, Pillow,
+       OpenCV and ImageMagick do): ``value / 257``, exactly the 8-bit image;
+    2. every value a multiple of 256 (an 8-bit image shifted into the high byte): ``value >> 8``;
+    3. otherwise the data's bit depth is taken as the smallest of 8, 10, 12, 14 or 16 bits that
+       holds the image's maximum, and ``value * 255 / (2**bits - 1)`` is rounded. A 12-bit
+       detector image stored in the low bits (0..4095) is scaled by 4095, the same image stored
+       in the high bits (x16) by 65535: both read alike (within one grey level). Only an image
+       that leaves the top three quarters of its depth unused is taken for a lower depth (and
+       then reads brighter than its true depth would show).
+
+    32-bit integer images outside 0..65535 and float images, which have no bit depth, are
+    stretched from their own minimum to maximum. :func:`read_gray_info` also says which rule
+    (or DICOM window) was used.
+    """
+    return read_gray_info(path)[0]
+
+
+def read_view(path: Path | str, size: int) -> np.ndarray:
+    """:func:`read_gray` at ``size`` x ``size``: a file of another size is Lanczos-resized (the
+    resize stage's rule), though the resize stage normally made it the right size already. The
+    dataset-tree reader of training, tuning, pretraining, ensemble fitting and evaluation."""
+    gray = read_gray(path)
+    return gray if gray.shape == (size, size) else lanczos_resize(gray, size)
+
+
+def read_gray_info(path: Path | str) -> tuple[np.ndarray, ReadInfo]:
+    """:func:`read_gray` and how the stored values became 8-bit (``ReadInfo.window``)."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -101,13 +151,11 @@ def read_gray(path: Path | str) -> np.ndarray:
     if size == 0:
         raise EmptyFileError(path, "empty file (0 bytes)")
     if is_dicom(path):
-        from deepcovidxr.dicom import read_dicom_gray
-
-        return read_dicom_gray(path)
+        return read_dicom_gray_info(path)
     return _read_raster(path)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _read_raster(path: Path) -> tuple[np.ndarray, ReadInfo]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -116,7 +164,7 @@ def _read_raster(path: Path) -> np.ndarray:
                 if width * height > MAX_PIXELS:
                     raise ImageTooLargeError(path, f"{width}x{height} pixels exceeds the {MAX_PIXELS:,} pixel limit")
                 image.load()
-                return pil_to_gray(image)
+                return pil_to_gray_info(image)
     except ImageReadError:
         raise
     except Image.UnidentifiedImageError as error:
@@ -128,12 +176,19 @@ def _read_raster(path: Path) -> np.ndarray:
 
 
 def pil_to_gray(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> gray uint8. 16/32-bit data are stretched from their own min to max."""
+    """Any Pillow mode -> gray uint8, by :func:`read_gray`'s rules."""
+    return pil_to_gray_info(image)[0]
+
+
+def pil_to_gray_info(image: Image.Image) -> tuple[np.ndarray, ReadInfo]:
     mode = image.mode
     if mode == "L":
-        return np.asarray(image, dtype=np.uint8).copy()
+        return np.asarray(image, dtype=np.uint8).copy(), ReadInfo("8-bit")
     if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        return stretch_to_uint8(np.asarray(image).astype(np.float64))
+        values = np.asarray(image)
+        if mode == "F" or values.size == 0 or values.min() < 0 or values.max() > 65535:
+            return stretch_to_uint8(values.astype(np.float64)), ReadInfo("min-max")
+        return wide_to_uint8(values.astype(np.uint32))
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode = image.mode
@@ -142,14 +197,19 @@ def pil_to_gray(image: Image.Image) -> np.ndarray:
         rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
         alpha = rgba[..., 3:4] / 255.0
         image = Image.fromarray(np.round(rgba[..., :3] * alpha).astype(np.uint8), "RGB")
-    return np.asarray(image.convert("L"), dtype=np.uint8).copy()
+    return np.asarray(image.convert("L"), dtype=np.uint8).copy(), ReadInfo("8-bit")
 
 
-def stretch_to_uint8(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.min(values)), float(np.max(values))
-    if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+def wide_to_uint8(values: np.ndarray) -> tuple[np.ndarray, ReadInfo]:
+    """Integer data in 0..65535 -> uint8 by the 16-bit rule of :func:`read_gray`."""
+    if not np.any(values % 257):
+        return (values // 257).astype(np.uint8), ReadInfo("8-bit in 16 (x257)")
+    if not np.any(values % 256):
+        return (values >> 8).astype(np.uint8), ReadInfo("8-bit in 16 (<<8)")
+    top = int(values.max())
+    bits = next(b for b in INFERRED_DEPTHS if top < 2**b)
+    scaled = np.round(values.astype(np.float64) * (255.0 / (2**bits - 1))).astype(np.uint8)
+    return scaled, ReadInfo(f"{bits}-bit")
 
 
 def write_gray(destination: Path, image: np.ndarray) -> None:
@@ -163,3 +223,24 @@ def _pil_format(path: Path) -> str:
     return {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
         suffix, "PNG"
     )
+
+
+__all__ = [
+    "MAX_PIXELS",
+    "DecodeError",
+    "EmptyFileError",
+    "ImageReadError",
+    "ImageTooLargeError",
+    "ReadInfo",
+    "UnsupportedFormatError",
+    "is_dicom",
+    "is_hidden",
+    "is_hidden_name",
+    "iter_input_files",
+    "list_images",
+    "read_gray",
+    "read_gray_info",
+    "read_view",
+    "stretch_to_uint8",
+    "write_gray",
+]

@@ -38,14 +38,16 @@ def test_gray_png_round_trips_exactly(tmp_path: Path) -> None:
     np.testing.assert_array_equal(out, GRADIENT)
 
 
-def test_16bit_png_is_stretched_to_full_range(tmp_path: Path) -> None:
-    values = GRADIENT.astype(np.uint16) * 16  # a 12-bit image stored in 16 bits
+def test_16bit_png_is_scaled_by_its_bit_depth_not_stretched(tmp_path: Path) -> None:
+    # The rule changed with defect 2 (one reader): 16-bit data are scaled by their (inferred) bit
+    # depth, not min-max stretched per image, so an 8-bit image and its 16-bit copy read alike.
+    values = GRADIENT.astype(np.uint16) * 16  # a 12-bit image (max 4032) stored in the low bits
     path = _save(tmp_path, "g16.png", Image.fromarray(values))
     assert Image.open(path).mode.startswith("I")
     out = read_gray(path)
-    assert out.min() == 0 and out.max() == 255
-    expected = np.round((values - values.min()) * 255.0 / (values.max() - values.min())).astype(np.uint8)
+    expected = np.round(values * (255.0 / 4095.0)).astype(np.uint8)
     np.testing.assert_array_equal(out, expected)
+    assert out.min() == 0 and out.max() == 251  # not stretched to 255
 
 
 def test_rgb_png_becomes_luminance(tmp_path: Path) -> None:
