@@ -631,6 +631,7 @@ class ExportConfig(StageConfig):
     """
 
     INPUT_FIELD: ClassVar[str] = "weights"
+    OUTSIDE_INPUT: ClassVar[tuple[str, ...]] = ("output",)
 
     weights: Path = options.member_folder()
     output: Path = options.output("output folder for the exported members and ensemble.json")

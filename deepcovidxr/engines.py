@@ -1,0 +1,698 @@
+"""Inference engines for one ensemble member: Keras itself, ONNX Runtime or OpenVINO, at fp32, bf16
+or int8, behind one interface (:func:`open_member` -> :class:`Runner`).
+
+A Runner takes what a Keras member takes, float32 NHWC batches already preprocessed
+(:func:`deepcovidxr.preprocess.to_model_input`: gray -> RGB, /255, ImageNet mean/std), of any
+batch size (the exported graphs keep a variable batch dimension, so a short last batch is not
+padded), and returns one sigmoid score per image.
+
+Exports are built on first use and cached (default: ``<members>/.engine_cache``) as
+``<stem>.<kind>.<precision>.<key digest>.<ext>`` plus a JSON manifest written last. The key holds
+the member file's sha256, the engine, the precision, the calibration images' digest (int8) and the
+versions of every package that shaped the artifact; the manifest also records each artifact's size
+and sha256. An entry is used only when its manifest exists, its key equals the wanted key and its
+artifacts hash as recorded, so an interrupted export, a truncated file, a retrained member or an
+upgraded converter all lead to a rebuild, never to a stale or partial model being run.
+
+Conversion paths (chosen because they work offline with the pinned TensorFlow/Keras/numpy):
+Keras -> ONNX through Keras 3's own ``model.export(format="onnx")`` (tf2onnx under the hood, with
+Keras' numpy-2 patch); ONNX -> OpenVINO IR with ``openvino.convert_model`` (weights kept fp32);
+int8 through ONNX Runtime static quantization (QDQ) or, for OpenVINO, NNCF post-training
+quantization when ``nncf`` is installed. Nothing falls back silently: a missing runtime or an
+unsupported precision is a :class:`UsageError` naming what to install or use instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from deepcovidxr import __version__
+from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.layout import Member
+
+log = logging.getLogger(__name__)
+
+ENGINES: tuple[str, ...] = ("keras", "onnxruntime", "openvino")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+CACHE_FOLDER = ".engine_cache"
+INPUT_NAME = "input"
+OUTPUT_NAME = "score"
+MANIFEST_SUFFIX = ".manifest.json"
+# Bump when the way artifacts are built changes, so old cache entries stop matching.
+CACHE_FORMAT = 1
+
+# pip name and import name of what each step needs; the pinned versions are in requirements.txt.
+_CONVERTER_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx")
+_RUNTIME = {"onnxruntime": ("onnxruntime", "onnxruntime"), "openvino": ("openvino", "openvino")}
+_ALTERNATIVE = {"onnxruntime": "openvino (or keras)", "openvino": "onnxruntime (or keras)"}
+
+
+class Runner(Protocol):
+    """One member on one engine: float32 NHWC preprocessed batch (n, s, s, 3) -> scores (n,)."""
+
+    member: Member
+    engine: str
+    precision: str
+
+    def predict(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tree_sha256(folder: Path) -> str:
+    """One digest over a folder (a SavedModel): relative paths and contents, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def array_sha256(array: np.ndarray) -> str:
+    """Digest of an array's dtype, shape and values (the calibration images of an int8 export)."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    return {"deepcovidxr": __version__, **{name: package_version(name) for name in names}}
+
+
+def require(module: str, pip_name: str, purpose: str, alternative: str | None = None):
+    """Import ``module`` or raise a UsageError saying what to install (and what to use instead)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        instead = f", or use {alternative}" if alternative else ""
+        raise UsageError(
+            f"{purpose} needs the Python package {pip_name!r}, which is not importable here ({error}): "
+            f"pip install {pip_name} (the pinned version is in requirements.txt){instead}"
+        ) from error
+
+
+def _input_spec(size: int):
+    import tensorflow as tf
+
+    # Batch left as None: every engine then accepts any batch size, and a short last batch is not padded.
+    return [tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME)]
+
+
+def _model_size(model) -> int:
+    return int(model.input_shape[1])
+
+
+# ------------------------------------------------------------------------------------- converters
+
+
+def to_onnx(model, destination: Path) -> Path:
+    """Keras member -> ONNX file (input ``input`` (batch, s, s, 3), output ``score`` (batch, 1)), atomically."""
+    require("tf2onnx", "tf2onnx", "ONNX export", "--format tflite or saved_model")
+    onnx = require("onnx", "onnx", "ONNX export", "--format tflite or saved_model")
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=destination.parent) as scratch:
+        raw = Path(scratch) / "raw.onnx"
+        with warnings.catch_warnings(), _normalisation_as_constants(model):
+            # tf2onnx's numpy-2 shim (applied by Keras) probes deprecated numpy aliases.
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model.export(str(raw), format="onnx", input_signature=_input_spec(_model_size(model)), verbose=False)
+        proto = onnx.load(str(raw))
+    _name_onnx_io(proto)
+    with atomic_path(destination) as tmp:
+        onnx.save(proto, str(tmp))
+    return destination
+
+
+@contextlib.contextmanager
+def _normalisation_as_constants(model) -> Iterator[None]:
+    """Keras' Normalization layer (EfficientNet's built-in one, the identity in our members) keeps
+    its mean and variance as eager tensors, which a traced function captures as inputs; tf2onnx
+    freezes variables only, so they would become extra ONNX graph inputs. As numpy arrays they are
+    traced in as constants (same values); the tensors are put back afterwards."""
+    import keras
+
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
+    saved = [(layer.mean, layer.variance) for layer in layers]
+    try:
+        for layer in layers:
+            if layer.mean is not None:
+                layer.mean, layer.variance = np.asarray(layer.mean), np.asarray(layer.variance)
+        yield
+    finally:
+        for layer, (mean, variance) in zip(layers, saved, strict=True):
+            layer.mean, layer.variance = mean, variance
+
+
+def _name_onnx_io(proto) -> None:
+    """Give the graph output the contract's name (tf2onnx calls it ``Identity:0``) and the batch
+    dimension the name ``batch`` (tf2onnx's ``unk__N`` says nothing)."""
+    graph = proto.graph
+    if [value.name for value in graph.input] != [INPUT_NAME] or len(graph.output) != 1:
+        raise RuntimeError(
+            f"ONNX export: expected one input {INPUT_NAME!r} and one output, got inputs "
+            f"{[v.name for v in graph.input]} and {len(graph.output)} outputs"
+        )
+    old = graph.output[0].name
+    if old != OUTPUT_NAME:
+        for node in graph.node:
+            node.output[:] = [OUTPUT_NAME if name == old else name for name in node.output]
+            node.input[:] = [OUTPUT_NAME if name == old else name for name in node.input]
+        graph.output[0].name = OUTPUT_NAME
+    for value in (graph.input[0], graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+
+
+def to_tflite(model, destination: Path) -> Path:
+    """Keras member -> TFLite flatbuffer (Keras' LiteRT exporter, variable batch), atomically."""
+    destination = Path(destination)
+    with atomic_path(destination) as tmp:
+        model.export(str(tmp), format="litert", input_signature=_input_spec(_model_size(model)), verbose=False)
+    return destination
+
+
+def to_saved_model(model, destination: Path) -> Path:
+    """Keras member -> TensorFlow SavedModel folder (endpoint ``serve``), written beside and renamed into place."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent))
+    try:
+        model.export(
+            str(scratch), format="tf_saved_model", input_signature=_input_spec(_model_size(model)), verbose=False
+        )
+        replace_folder(scratch, destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return destination
+
+
+def replace_folder(source: Path, destination: Path) -> None:
+    """Put a finished folder in place: a rename, after moving any old one aside (os.replace cannot
+    overwrite a non-empty folder)."""
+    old = None
+    if destination.exists():
+        old = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(destination, old)
+    os.replace(source, destination)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# format -> (suffix of the exported file, name of its converter in this module)
+CONVERTERS: dict[str, tuple[str, str]] = {
+    "onnx": (".onnx", "to_onnx"),
+    "tflite": (".tflite", "to_tflite"),
+    "saved_model": ("", "to_saved_model"),
+}
+
+
+def convert(model, fmt: str, destination: Path) -> Path:
+    """Export a Keras member in ``fmt`` (onnx, tflite, saved_model). The converter is looked up by
+    name at call time, so a test can spy on it."""
+    if fmt not in CONVERTERS:
+        raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(CONVERTERS)}")
+    return globals()[CONVERTERS[fmt][1]](model, destination)
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One cached artifact set: ``files`` (suffix -> path) plus the manifest that vouches for them."""
+
+    folder: Path
+    stem: str
+    kind: str
+    precision: str
+    key: dict = field(hash=False)
+    suffixes: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.stem}.{self.kind}.{self.precision}."
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}{self.digest}"
+
+    @property
+    def files(self) -> dict[str, Path]:
+        return {suffix: self.folder / f"{self.base}{suffix}" for suffix in self.suffixes}
+
+    @property
+    def path(self) -> Path:
+        return self.files[self.suffixes[0]]
+
+    @property
+    def manifest(self) -> Path:
+        return self.folder / f"{self.base}{MANIFEST_SUFFIX}"
+
+    def valid(self) -> bool:
+        """The manifest exists, holds this key, and every artifact has its recorded size and sha256."""
+        try:
+            recorded = json.loads(self.manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if recorded.get("key") != self.key:
+            log.warning("%s: cache key differs from the wanted one; rebuilding", self.manifest)
+            return False
+        artifacts = recorded.get("artifacts", {})
+        for suffix, path in self.files.items():
+            expected = artifacts.get(suffix)
+            if not expected or not path.is_file() or path.stat().st_size != expected.get("bytes"):
+                log.warning("%s: missing or truncated; rebuilding", path)
+                return False
+            if file_sha256(path) != expected.get("sha256"):
+                log.warning("%s: contents differ from its manifest; rebuilding", path)
+                return False
+        return True
+
+    def commit(self, seconds: float, info: dict | None = None) -> None:
+        """Record the finished artifacts (written LAST: without it the entry does not exist) and
+        remove older entries for the same member, kind and precision."""
+        artifacts = {
+            suffix: {"file": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+            for suffix, path in self.files.items()
+        }
+        write_json(
+            self.manifest,
+            {"key": self.key, "artifacts": artifacts, "build_seconds": round(seconds, 3), **(info or {})},
+        )
+        for stale in self.folder.glob(f"{self.prefix}*"):
+            if not stale.name.startswith(self.base) and stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
+def _cache_folder(member_path: Path, cache_dir: Path | None) -> Path:
+    folder = Path(cache_dir) if cache_dir is not None else Path(member_path).parent / CACHE_FOLDER
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot create the engine cache {folder} ({error}); pass another cache_dir") from error
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"the engine cache {folder} is not writable; pass another cache_dir")
+    return folder
+
+
+def _cached(entry: CacheEntry, build: Callable[[CacheEntry], dict | None], stats: dict) -> CacheEntry:
+    """Use ``entry`` if it is valid, else build it (``build`` writes ``entry.files``) and commit it."""
+    if entry.valid():
+        log.debug("engine cache hit: %s", entry.path)
+        return entry
+    for path in [*entry.files.values(), entry.manifest]:
+        path.unlink(missing_ok=True)  # a partial or mismatched entry is never half-reused
+    start = time.perf_counter()
+    info = build(entry)
+    seconds = time.perf_counter() - start
+    entry.commit(seconds, info)
+    stats["built"] = [*stats.get("built", []), entry.path.name]
+    stats["build_seconds"] = stats.get("build_seconds", 0.0) + seconds
+    log.info("built %s in %.1f s", entry.path.name, seconds)
+    return entry
+
+
+# --------------------------------------------------------------------------------------- runners
+
+
+class _Checked:
+    """Input checks shared by the runners: a clear error beats a runtime's shape complaint."""
+
+    member: Member
+    engine: str
+    precision: str
+    stats: dict
+
+    def _batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        size = self.member.size
+        if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
+            raise UsageError(
+                f"{self.member.short_name}: expected a float32 batch (n, {size}, {size}, 3), got shape {batch.shape}"
+            )
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.member.short_name} {self.engine}/{self.precision}>"
+
+
+class KerasRunner(_Checked):
+    def __init__(self, member: Member, model) -> None:
+        import tensorflow as tf
+
+        self.member, self.engine, self.precision, self.stats = member, "keras", "fp32", {}
+        self.model = model
+        # One trace for every batch size (the signature's batch is None).
+        self._forward = tf.function(
+            lambda x: model(x, training=False), input_signature=_input_spec(member.size), autograph=False
+        )
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._batch(batch)
+        if not len(batch):
+            return np.zeros(0, np.float32)
+        return np.asarray(self._forward(batch))[:, 0]
+
+
+class OnnxRuntimeRunner(_Checked):
+    def __init__(self, member: Member, path: Path, precision: str, stats: dict, threads: int | None) -> None:
+        ort = require("onnxruntime", "onnxruntime", "engine 'onnxruntime'", _ALTERNATIVE["onnxruntime"])
+        self.member, self.engine, self.precision, self.stats, self.path = member, "onnxruntime", precision, stats, path
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._batch(batch)
+        if not len(batch):
+            return np.zeros(0, np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0][:, 0]
+
+
+class OpenVinoRunner(_Checked):
+    def __init__(self, member: Member, path: Path, precision: str, stats: dict, threads: int | None) -> None:
+        ov = require("openvino", "openvino", "engine 'openvino'", _ALTERNATIVE["openvino"])
+        self.member, self.engine, self.precision, self.stats, self.path = member, "openvino", precision, stats, path
+        core = ov.Core()
+        config: dict[str, Any] = {}
+        if precision == "bf16":
+            _check_bf16(core)
+            config["INFERENCE_PRECISION_HINT"] = "bf16"
+        else:
+            # The CPU plugin picks bf16 by itself on bf16-capable CPUs: fp32 means fp32, and int8 means
+            # int8 where quantised with fp32 around it (as in ONNX Runtime), so its error is int8's alone.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.stats["inference_precision"] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = self._batch(batch)
+        if not len(batch):
+            return np.zeros(0, np.float32)
+        self.request.infer({0: batch})
+        # Copied: the request's output buffer is reused by the next infer().
+        return np.array(self.request.get_output_tensor(0).data[:, 0], np.float32)
+
+
+def cpu_supports_bf16(core=None) -> bool:
+    """bf16 kernels need avx512_bf16 or AMX; OpenVINO's CPU plugin says so in its capabilities."""
+    if core is not None:
+        try:
+            return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError:
+            pass
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _check_bf16(core) -> None:
+    if not cpu_supports_bf16(core):
+        raise UsageError(
+            "bf16 inference needs a CPU with avx512_bf16 or AMX (not found on this one); use precision fp32, "
+            "or int8 with calibration images"
+        )
+
+
+# --------------------------------------------------------------------------------------- building
+
+
+def _load_keras(member: Member, member_path: Path):
+    from deepcovidxr.models import load_member
+
+    return load_member(member_path, member)
+
+
+def _base_key(member_path: Path, member_sha: str, kind: str, precision: str, packages: tuple[str, ...]) -> dict:
+    return {
+        "format": CACHE_FORMAT,
+        "member_file": Path(member_path).name,
+        "member_sha256": member_sha,
+        "kind": kind,
+        "precision": precision,
+        "versions": _versions(packages),
+    }
+
+
+def _onnx_fp32(member: Member, member_path: Path, folder: Path, member_sha: str, stats: dict) -> CacheEntry:
+    entry = CacheEntry(
+        folder,
+        _stem(member),
+        "onnx",
+        "fp32",
+        _base_key(member_path, member_sha, "onnx", "fp32", _CONVERTER_PACKAGES),
+        (".onnx",),
+    )
+
+    def build(entry: CacheEntry) -> dict:
+        require("tensorflow", "tensorflow", "ONNX export")
+        model = _load_keras(member, member_path)
+        to_onnx(model, entry.path)
+        return {"converter": "keras.Model.export(format='onnx') / tf2onnx"}
+
+    return _cached(entry, build, stats)
+
+
+def _calibration_batches(calibration: np.ndarray, batch: int = 8):
+    for start in range(0, len(calibration), batch):
+        yield calibration[start : start + batch]
+
+
+def _onnx_int8(
+    member: Member, member_path: Path, folder: Path, member_sha: str, calibration: np.ndarray, stats: dict
+) -> CacheEntry:
+    fp32 = _onnx_fp32(member, member_path, folder, member_sha, stats)
+    key = _base_key(member_path, member_sha, "onnxruntime", "int8", (*_CONVERTER_PACKAGES, "onnxruntime"))
+    key["calibration_sha256"] = array_sha256(calibration)
+    key["calibration_images"] = len(calibration)
+    entry = CacheEntry(folder, _stem(member), "onnxruntime", "int8", key, (".onnx",))
+
+    def build(entry: CacheEntry) -> dict:
+        require("onnxruntime", "onnxruntime", "int8 quantisation", "engine openvino with nncf")
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            QuantFormat,
+            QuantType,
+            quant_pre_process,
+            quantize_static,
+        )
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = _calibration_batches(calibration)
+
+            def get_next(self) -> dict | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {INPUT_NAME: batch}
+
+        with tempfile.TemporaryDirectory(prefix=".int8-", dir=folder) as scratch:
+            prepared = Path(scratch) / "prepared.onnx"
+            # Shape inference + graph optimisation first, as ONNX Runtime's quantisation guide asks.
+            quant_pre_process(str(fp32.path), str(prepared), skip_symbolic_shape=True)
+            with atomic_path(entry.path) as tmp:
+                quantize_static(
+                    str(prepared),
+                    str(tmp),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                )
+        return {"quantizer": "onnxruntime.quantization.quantize_static (QDQ, per-channel, s8s8, MinMax)"}
+
+    return _cached(entry, build, stats)
+
+
+def _openvino_ir(member: Member, member_path: Path, folder: Path, member_sha: str, stats: dict) -> CacheEntry:
+    fp32 = _onnx_fp32(member, member_path, folder, member_sha, stats)
+    key = _base_key(member_path, member_sha, "openvino", "fp32", (*_CONVERTER_PACKAGES, "openvino"))
+    entry = CacheEntry(folder, _stem(member), "openvino", "fp32", key, (".xml", ".bin"))
+
+    def build(entry: CacheEntry) -> dict:
+        import openvino as ov
+
+        _save_ir(ov, ov.convert_model(str(fp32.path)), entry)
+        return {"converter": "openvino.convert_model(onnx), weights kept fp32"}
+
+    return _cached(entry, build, stats)
+
+
+def _save_ir(ov, model, entry: CacheEntry) -> None:
+    with tempfile.TemporaryDirectory(prefix=".ir-", dir=entry.folder) as scratch:
+        xml = Path(scratch) / entry.files[".xml"].name
+        # compress_to_fp16 defaults to True, which would round the weights: fp32 parity needs fp32.
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        os.replace(xml.with_suffix(".bin"), entry.files[".bin"])
+        os.replace(xml, entry.files[".xml"])
+
+
+def _openvino_int8(
+    member: Member, member_path: Path, folder: Path, member_sha: str, calibration: np.ndarray, stats: dict
+) -> CacheEntry:
+    try:
+        import nncf  # noqa: F401
+    except ImportError:
+        # Without NNCF, OpenVINO runs ONNX Runtime's statically quantised ONNX (QDQ is read natively).
+        log.info("nncf not installed: OpenVINO int8 runs ONNX Runtime's quantised ONNX model")
+        return _onnx_int8(member, member_path, folder, member_sha, calibration, stats)
+    ir = _openvino_ir(member, member_path, folder, member_sha, stats)
+    key = _base_key(member_path, member_sha, "openvino", "int8", (*_CONVERTER_PACKAGES, "openvino", "nncf"))
+    key["calibration_sha256"] = array_sha256(calibration)
+    key["calibration_images"] = len(calibration)
+    entry = CacheEntry(folder, _stem(member), "openvino", "int8", key, (".xml", ".bin"))
+
+    def build(entry: CacheEntry) -> dict:
+        import nncf
+        import openvino as ov
+
+        # One image per calibration item: NNCF's subset_size counts items.
+        dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+        quantized = nncf.quantize(ov.Core().read_model(str(ir.path)), dataset, subset_size=len(calibration))
+        _save_ir(ov, quantized, entry)
+        return {"quantizer": "nncf.quantize (default preset, fast bias correction)"}
+
+    return _cached(entry, build, stats)
+
+
+def _stem(member: Member) -> str:
+    return Path(member.legacy_filename).stem
+
+
+def _check_calibration(member: Member, calibration: np.ndarray | None) -> np.ndarray:
+    if calibration is None:
+        raise UsageError(
+            "int8 needs calibration images: a few dozen preprocessed images from data that is not being "
+            "predicted (e.g. the Validation split), as float32 (n, size, size, 3)"
+        )
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    size = member.size
+    if calibration.ndim != 4 or calibration.shape[1:] != (size, size, 3) or not len(calibration):
+        raise UsageError(
+            f"{member.short_name}: calibration images must be float32 (n, {size}, {size}, 3) with n >= 1, "
+            f"got {calibration.shape}"
+        )
+    return calibration
+
+
+def open_member(
+    member: Member,
+    member_path: Path,
+    engine: str = "keras",
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+    calibration: np.ndarray | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """A :class:`Runner` for ``member`` (weights in ``member_path``) on ``engine`` at ``precision``.
+
+    ``calibration``: preprocessed float32 (n, s, s, 3) images for int8, never the images being
+    predicted (quantisation ranges fitted on the test images would leak them into the scores).
+    ``cache_dir``: where exports are cached (default ``<member folder>/.engine_cache``).
+    ``threads``: intra-op threads for ONNX Runtime / OpenVINO (default: the runtime's choice).
+    ``runner.stats`` says what was built on this call (``built``, ``build_seconds``).
+    """
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    member_path = Path(member_path)
+    if not member_path.is_file():
+        raise MissingInputError(f"member weights not found: {member_path}")
+    if engine == "keras":
+        if precision != "fp32":
+            better = "openvino" if precision == "bf16" else "onnxruntime or openvino (with calibration images)"
+            raise UsageError(f"engine keras runs fp32 only here; for {precision} use engine {better}")
+        return KerasRunner(member, _load_keras(member, member_path))
+    if engine == "onnxruntime" and precision == "bf16":
+        raise UsageError(
+            "ONNX Runtime's CPU provider has no bf16 convolution kernels; for bf16 use engine openvino "
+            "(its CPU plugin runs bf16 on avx512_bf16/AMX CPUs)"
+        )
+    # Fail on a missing runtime before spending a minute on an export it could not run.
+    pip_name, module = _RUNTIME[engine]
+    require(module, pip_name, f"engine {engine!r}", _ALTERNATIVE[engine])
+    if engine == "openvino" and precision == "bf16":
+        import openvino as ov
+
+        _check_bf16(ov.Core())
+    if precision == "int8":
+        calibration = _check_calibration(member, calibration)
+    folder = _cache_folder(member_path, cache_dir)
+    member_sha = file_sha256(member_path)
+    stats: dict = {}
+    if engine == "onnxruntime":
+        if precision == "int8":
+            entry = _onnx_int8(member, member_path, folder, member_sha, calibration, stats)
+        else:
+            entry = _onnx_fp32(member, member_path, folder, member_sha, stats)
+        return OnnxRuntimeRunner(member, entry.path, precision, stats, threads)
+    if precision == "int8":
+        entry = _openvino_int8(member, member_path, folder, member_sha, calibration, stats)
+    else:  # fp32 and bf16 share the fp32 IR; bf16 is a compile-time hint of the CPU plugin
+        entry = _openvino_ir(member, member_path, folder, member_sha, stats)
+    return OpenVinoRunner(member, entry.path, precision, stats, threads)
+
+
+__all__ = [
+    "CACHE_FOLDER",
+    "ENGINES",
+    "PRECISIONS",
+    "CacheEntry",
+    "Runner",
+    "convert",
+    "cpu_supports_bf16",
+    "file_sha256",
+    "open_member",
+    "to_onnx",
+    "to_saved_model",
+    "to_tflite",
+]
