@@ -19,14 +19,16 @@ from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport, chunked
 from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import CropConfig
-from deepcovidxr.imageio import ImageReadError, iter_input_files, read_gray, write_gray
+from deepcovidxr.imageio import ImageReadError, ReadInfo, iter_input_files, read_gray_info, write_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
 
 log = logging.getLogger(__name__)
 
-REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "error"]
+# window: how the file's values became 8-bit (imageio.ReadInfo.window), e.g. a DICOM's header
+# window, or "robust (...)" when that window missed the pixels.
+REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "window", "error"]
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,10 @@ def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> di
     return clashes
 
 
-def _decode(path: Path) -> tuple[np.ndarray, np.ndarray] | ImageReadError:
+def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, ReadInfo] | ImageReadError:
     try:
-        gray = read_gray(path)
-        return gray, segment.unet_input(gray)
+        gray, info = read_gray_info(path)
+        return gray, segment.unet_input(gray), info
     except ImageReadError as error:
         return error
     except Exception as error:  # a decoder bug must not end the batch either
@@ -179,10 +181,16 @@ def segment_files(
                     good.append((item, *result))
             probabilities = cropper.probabilities(np.stack([g[2] for g in good])) if good else []
             finished, writing = writing, []
-            for (item, gray, _), probability in zip(good, probabilities, strict=True):
-                writing.append((item, pool.submit(handle, item, gray, probability)))
+            for (item, gray, _, info), probability in zip(good, probabilities, strict=True):
+                writing.append((item, pool.submit(_with_window, handle, item, gray, probability, info)))
             _collect(finished, failed, report, qc, bar)
         _collect(writing, failed, report, qc, bar)
+
+
+def _with_window(handle: Callable, item: tuple, gray: np.ndarray, probability: np.ndarray, info: ReadInfo) -> tuple:
+    """``handle``'s row with the reader's window added (kept only by reports with that column)."""
+    row, thumbnail = handle(item, gray, probability)
+    return {"window": info.window, **row}, thumbnail
 
 
 def _collect(

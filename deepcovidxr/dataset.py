@@ -42,6 +42,7 @@ MANIFEST_COLUMNS = [
     "x1",
     "y1",
     "lung_fraction",
+    "window",  # how the pixels were windowed (DICOM: header, VOI LUT or the robust fallback)
     "error",
 ]
 

@@ -12,8 +12,10 @@ import csv
 import html
 import io
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -62,7 +64,7 @@ def write_index(
     destination: Path, title: str, sections: list[tuple[str, list[tuple[str, str]]]], notes: list[str]
 ) -> Path:
     """A plain HTML page: per section, links (images are shown inline) with a caption."""
-    base = destination.parent
+    base = destination.resolve().parent
     parts = [
         f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}img{max-width:100%;border:1px solid #ccc}"
@@ -74,10 +76,13 @@ def write_index(
     for heading, entries in sections:
         parts.append(f"<h2>{html.escape(heading)}</h2><ul>")
         for path, caption in entries:
-            link = html.escape(Path(path).relative_to(base).as_posix() if Path(path).is_absolute() else path)
-            parts.append(f"<li><a href='{link}'>{link}</a>: {html.escape(caption)}</li>")
-            if link.endswith(".png"):
-                parts.append(f"<br><a href='{link}'><img src='{link}' alt='{link}'></a>")
+            # Relative to the page's own folder (a browser resolves links from there, not from the folder
+            # the demo ran in), percent-encoded so names with spaces or '#' still resolve.
+            relative = Path(os.path.relpath(Path(path).resolve(), base)).as_posix()
+            link, text = html.escape(quote(relative)), html.escape(relative)
+            parts.append(f"<li><a href='{link}'>{text}</a>: {html.escape(caption)}</li>")
+            if relative.endswith(".png"):
+                parts.append(f"<br><a href='{link}'><img src='{link}' alt='{text}'></a>")
         parts.append("</ul>")
     write_text(destination, "\n".join(parts) + "\n")
     return destination
@@ -191,8 +196,8 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     )
     log.info("demo 7/7: Grad-CAM in %s", explained.report)
-    results = output / "evaluation" / "Results"
-    ensemble_dir = output / "ensemble" / "Ensemble_Results"
+    results = layout.EvaluationPaths(output / "evaluation")
+    ensemble_dir = layout.EnsemblePaths(output / "ensemble")
     index = write_index(
         output / "index.html",
         "deepcovidxr demo run (synthetic phantoms)",
@@ -213,7 +218,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 "Training",
                 [
                     (
-                        str(members / f"{Member.parse(m).legacy_filename.removesuffix('.h5')}_curves.png"),
+                        str(layout.RunPaths(members, Member.parse(m)).curves),
                         f"training curves of {m}",
                     )
                     for m in config.members
@@ -222,21 +227,21 @@ def run_demo(config: DemoConfig) -> DemoResult:
             (
                 "Ensemble (weights fitted on Validation, reported on Test)",
                 [
-                    (str(ensemble_dir / "ROC_Curve.png"), "ROC of the ensemble on Test"),
-                    (str(ensemble_dir / "member_auc.csv"), "Test AUC of every member and of the ensemble"),
-                    (str(ensemble_dir / "ensemble_weights.json"), "the fitted member weights"),
+                    (str(ensemble_dir.plots.roc), "ROC of the ensemble on Test"),
+                    (str(ensemble_dir.member_auc), "Test AUC of every member and of the ensemble"),
+                    (str(ensemble_dir.weights_json), "the fitted member weights"),
                 ],
             ),
             (
                 "Evaluation on Test",
                 [
                     (
-                        str(results / "metrics.json"),
+                        str(results.metrics),
                         "AUC with 95 % CI, sensitivity, specificity, PPV, NPV, "
                         "F1 at 0.5 and at the Youden threshold, Brier score",
                     ),
-                    (str(results / "ConfusionMatrix.png"), "confusion matrix at 0.5"),
-                    (str(results / "Calibration.png"), "calibration"),
+                    (str(results.plots.confusion), "confusion matrix at 0.5"),
+                    (str(results.plots.calibration), "calibration"),
                     (str(evaluated), "per-image scores, labels and member scores"),
                 ],
             ),
@@ -245,7 +250,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
                 "Grad-CAM",
                 [
                     (str(p), "input, ensemble Grad-CAM, overlay")
-                    for p in sorted((output / "gradcam" / "gradCAM_img").glob("*_gradCAM.png"))
+                    for p in sorted(layout.gradcam_dir(output / "gradcam").glob("*_gradCAM.png"))
                 ],
             ),
             (

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from deepcovidxr import safe_pickle
+from deepcovidxr import layout, safe_pickle
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Member, ensemble_members
@@ -66,8 +66,8 @@ PUBLISHED_WEIGHTS: np.ndarray = np.array(
 # A module-level array is shared by every caller; read-only so nobody rescales the published values.
 PUBLISHED_WEIGHTS.flags.writeable = False
 
-WEIGHTS_PICKLE = "ensemble_weights.pickle"
-WEIGHTS_JSON = "ensemble_weights.json"
+WEIGHTS_PICKLE = layout.ENSEMBLE_WEIGHTS_PICKLE
+WEIGHTS_JSON = layout.ENSEMBLE_WEIGHTS_JSON
 METHODS: tuple[str, ...] = ("weighted", "mean", "vote", "max")
 SUM_TOLERANCE = 1e-6
 

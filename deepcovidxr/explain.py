@@ -120,7 +120,7 @@ def run_gradcam(config: GradcamConfig) -> StageResult:
     ]
     log.info("Grad-CAM: %d files, %d to do, %d members", len(planned), len(todo), len(chosen.members))
     views = tuple(dict.fromkeys((m.size, m.crop) for m, _ in chosen.members))
-    store = ViewStore(config.output / ".scratch", len(todo), views)
+    store = ViewStore(layout.scratch_dir(config.output), len(todo), views)
     maps = _Maps(store.folder / "maps", len(todo))
     index_of = {name: i for i, (_, name) in enumerate(todo)}
     cropped: set[int] = set()

@@ -13,6 +13,7 @@ from pathlib import Path
 from deepcovidxr import safe_pickle
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.layout import HYPERPARAMETERS_JSON, HYPERPARAMETERS_PICKLE
 
 KEYS = ("dropout_rate", "learning_rate", "momentum")
 
@@ -61,7 +62,7 @@ def save(hyperparameters: Hyperparameters, folder: Path) -> tuple[Path, Path]:
     import pickle
 
     folder = Path(folder)
-    json_path, pickle_path = folder / "hyperparameters.json", folder / "hyperparameters.pickle"
+    json_path, pickle_path = folder / HYPERPARAMETERS_JSON, folder / HYPERPARAMETERS_PICKLE
     write_json(json_path, hyperparameters.as_dict())
     with atomic_path(pickle_path) as tmp:
         tmp.write_bytes(pickle.dumps(hyperparameters.as_dict(), protocol=4))

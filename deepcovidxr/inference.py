@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, ensemble
+from deepcovidxr import DISCLAIMER, ensemble, layout, shipped
 from deepcovidxr.atomic import write_json, write_text
 from deepcovidxr.batch import ERROR
 from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, PredictConfig
@@ -27,8 +27,8 @@ from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_ENSEMBLE_WEIGHTS = REPO_ROOT / "ensemble_weights.pickle"
+# Package data (the authors' published weights), found the same way in a checkout and in a wheel.
+DEFAULT_ENSEMBLE_WEIGHTS = shipped.ensemble_weights()
 POSITIVE, NEGATIVE = "COVID-19 Positive", "COVID-19 Negative"
 THRESHOLD = 0.5
 
@@ -120,7 +120,7 @@ def run_predict(config: PredictConfig) -> StageResult | Path:
         f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "",
     )
     loader = MemberLoader(chosen.members, _load).start()  # the first member builds while images are cropped
-    store = ViewStore(config.output / ".scratch", len(files), _views_of(chosen.members))
+    store = ViewStore(layout.scratch_dir(config.output), len(files), _views_of(chosen.members))
     status: dict[int, tuple[str, str]] = {}
     try:
 
@@ -177,9 +177,9 @@ def run_predict(config: PredictConfig) -> StageResult | Path:
                 *(f"{s:.6f}" for s in scores[index]),
             ]
         )
-    path = _write_csv(config.output / "predictions.csv", PREDICTION_COLUMNS + chosen.names, rows)
+    path = _write_csv(config.output / layout.PREDICTIONS_CSV, PREDICTION_COLUMNS + chosen.names, rows)
     write_json(
-        config.output / "predictions_info.json",
+        config.output / layout.PREDICTIONS_INFO,
         {
             "disclaimer": DISCLAIMER,
             "members": chosen.names,
@@ -212,7 +212,7 @@ def merge_predictions(shards: list[Path], output: Path) -> Path:
     header: list[str] | None = None
     rows: dict[str, list[str]] = {}
     for shard in shards:
-        path = shard / "predictions.csv" if shard.is_dir() else shard
+        path = shard / layout.PREDICTIONS_CSV if shard.is_dir() else shard
         with path.open(newline="") as handle:
             reader = csv.reader(handle)
             this_header = next(reader)
@@ -225,7 +225,7 @@ def merge_predictions(shards: list[Path], output: Path) -> Path:
                 rows[row[0]] = row
     if header is None:
         raise UsageError("no shards given")
-    return _write_csv(Path(output) / "predictions.csv", header, [rows[k] for k in sorted(rows)])
+    return _write_csv(Path(output) / layout.PREDICTIONS_CSV, header, [rows[k] for k in sorted(rows)])
 
 
 # ---- dataset tree (evaluate, ensemble) ---------------------------------------------------------
@@ -241,10 +241,10 @@ def load_split(
     root: Path, split: Split, members: list[tuple[Member, Path]], store_folder: Path
 ) -> tuple[SplitImages, ViewStore]:
     """Read one split of the tree for every view the members need, pairing views by relative
-    path (never by position); a file missing from or extra in a view is an error naming it."""
-    from PIL import Image
-
+    path (never by position); a file missing from or extra in a view is an error naming it.
+    Listing and decoding are the training pipeline's (hidden files skipped, ``read_view``)."""
     from deepcovidxr.data import IMAGE_SUFFIXES
+    from deepcovidxr.imageio import list_images, read_view
 
     tree = DataTree(root)
     views = _views_of(members)
@@ -255,8 +255,8 @@ def load_split(
             sorted(
                 p.relative_to(folder).as_posix()
                 for label in Label
-                for p in (folder / label.value).rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
+                if (folder / label.value).is_dir()
+                for p in list_images(folder / label.value, IMAGE_SUFFIXES)
             )
             if folder.is_dir()
             else None
@@ -278,12 +278,7 @@ def load_split(
     for (size, crop), array in store.arrays.items():
         folder = tree.split_dir(size, crop, split)
         for index, name in enumerate(reference):
-            image = np.asarray(Image.open(folder / name).convert("L"))
-            if image.shape != (size, size):
-                from deepcovidxr.preprocess import lanczos_resize
-
-                image = lanczos_resize(image, size)
-            array[index] = image
+            array[index] = read_view(folder / name, size)
     labels = np.array([Label(n.split("/")[0]).index for n in reference], np.float64)
     return SplitImages(reference, labels), store
 
@@ -308,28 +303,14 @@ __all__ = ["CropMode", "merge_predictions", "resolve_ensemble", "run_predict", "
 # ---- evaluate ---------------------------------------------------------------------------------
 
 
-def _plots(folder: Path, labels: np.ndarray, scores: np.ndarray, threshold: float, title: str) -> list[Path]:
-    from deepcovidxr import metrics
-
-    return [
-        metrics.plot_roc(labels, scores, folder / "ROC_Curve.png", f"{title}: ROC"),
-        metrics.plot_precision_recall(
-            labels, scores, folder / "PrecisionRecall_Curve.png", f"{title}: precision-recall"
-        ),
-        metrics.plot_calibration(labels, scores, folder / "Calibration.png", f"{title}: calibration"),
-        metrics.plot_confusion_matrix(
-            labels, scores, threshold, folder / "ConfusionMatrix.png", f"{title} (threshold {threshold})"
-        ),
-    ]
-
-
 def run_evaluate(config: EvaluateConfig) -> Path:
-    from deepcovidxr import metrics
+    from deepcovidxr import metrics, plots
 
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
-    results = Path(config.output) / "Results"
+    out = layout.EvaluationPaths(Path(config.output))
+    results = out.folder
     images, scores = score_split(
-        config.image, Split.TEST, chosen, Path(config.output) / ".scratch", config.batch_size, config.tta, config.seed
+        config.image, Split.TEST, chosen, out.scratch, config.batch_size, config.tta, config.seed
     )
     combined = chosen.combine(scores)
     rows = []
@@ -346,7 +327,7 @@ def run_evaluate(config: EvaluateConfig) -> Path:
             ]
         )
     path = _write_csv(
-        results / "predictions.csv",
+        out.predictions,
         ["Filenames", "Scores", "Binary prediction", "Predictions", "Actual", *chosen.names],
         rows,
     )
@@ -355,7 +336,7 @@ def run_evaluate(config: EvaluateConfig) -> Path:
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
     }
     write_json(
-        results / "metrics.json",
+        out.metrics,
         {
             "disclaimer": DISCLAIMER,
             "split": "Test",
@@ -365,7 +346,11 @@ def run_evaluate(config: EvaluateConfig) -> Path:
             **summary,
         },
     )
-    _plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
+    figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
+    from deepcovidxr.tensorboard_images import write_images
+
+    # The same figures in TensorBoard, beside the members' training curves (tensorboard --logdir).
+    write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
     log.info(
         "Test: AUC %.4f (95%% CI %.4f-%.4f), sensitivity %.3f, specificity %.3f at 0.5; %s",
         summary["auc"],
@@ -397,14 +382,14 @@ def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[
 def run_ensemble(config: EnsembleConfig) -> Path:
     """Fit the combination on Validation (never on Test) and report every member and the
     ensemble on Test."""
-    from deepcovidxr import metrics
+    from deepcovidxr import metrics, plots
 
     if config.method not in ensemble.METHODS:
         raise UsageError(f"unknown method {config.method!r}; choose one of {ensemble.METHODS}")
     members = available_members(config.weights, config.members)
     names = [m.short_name for m, _ in members]
-    results = Path(config.output) / "Ensemble_Results"
-    scratch = Path(config.output) / ".scratch"
+    out = layout.EnsemblePaths(Path(config.output))
+    results, scratch = out.folder, out.scratch
     candidate = Ensemble(members, np.full(len(members), 1.0 / len(members)))
     validation, val_scores = score_split(config.data, Split.VALIDATION, candidate, scratch, config.batch_size)
     if config.method == "weighted":
@@ -424,9 +409,9 @@ def run_ensemble(config: EnsembleConfig) -> Path:
     ]
     summary = metrics.evaluate(test.labels, combined, seed=config.seed)
     member_rows.append([f"ensemble ({config.method})", f"{summary['auc']:.6f}", "1.000000"])
-    _write_csv(results / "member_auc.csv", ["member", "test_auc", "weight"], member_rows)
+    _write_csv(out.member_auc, ["member", "test_auc", "weight"], member_rows)
     _write_csv(
-        results / "ensemble_predictions.csv",
+        out.ensemble_predictions,
         ["Filenames", "Scores", "Binary prediction", "Actual"],
         [
             [n, f"{s:.6f}", int(s >= THRESHOLD), int(y)]
@@ -434,13 +419,13 @@ def run_ensemble(config: EnsembleConfig) -> Path:
         ],
     )
     _write_csv(
-        results / "individual_predictions.csv",
+        out.individual_predictions,
         ["Filenames", *names],
         [[n, *(f"{v:.6f}" for v in row)] for n, row in zip(test.names, test_scores, strict=True)],
     )
-    _plots(results, test.labels, combined, THRESHOLD, f"Ensemble ({config.method}) on Test")
+    plots.evaluation_plots(results, test.labels, combined, THRESHOLD, f"Ensemble ({config.method}) on Test")
     write_json(
-        results / "summary.json",
+        out.summary,
         {
             "disclaimer": DISCLAIMER,
             "method": config.method,

@@ -124,6 +124,7 @@ def flat_name(file: str) -> str:
     return output_name(Path(file.replace("/", "__"))).as_posix()
 
 
+TENSORBOARD = "tensorboard"  # event files below a run's output folder
 GRADCAM_FOLDER = "gradCAM_img"
 GRADCAM_REPORT = "gradcam_report.csv"
 
@@ -277,7 +278,7 @@ class RunPaths:
 
     @property
     def tensorboard(self) -> Path:
-        return Path(self.output) / "tensorboard" / self.stem
+        return Path(self.output) / TENSORBOARD / self.stem
 
     def worker_copy(self, copies: Path, index: int) -> Path:
         """A non-chief worker's throw-away copy of the final file (multi-worker training)."""

@@ -1,10 +1,9 @@
-"""Binary classification metrics and headless plots for the COVID-positive score.
+"""Binary classification metrics for the COVID-positive score (their plots: :mod:`deepcovidxr.plots`).
 
 The original evaluate.py reported only a confusion matrix, sklearn's per-class report and the ROC AUC,
 thresholded with ``np.round`` (SPEC s.11, bug 20). This module adds what a reader of a diagnostic-accuracy
 study expects: sensitivity, specificity, PPV, NPV and F1 at a stated threshold, the Youden threshold, a
-seeded bootstrap confidence interval for the AUC, the Brier score and ROC / precision-recall / calibration /
-confusion-matrix plots.
+seeded bootstrap confidence interval for the AUC, the Brier score and the calibration bins.
 
 Conventions used throughout:
 
@@ -15,20 +14,18 @@ Conventions used throughout:
 * a ratio whose denominator is zero (e.g. PPV when nothing is predicted positive) is NaN, never an error,
   so one degenerate subgroup cannot abort a whole evaluation.
 
-Only numpy and scikit-learn are imported at module level; matplotlib is imported by the plot helpers.
+Only numpy and scikit-learn are imported; nothing here draws.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from deepcovidxr.atomic import atomic_path
 from deepcovidxr.errors import UsageError
 
 logger = logging.getLogger(__name__)
@@ -228,75 +225,7 @@ def evaluate(y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dic
     }
 
 
-# --------------------------------------------------------------------------------------------- plots
-
-
-def _new_figure(width: float = 5.0, height: float = 5.0):
-    """A figure bound to the Agg canvas directly, never to pyplot.
-
-    Going around pyplot means no GUI backend is ever selected (the original's ``plt.show()`` before
-    ``savefig`` produced blank PNGs, SPEC bug 19) and no global figure registry keeps the figure alive:
-    it is freed as soon as the helper returns, which is what ``plt.close`` achieves for pyplot figures.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, path: Path, title: str) -> Path:
-    """Caption with the disclaimer, write atomically as PNG (disclaimer also in the PNG metadata)."""
-    path = Path(path)
-    figure.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, color="firebrick")
-    figure.tight_layout(rect=(0, 0.04, 1, 1))
-    metadata = {"Title": f"{title} - {DISCLAIMER}" if title else DISCLAIMER, "Description": DISCLAIMER}
-    try:
-        with atomic_path(path) as tmp:
-            figure.savefig(tmp, format="png", metadata=metadata)
-    finally:
-        figure.clear()
-    logger.info("wrote %s", path)
-    return path
-
-
-def _titled(title: str) -> str:
-    return f"{title}\n{DISCLAIMER}" if title else DISCLAIMER
-
-
-def plot_roc(y_true: Any, scores: Any, path: Path, title: str = "ROC curve") -> Path:
-    """ROC curve with its AUC and the chance diagonal."""
-    y, s = _as_binary_problem(y_true, scores)
-    _require_both_classes(y, "a ROC curve")
-    fpr, tpr, _ = roc_curve(y, s)
-    figure = _new_figure()
-    axis = figure.add_subplot()
-    axis.plot(fpr, tpr, color="tab:blue", lw=2, label=f"AUC = {roc_auc_score(y, s):.3f} (n = {y.size})")
-    axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
-    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)")
-    axis.set_title(_titled(title), fontsize=10)
-    axis.legend(loc="lower right")
-    return _save(figure, path, title)
-
-
-def plot_precision_recall(y_true: Any, scores: Any, path: Path, title: str = "Precision-recall curve") -> Path:
-    """Precision (PPV) against recall (sensitivity), with average precision and the prevalence baseline."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
-    y, s = _as_binary_problem(y_true, scores)
-    _require_both_classes(y, "a precision-recall curve")
-    precision, recall, _ = precision_recall_curve(y, s)
-    figure = _new_figure()
-    axis = figure.add_subplot()
-    axis.step(
-        recall, precision, where="post", color="tab:blue", lw=2, label=f"AP = {average_precision_score(y, s):.3f}"
-    )
-    axis.axhline(y.mean(), color="grey", ls="--", lw=1, label=f"prevalence = {y.mean():.3f}")
-    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
-    axis.set_title(_titled(title), fontsize=10)
-    axis.legend(loc="lower left")
-    return _save(figure, path, title)
+# ---------------------------------------------------------------------------------------- calibration
 
 
 def calibration_bins(y_true: Any, scores: Any, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -311,44 +240,3 @@ def calibration_bins(y_true: Any, scores: Any, n_bins: int = 10) -> tuple[np.nda
         mean_score = np.bincount(index, weights=s, minlength=n_bins) / counts
         observed = np.bincount(index, weights=y, minlength=n_bins) / counts
     return mean_score, observed, counts
-
-
-def plot_calibration(
-    y_true: Any, scores: Any, path: Path, title: str = "Calibration (reliability diagram)", n_bins: int = 10
-) -> Path:
-    """Reliability diagram (observed positive fraction against mean score in 10 equal bins) with the
-    Brier score, and a histogram of the scores underneath."""
-    y, s = _as_binary_problem(y_true, scores)
-    mean_score, observed, counts = calibration_bins(y, s, n_bins)
-    figure = _new_figure(5.0, 6.0)
-    top, bottom = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
-    filled = counts > 0
-    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
-    top.plot(mean_score[filled], observed[filled], "o-", color="tab:blue", label=f"Brier = {brier_score(y, s):.3f}")
-    top.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive")
-    top.set_title(_titled(title), fontsize=10)
-    top.legend(loc="upper left")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", color="tab:blue", alpha=0.6, edgecolor="white")
-    bottom.set(xlabel="predicted probability (COVID-positive score)", ylabel="cases")
-    return _save(figure, path, title)
-
-
-def plot_confusion_matrix(
-    y_true: Any, scores: Any, threshold: float, path: Path, title: str = "Confusion matrix"
-) -> Path:
-    """2 x 2 confusion matrix at ``threshold`` (positive when ``score >= threshold``); rows are the
-    actual class, columns the predicted one, labelled COVID-Neg / COVID-Pos."""
-    m = binary_metrics(y_true, scores, threshold)
-    matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-    figure = _new_figure(5.0, 5.0)
-    axis = figure.add_subplot()
-    axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
-    for (row, column), count in np.ndenumerate(matrix):
-        dark = count > matrix.max() / 2
-        axis.text(column, row, str(count), ha="center", va="center", fontsize=14, color="white" if dark else "black")
-    axis.set_xticks([0, 1], CLASS_NAMES)
-    axis.set_yticks([0, 1], CLASS_NAMES)
-    axis.set(xlabel=f"predicted (score >= {threshold:.3g})", ylabel="actual")
-    axis.set_title(_titled(title), fontsize=10)
-    return _save(figure, path, title)

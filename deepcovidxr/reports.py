@@ -1,4 +1,5 @@
-"""Pictures a person opens: the crop QC montage (more plots join in the later stages)."""
+"""Pictures a person opens, drawn with OpenCV: the crop QC montage and the view strip (matplotlib
+figures are in :mod:`deepcovidxr.plots`)."""
 
 from __future__ import annotations
 
@@ -99,32 +100,8 @@ def write_view_strip(destination: Path, rows: list[list[Path]], titles: list[str
 
 
 def plot_training_curves(destination: Path, histories: dict[str, dict], title: str = "") -> Path:
-    """Loss, AUC, accuracy, precision and recall per epoch, training vs validation, the phases
-    one after the other (a dashed line marks where phase 2 starts)."""
-    import matplotlib
+    """Moved to :func:`deepcovidxr.plots.plot_training_curves`; this name stays until training.py
+    (another owner's file) calls it there."""
+    from deepcovidxr import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = ["loss", "auc", "acc", "precision", "recall"]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4))
-    for axis, metric in zip(axes, metrics, strict=True):
-        offset = 0
-        for index, (_phase, history) in enumerate(histories.items()):
-            train, val = history.get(metric, []), history.get(f"val_{metric}", [])
-            epochs = np.arange(offset + 1, offset + len(train) + 1)
-            axis.plot(epochs, train, color="tab:blue", label="train" if index == 0 else None)
-            if val:
-                axis.plot(epochs[: len(val)], val, color="tab:orange", label="validation" if index == 0 else None)
-            if index > 0 and len(train):
-                axis.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.8)
-            offset += len(train)
-        axis.set_title(metric)
-        axis.set_xlabel("epoch")
-    axes[0].legend()
-    figure.suptitle(f"{title}  (dashed: backbone unfrozen)" if title else "")
-    figure.tight_layout()
-    with atomic_path(destination) as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
-    return destination
+    return plots.plot_training_curves(destination, histories, title)

@@ -106,3 +106,45 @@ def test_gradcam_of_a_trained_member_points_at_the_opacities(phantom_member) -> 
     assert measured["map_side"] == LEARNING_SIZE // 32, measured
     assert measured["lower_zone"] >= 0.8, measured
     assert measured["inside"] >= 3 * measured["chance"], measured
+
+
+def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None:
+    """Regression (issue 10, defect 1): ``a.dcm`` and ``a.png`` both became ``a_gradCAM.png``, the
+    second overwriting the first; a UID-named DICOM lost its last dotted part. Now a clash is an
+    error row naming both inputs and nothing is written for either."""
+    import csv
+    import json
+    import shutil
+
+    import keras
+    from conftest import shared
+
+    from deepcovidxr.configs import GradcamConfig
+    from deepcovidxr.explain import run_gradcam
+    from deepcovidxr.layout import Member
+    from deepcovidxr.models import build_member, save_member
+
+    member = Member.parse("res_224_uncrop")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    keras.utils.set_random_seed(0)
+    save_member(build_member(member.backbone, member.size), weights / member.legacy_filename, member)
+    (weights / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}))
+    images = tmp_path / "in"
+    images.mkdir()
+    dicom = shared("dicom", "c64d5667-a776-4f95-9e21-bfabafb07740.dcm")
+    shutil.copy(dicom, images / "a.dcm")
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "a.png")
+    shutil.copy(dicom, images / "1.2.840.113619.2.55")  # PACS export: named by UID, no suffix
+    out = tmp_path / "out"
+    run_gradcam(
+        GradcamConfig(weights=weights, path=images, output=out, ensemble_weights=weights / "ensemble_weights.json")
+    )
+    folder = out / "gradCAM_img"
+    assert not (folder / "a_gradCAM.png").exists() and not (folder / "a_heatmap.npy").exists()
+    assert (folder / "1.2.840.113619.2.55_gradCAM.png").is_file()  # the whole UID kept
+    with (out / "gradcam_report.csv").open(newline="") as handle:
+        rows = {row["file"]: row for row in csv.DictReader(handle)}
+    assert rows["a.dcm"]["status"] == "error" and "a.png" in rows["a.dcm"]["error"]
+    assert rows["a.png"]["status"] == "error" and "a.dcm" in rows["a.png"]["error"]
+    assert rows["1.2.840.113619.2.55"]["status"] == "ok"

@@ -261,6 +261,11 @@ def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path:
     assert low <= summary["auc"] <= high
     for name in ("ROC_Curve.png", "PrecisionRecall_Curve.png", "Calibration.png", "ConfusionMatrix.png"):
         assert (tmp_path / "Results" / name).stat().st_size > 1000
+    from deepcovidxr.tensorboard_images import read_image_tags
+
+    logged = read_image_tags(tmp_path / "Results" / "tensorboard")
+    assert {"ROC_Curve", "ConfusionMatrix"} <= set(logged)
+    assert logged["ROC_Curve"] == Image.open(tmp_path / "Results" / "ROC_Curve.png").size[::-1]
 
 
 def test_vissample_writes_fused_heatmaps_in_original_coordinates(

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcovidxr.layout import CropMode, DataTree, Label, Split, legacy_crop_names
+from deepcovidxr.layout import CropMode, DataTree, Label, Split, ensemble_members, legacy_crop_names
 
 
 def test_tree_paths_follow_the_original_contract(tmp_path: Path) -> None:
@@ -95,3 +95,104 @@ def test_member_names_parse_back() -> None:
         assert Member.parse(member.short_name) == member == Member.parse(member.legacy_filename)
     with pytest.raises(ValueError, match="not a member name"):
         Member.parse("ResNet50_final.h5")
+
+
+# ---- every output path comes from layout and names its member back (issue 10) ------------------
+
+MEMBERS = [pytest.param(m, id=m.short_name) for m in ensemble_members()]
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_member_output_paths_parse_back(member, tmp_path: Path) -> None:
+    from deepcovidxr.layout import Member, RunPaths, TunerPaths
+
+    assert Member.parse(member.short_name) == member == Member.parse(member.legacy_filename)
+    run = RunPaths(tmp_path, member)
+    named = [run.final, run.checkpoint("initial"), run.checkpoint("final"), run.worker_copy(tmp_path / "w", 1)]
+    assert all(Member.parse(p.name) == member for p in named)
+    assert Member.parse(run.stem) == member == Member.parse(run.plots("final").name)
+    assert Member.parse(run.tensorboard.name) == member
+    assert run.checkpoint("initial").parent == tmp_path / "save_weights_initial"
+    for path in (run.log_csv, run.curves, run.config):
+        assert path.parent == tmp_path and Member.parse(path.name.rsplit("_", 1)[0]) == member
+    tuner = TunerPaths(tmp_path, member)
+    assert Member.parse(tuner.project) == member == Member.parse(tuner.warmup.name) == Member.parse(tuner.best.name)
+    assert tuner.hyperparameters.relative_to(tmp_path).parts == (
+        "tuner",
+        "best_models_and_params",
+        tuner.project,
+        "model_params",
+        "hyperparameters.json",
+    )
+
+
+def test_no_two_members_share_an_output_path(tmp_path: Path) -> None:
+    from deepcovidxr.layout import PHASES, RunPaths, TunerPaths
+
+    paths = []
+    for member in ensemble_members():
+        run, tuner = RunPaths(tmp_path, member), TunerPaths(tmp_path, member)
+        paths += [run.final, run.log_csv, run.curves, run.config, run.tensorboard, tuner.warmup, tuner.best]
+        paths += [p for phase in PHASES for p in (run.checkpoint(phase), run.plots(phase), run.history(phase))]
+    assert len(paths) == len(set(paths)) == 24 * 13
+
+
+def test_tuner_writes_where_train_reads(tmp_path: Path) -> None:
+    """The tuned-values path was spelled twice (tuning.py wrote it, training.py rebuilt it)."""
+    from deepcovidxr import hyperparams
+    from deepcovidxr.layout import TunerPaths
+    from deepcovidxr.training import member_hyperparameters
+
+    tuned, untuned = ensemble_members()[5], ensemble_members()[6]
+    json_path, _ = hyperparams.save(
+        hyperparams.Hyperparameters(dropout_rate=0.25), TunerPaths(tmp_path, tuned).params_dir
+    )
+    assert json_path == TunerPaths(tmp_path, tuned).hyperparameters
+    assert member_hyperparameters(tmp_path, tuned) == json_path
+    assert member_hyperparameters(tmp_path, untuned) is None
+
+
+def test_pretrain_names_parse_back(tmp_path: Path) -> None:
+    from deepcovidxr.backbones import BACKBONES
+    from deepcovidxr.layout import SIZES, PretrainPaths
+    from deepcovidxr.pretraining import checkpoint_name
+
+    for backbone in BACKBONES:
+        for size in (*SIZES, 75):
+            paths = PretrainPaths(tmp_path, backbone.name, size)
+            assert PretrainPaths.parse(paths.checkpoint) == paths
+            assert checkpoint_name(backbone.name, size) == paths.checkpoint.name
+            assert len({paths.checkpoint, paths.auroc, paths.log_csv, paths.summary}) == 4
+    with pytest.raises(ValueError, match="nih_weight_"):
+        PretrainPaths.parse(Path("ResNet50_224_up_crop.h5"))
+    # train_all.py -w <folder> reads back the name pretrain.py wrote
+    from deepcovidxr.training import member_weights
+
+    member = ensemble_members()[4]
+    written = PretrainPaths(tmp_path, member.backbone, member.size).checkpoint
+    written.write_bytes(b"")
+    assert member_weights(str(tmp_path), member) == str(written)
+
+
+def test_result_folders_keep_the_original_names(tmp_path: Path) -> None:
+    from deepcovidxr import ensemble
+    from deepcovidxr.layout import GRADCAM_FOLDER, EnsemblePaths, EvaluationPaths, gradcam_dir, gradcam_names
+
+    evaluation, fitted = EvaluationPaths(tmp_path), EnsemblePaths(tmp_path)
+    assert evaluation.predictions == tmp_path / "Results" / "predictions.csv"
+    assert evaluation.metrics == tmp_path / "Results" / "metrics.json"
+    assert fitted.weights_pickle == tmp_path / "Ensemble_Results" / "ensemble_weights.pickle"
+    assert (fitted.weights_pickle.name, fitted.weights_json.name) == (ensemble.WEIGHTS_PICKLE, ensemble.WEIGHTS_JSON)
+    assert (
+        [p.name for p in evaluation.plots]
+        == [p.name for p in fitted.plots]
+        == [
+            "ROC_Curve.png",
+            "PrecisionRecall_Curve.png",
+            "Calibration.png",
+            "ConfusionMatrix.png",
+        ]
+    )
+    assert evaluation.scratch == fitted.scratch == tmp_path / ".scratch"
+    assert all((tmp_path / p).parent == gradcam_dir(tmp_path) for p in gradcam_names(Path("ward/a.png")))
+    assert gradcam_dir(tmp_path).name == GRADCAM_FOLDER == "gradCAM_img"

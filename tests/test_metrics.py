@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from deepcovidxr import metrics
+from deepcovidxr import metrics, plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -234,13 +234,13 @@ def test_plots_write_valid_pngs_with_the_disclaimer(tmp_path: Path, kind: str) -
     y, s = random_problem(n=100, seed=12)
     path = tmp_path / "plots" / f"{kind}.png"
     if kind == "roc":
-        returned = metrics.plot_roc(y, s, path, "Test ROC")
+        returned = plots.plot_roc(y, s, path, "Test ROC")
     elif kind == "pr":
-        returned = metrics.plot_precision_recall(y, s, path, "Test PR")
+        returned = plots.plot_precision_recall(y, s, path, "Test PR")
     elif kind == "calibration":
-        returned = metrics.plot_calibration(y, s, path, "Test calibration")
+        returned = plots.plot_calibration(y, s, path, "Test calibration")
     else:
-        returned = metrics.plot_confusion_matrix(y, s, 0.5, path, "Test confusion")
+        returned = plots.plot_confusion_matrix(y, s, 0.5, path, "Test confusion")
     assert returned == path and path.stat().st_size > 1000
     chunks = png_chunks(path)
     width, height = struct.unpack(">II", chunks[b"IHDR"][0][:8])

@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcovidxr import shipped
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.segment import Box, CropStatus, LungBox
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_UNET = REPO_ROOT / "unet" / "lung_unet.weights.h5"
+# Package data, not a path from the repository root: an installed wheel has no checkout around it.
+DEFAULT_UNET = shipped.unet_weights()
 
 
 def default_unet_path() -> Path:
-    """``$DEEPCOVIDXR_UNET`` if set, else our shipped weights in ``unet/``."""
+    """``$DEEPCOVIDXR_UNET`` if set, else our shipped weights (package data, ``deepcovidxr/assets/unet``)."""
     return Path(os.environ.get("DEEPCOVIDXR_UNET", DEFAULT_UNET))
 
 

@@ -1,0 +1,172 @@
+"""Every figure the stages draw, in one place: evaluation plots (ROC, precision-recall, calibration,
+confusion matrix) and training curves.
+
+All figures are headless: drawn on matplotlib's Agg canvas without pyplot, so no GUI backend is
+ever chosen (the original's ``plt.show()`` before ``savefig`` gave blank PNGs, SPEC bug 19) and no
+figure outlives its helper (nothing is registered with pyplot; each is cleared once written).
+Every PNG is written atomically and carries the research-use disclaimer in its caption and
+metadata. matplotlib is imported inside the helpers, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from deepcovidxr import layout, metrics
+from deepcovidxr.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = metrics.DISCLAIMER
+TRAINING_METRICS = ("loss", "auc", "acc", "precision", "recall")
+
+
+def new_figure(width: float = 5.0, height: float = 5.0):
+    """A figure bound to the Agg canvas directly, never to pyplot.
+
+    Going around pyplot means no GUI backend is ever selected (the original's ``plt.show()`` before
+    ``savefig`` produced blank PNGs, SPEC bug 19) and no global figure registry keeps the figure alive:
+    it is freed as soon as the helper returns, which is what ``plt.close`` achieves for pyplot figures.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path: Path, title: str) -> Path:
+    """Caption with the disclaimer, write atomically as PNG (disclaimer also in the PNG metadata)."""
+    path = Path(path)
+    figure.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, color="firebrick")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    metadata = {"Title": f"{title} - {DISCLAIMER}" if title else DISCLAIMER, "Description": DISCLAIMER}
+    try:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format="png", metadata=metadata)
+    finally:
+        figure.clear()
+    logger.info("wrote %s", path)
+    return path
+
+
+def _titled(title: str) -> str:
+    return f"{title}\n{DISCLAIMER}" if title else DISCLAIMER
+
+
+def plot_roc(y_true: Any, scores: Any, path: Path, title: str = "ROC curve") -> Path:
+    """ROC curve with its AUC and the chance diagonal."""
+    y, s = metrics._as_binary_problem(y_true, scores)
+    metrics._require_both_classes(y, "a ROC curve")
+    fpr, tpr, _ = roc_curve(y, s)
+    figure = new_figure()
+    axis = figure.add_subplot()
+    axis.plot(fpr, tpr, color="tab:blue", lw=2, label=f"AUC = {roc_auc_score(y, s):.3f} (n = {y.size})")
+    axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
+    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)")
+    axis.set_title(_titled(title), fontsize=10)
+    axis.legend(loc="lower right")
+    return save_figure(figure, path, title)
+
+
+def plot_precision_recall(y_true: Any, scores: Any, path: Path, title: str = "Precision-recall curve") -> Path:
+    """Precision (PPV) against recall (sensitivity), with average precision and the prevalence baseline."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    y, s = metrics._as_binary_problem(y_true, scores)
+    metrics._require_both_classes(y, "a precision-recall curve")
+    precision, recall, _ = precision_recall_curve(y, s)
+    figure = new_figure()
+    axis = figure.add_subplot()
+    axis.step(
+        recall, precision, where="post", color="tab:blue", lw=2, label=f"AP = {average_precision_score(y, s):.3f}"
+    )
+    axis.axhline(y.mean(), color="grey", ls="--", lw=1, label=f"prevalence = {y.mean():.3f}")
+    axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
+    axis.set_title(_titled(title), fontsize=10)
+    axis.legend(loc="lower left")
+    return save_figure(figure, path, title)
+
+
+def plot_calibration(
+    y_true: Any, scores: Any, path: Path, title: str = "Calibration (reliability diagram)", n_bins: int = 10
+) -> Path:
+    """Reliability diagram (observed positive fraction against mean score in 10 equal bins) with the
+    Brier score, and a histogram of the scores underneath."""
+    y, s = metrics._as_binary_problem(y_true, scores)
+    mean_score, observed, counts = metrics.calibration_bins(y, s, n_bins)
+    figure = new_figure(5.0, 6.0)
+    top, bottom = figure.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    filled = counts > 0
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
+    top.plot(
+        mean_score[filled], observed[filled], "o-", color="tab:blue", label=f"Brier = {metrics.brier_score(y, s):.3f}"
+    )
+    top.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive")
+    top.set_title(_titled(title), fontsize=10)
+    top.legend(loc="upper left")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bottom.bar(edges[:-1], counts, width=1.0 / n_bins, align="edge", color="tab:blue", alpha=0.6, edgecolor="white")
+    bottom.set(xlabel="predicted probability (COVID-positive score)", ylabel="cases")
+    return save_figure(figure, path, title)
+
+
+def plot_confusion_matrix(
+    y_true: Any, scores: Any, threshold: float, path: Path, title: str = "Confusion matrix"
+) -> Path:
+    """2 x 2 confusion matrix at ``threshold`` (positive when ``score >= threshold``); rows are the
+    actual class, columns the predicted one, labelled COVID-Neg / COVID-Pos."""
+    m = metrics.binary_metrics(y_true, scores, threshold)
+    matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
+    figure = new_figure(5.0, 5.0)
+    axis = figure.add_subplot()
+    axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
+    for (row, column), count in np.ndenumerate(matrix):
+        dark = count > matrix.max() / 2
+        axis.text(column, row, str(count), ha="center", va="center", fontsize=14, color="white" if dark else "black")
+    axis.set_xticks([0, 1], metrics.CLASS_NAMES)
+    axis.set_yticks([0, 1], metrics.CLASS_NAMES)
+    axis.set(xlabel=f"predicted (score >= {threshold:.3g})", ylabel="actual")
+    axis.set_title(_titled(title), fontsize=10)
+    return save_figure(figure, path, title)
+
+
+def evaluation_plots(folder: Path, labels: Any, scores: Any, threshold: float, title: str) -> list[Path]:
+    """The four pictures evaluate.py and ensemble.py write into ``folder`` (names from
+    :func:`deepcovidxr.layout.plot_paths`), in the order ROC, precision-recall, calibration, confusion."""
+    paths = layout.plot_paths(folder)
+    return [
+        plot_roc(labels, scores, paths.roc, f"{title}: ROC"),
+        plot_precision_recall(labels, scores, paths.precision_recall, f"{title}: precision-recall"),
+        plot_calibration(labels, scores, paths.calibration, f"{title}: calibration"),
+        plot_confusion_matrix(labels, scores, threshold, paths.confusion, f"{title} (threshold {threshold})"),
+    ]
+
+
+def plot_training_curves(destination: Path, histories: dict[str, dict], title: str = "") -> Path:
+    """Loss, AUC, accuracy, precision and recall per epoch, training vs validation, the phases
+    one after the other (a dashed line marks where phase 2 starts)."""
+    figure = new_figure(4.0 * len(TRAINING_METRICS), 3.4)
+    axes = figure.subplots(1, len(TRAINING_METRICS))
+    for axis, metric in zip(axes, TRAINING_METRICS, strict=True):
+        offset = 0
+        for index, (_phase, history) in enumerate(histories.items()):
+            train, val = history.get(metric, []), history.get(f"val_{metric}", [])
+            epochs = np.arange(offset + 1, offset + len(train) + 1)
+            axis.plot(epochs, train, color="tab:blue", label="train" if index == 0 else None)
+            if val:
+                axis.plot(epochs[: len(val)], val, color="tab:orange", label="validation" if index == 0 else None)
+            if index > 0 and len(train):
+                axis.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=0.8)
+            offset += len(train)
+        axis.set_title(metric)
+        axis.set_xlabel("epoch")
+    axes[0].legend()
+    figure.suptitle(f"{title}  (dashed: backbone unfrozen)" if title else "")
+    return save_figure(figure, destination, title)
