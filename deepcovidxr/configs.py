@@ -159,7 +159,10 @@ class UnetTrainConfig(StageConfig):
     epochs: int = option("--epochs", help="training epochs", default=40, check=at_least(1))
     batch_size: int = options.batch_size(8, "images per step")
     learning_rate: float = option(
-        "--learning-rate", help="Adam peak learning rate, cosine-decayed", default=2e-3, check=positive
+        "--learning-rate",
+        help="Adam peak learning rate, cosine-decayed (0 keeps the initial weights: measures them)",
+        default=2e-3,
+        check=at_least(0),
     )
     heldout_fraction: float = option(
         "--heldout-fraction",

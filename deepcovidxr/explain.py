@@ -76,11 +76,24 @@ class _Maps:
         shape = tuple(int(v) for v in self.shapes[index])
         return _scaled(shape, tuple(int(v) for v in self.boxes[index]), _fit(shape, ACCUMULATOR_SIDE))
 
-    def add(self, index: int, positive: np.ndarray, negative: np.ndarray, weight: float, cropped: bool) -> None:
+    def add(
+        self,
+        index: int,
+        positive: np.ndarray,
+        negative: np.ndarray,
+        weights: tuple[float, float],
+        cropped: bool,
+        replace: bool = False,
+    ) -> None:
+        """Add one member's maps with (positive, negative) weights, or replace the sums (max rule)."""
         (height, width), box = self._frame(index)
         where = box if cropped else None
-        self.positive[index, :height, :width] += weight * to_original(positive, (height, width), where)
-        self.negative[index, :height, :width] += weight * to_original(negative, (height, width), where)
+        for total, cam, weight in ((self.positive, positive, weights[0]), (self.negative, negative, weights[1])):
+            placed = weight * to_original(cam, (height, width), where)
+            if replace:
+                total[index, :height, :width] = placed
+            else:
+                total[index, :height, :width] += placed
 
     def fused(self, index: int, target: str, display_shape: tuple[int, int]) -> np.ndarray:
         """The fused map of ``target`` at the display size, rescaled to [0, 1]."""
@@ -162,8 +175,16 @@ def run_gradcam(config: GradcamConfig) -> StageResult:
                 inputs = np.stack([to_model_input(images[i]) for i in batch])
                 positive, negative, member_scores = member_cams(model, layer, inputs)
                 for i, pos, neg, score in zip(batch, positive, negative, member_scores, strict=True):
-                    maps.add(i, pos, neg, float(weights[column]), member.crop is CropMode.CROP)
                     scores[i, column] = float(score)
+                    crop_view = member.crop is CropMode.CROP
+                    if chosen.rule == "max":  # the map of the member whose score the ensemble reports
+                        if column == 0 or score > scores[i, :column].max():
+                            maps.add(i, pos, neg, (1.0, 1.0), crop_view, replace=True)
+                    elif chosen.rule == "vote":  # each member's evidence for the class it votes for
+                        voted = float(score >= THRESHOLD)
+                        maps.add(i, pos, neg, (voted, 1.0 - voted), crop_view)
+                    else:
+                        maps.add(i, pos, neg, (float(weights[column]),) * 2, crop_view)
             del model
             gc.collect()
         combined = chosen.combine(scores[ready]) if ready else np.zeros(0)

@@ -148,3 +148,20 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
     assert rows["a.dcm"]["status"] == "error" and "a.png" in rows["a.dcm"]["error"]
     assert rows["a.png"]["status"] == "error" and "a.dcm" in rows["a.png"]["error"]
     assert rows["1.2.840.113619.2.55"]["status"] == "ok"
+
+
+def test_fused_map_sums_weights_and_replaces_for_the_max_rule(tmp_path) -> None:
+    from deepcovidxr.explain import _Maps
+
+    maps = _Maps(tmp_path / "maps", 1)
+    maps.shapes[0], maps.boxes[0] = (100, 50), (0, 0, 50, 50)
+    left, right = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)
+    left[:, :4], right[:, 4:] = 1.0, 1.0
+    maps.add(0, left, right, (0.25, 1.0), cropped=False)
+    maps.add(0, right, left, (0.75, 0.0), cropped=False)
+    fused = maps.fused(0, "positive", (100, 50))
+    assert fused[:, 45:].mean() == pytest.approx(1.0) and fused[:, :5].mean() == pytest.approx(1 / 3, abs=1e-6)
+    assert maps.fused(0, "negative", (100, 50))[:, 45:].mean() == pytest.approx(1.0)
+    maps.add(0, left, left, (1.0, 1.0), cropped=True, replace=True)  # only the crop box, the rest cleared
+    replaced = maps.fused(0, "positive", (100, 50))
+    assert replaced[60:].max() == 0 and replaced[:40, :20].mean() == pytest.approx(1.0, abs=1e-6)

@@ -96,3 +96,32 @@ def test_installed_wheel_finds_and_loads_the_shipped_weights(installed: Path, tm
 
     assert found["weights"] == ensemble.published_weights() == found["json_weights"]
     assert found["rule"] == "weighted"
+
+
+def test_installed_entry_point_crops_with_the_shipped_unet(installed: Path, tmp_path: Path) -> None:
+    """The console command the wheel installs runs the crop stage outside the checkout."""
+    from conftest import shared
+
+    command = installed / "bin" / "deepcovidxr-crop"
+    assert command.is_file(), sorted(p.name for p in (installed / "bin").iterdir())
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "a.png")
+    shutil.copy(shared("dicom", "c64d5667-a776-4f95-9e21-bfabafb07740.dcm"), images / "1.2.840.113619.2.55")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPCOVIDXR_")}
+    env.update(PYTHONPATH=str(installed), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run(
+        [str(command), "-f", str(images), "-o", str(tmp_path / "out"), "--no-qc"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("crop_report.csv")
+    assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "1.2.840.113619.2.55.png").is_file()
+    record = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    assert record["crop_img"]["input"] == str(images) and record["_run"]["input"]["files"] == 2
+    assert f"lung U-Net: {installed}" in done.stderr  # the shipped U-Net, from the installed package
