@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +22,13 @@ from deepcovidxr.imageio import ImageReadError, ReadInfo, iter_input_files, read
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+from deepcovidxr.stages.common import StageResult, refuse_collisions, relative_name
 
 log = logging.getLogger(__name__)
 
 # window: how the file's values became 8-bit (imageio.ReadInfo.window), e.g. a DICOM's header
 # window, or "robust (...)" when that window missed the pixels.
 REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "window", "error"]
-
-
-@dataclass(frozen=True)
-class StageResult:
-    report: Path
-    counts: dict[str, int]
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.counts.get(ERROR, 0) else 0
-
-
-def relative_name(path: Path, root: Path) -> Path:
-    return Path(path.name) if root.is_file() else path.relative_to(root)
 
 
 def crop_outputs(relative: Path, config: CropConfig) -> list[Path]:
@@ -56,14 +42,6 @@ def crop_outputs(relative: Path, config: CropConfig) -> list[Path]:
 
 def mask_output(relative: Path, config: CropConfig) -> Path | None:
     return None if config.save_masks is None else config.save_masks / layout.png_name(relative)
-
-
-def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> dict[str, str]:
-    """Error rows for the inputs whose outputs would overwrite another input's (never written)."""
-    clashes = layout.collisions(outputs)
-    for name, reason in clashes.items():
-        report.add({"file": name, "status": ERROR, "error": reason})
-    return clashes
 
 
 def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, ReadInfo] | ImageReadError:

@@ -19,13 +19,15 @@ import numpy as np
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import DatasetConfig
-from deepcovidxr.cropping import StageResult, crop_columns, ensure_outside, segment_files
+from deepcovidxr.cropping import crop_columns, segment_files
 from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import write_gray
 from deepcovidxr.layout import CropMode, DataTree, Label, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+from deepcovidxr.stages.common import StageResult
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,6 @@ from deepcovidxr import DISCLAIMER, layout
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import GradcamConfig
-from deepcovidxr.cropping import StageResult, relative_name
 from deepcovidxr.errors import UsageError
 from deepcovidxr.gradcam import TARGETS, member_cams, to_original
 from deepcovidxr.imageio import iter_input_files, write_gray
@@ -25,6 +24,7 @@ from deepcovidxr.inference import THRESHOLD, resolve_ensemble
 from deepcovidxr.layout import CropMode
 from deepcovidxr.lungs import segment
 from deepcovidxr.preprocess import to_model_input
+from deepcovidxr.stages.common import StageResult, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -111,11 +111,12 @@ def run_gradcam(config: GradcamConfig) -> StageResult:
     over all images in batches, summing each image's fused map on disk; figures are written one
     image at a time at the end, so memory does not grow with the folder."""
     from deepcovidxr.backbones import get as backbone
-    from deepcovidxr.cropping import refuse_collisions, segment_files
+    from deepcovidxr.cropping import segment_files
     from deepcovidxr.lungs.cropper import LungCropper, locate
     from deepcovidxr.models import load_member
     from deepcovidxr.predictor import ViewStore
     from deepcovidxr.reports import QcCollector, QcItem
+    from deepcovidxr.stages.common import refuse_collisions
 
     if config.target not in TARGETS:
         raise UsageError(f"unknown target {config.target!r}; choose one of {TARGETS}")

@@ -17,12 +17,14 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, ensemble, layout, shipped
 from deepcovidxr.atomic import write_json, write_text
 from deepcovidxr.batch import ERROR
+from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, PredictConfig
-from deepcovidxr.cropping import StageResult, ensure_outside, relative_name, segment_files
+from deepcovidxr.cropping import segment_files
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.layout import CropMode, DataTree, Label, Member, Split, ensemble_members
 from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, score_members
+from deepcovidxr.stages.common import StageResult, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)

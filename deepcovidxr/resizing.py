@@ -17,11 +17,12 @@ from tqdm import tqdm
 from deepcovidxr import layout
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import ResizeConfig
-from deepcovidxr.cropping import StageResult, ensure_outside, refuse_collisions, relative_name
 from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import MAX_PIXELS, ImageReadError, is_dicom, iter_input_files, read_gray
 from deepcovidxr.preprocess import lanczos_resize
+from deepcovidxr.stages.common import StageResult, refuse_collisions, relative_name
 
 log = logging.getLogger(__name__)
 
