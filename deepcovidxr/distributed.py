@@ -2,11 +2,13 @@
 ``tf.distribute.MultiWorkerMirroredStrategy``, configured by ``TF_CONFIG``.
 
 Keras 3's ``model.fit`` does not run under that strategy (keras-team/keras#20585), so this loop
-does what fit does for us elsewhere, with the same schedule: phase 1 on a frozen backbone, phase 2
-on everything, SGD with Nesterov, best-validation-AUC weights kept, early stopping (5, then 10),
-learning rate x0.1 after 3 flat epochs. Gradients are all-reduced every step, so every worker
-ends with the same weights. Worker 0 (the chief) writes the member; the others write nothing
-unless ``DEEPCOVIDXR_WORKER_COPIES`` names a folder (used by the tests to compare workers).
+does what fit does for us elsewhere, driven by the same ``schedule.Schedule``: the same phases,
+epochs, optimizer, class weights (per-sample weights in the loss), best-validation-AUC checkpoint
+rule, early stopping and plateau rule with warm-up (``EpochRule``), and the same skip of a finished
+member. Under mixed_float16 the loss is scaled (``LossScaleOptimizer``), as compile() does for fit.
+Gradients are all-reduced every step, so every worker ends with the same weights. Worker 0 (the
+chief) writes the member; the others write nothing unless ``DEEPCOVIDXR_WORKER_COPIES`` names a
+folder (used by the tests to compare workers).
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ import numpy as np
 
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json
+from deepcovidxr.configs import TrainConfig
 from deepcovidxr.errors import UsageError
-from deepcovidxr.layout import Split
-from deepcovidxr.training import MIN_DELTA, PATIENCE, PHASES, PLATEAU_PATIENCE, RunPaths, TrainConfig
+from deepcovidxr.layout import RunPaths, Split
+from deepcovidxr.schedule import (
+    PLATEAU_FACTOR,
+    Schedule,
+    learning_rate_of,
+    phase_optimizer,
+    set_learning_rate,
+    set_precision,
+    weighted_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +44,26 @@ def task_index() -> int:
     return int(config.get("task", {}).get("index", 0))
 
 
+def _chief_decides(strategy, chief_says: bool) -> bool:
+    """The chief's answer on every worker (an all-reduce): workers that each looked at their own
+    disk could disagree, and one that trained alone would wait for the others forever."""
+    import tensorflow as tf
+
+    vote = tf.constant(1.0 if chief_says else 0.0)
+
+    @tf.function
+    def agree():
+        return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", vote))
+
+    return float(strategy.experimental_local_results(agree())[0]) > 0
+
+
+def _validation_loss(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Unweighted binary cross-entropy, as fit's val_loss (Keras clips at its epsilon)."""
+    p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
 def train_member_multiworker(config: TrainConfig) -> Path:
     import keras
     import tensorflow as tf
@@ -40,7 +71,6 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     from deepcovidxr import metrics
     from deepcovidxr.data import list_split, make_dataset
     from deepcovidxr.models import build_member, save_member, set_backbone_trainable
-    from deepcovidxr.training import make_optimizer, set_precision
 
     if "TF_CONFIG" not in os.environ:
         raise UsageError("--multi-worker needs TF_CONFIG (cluster workers and this task's index); see the README")
@@ -49,12 +79,17 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     chief = index == 0
     member = config.member
     paths = RunPaths(config.output, member)
+    if _chief_decides(strategy, chief and Schedule.finished_member(paths, config.overwrite)):
+        return paths.final
     hp = hyperparams.load(config.hyperparameters).with_overrides(
         learning_rate=config.learning_rate, momentum=config.momentum, dropout_rate=config.dropout
     )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
     train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
+    if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
+        raise UsageError(f"{config.path}: Train and Validation each need Positive and Negative images")
+    schedule = Schedule.for_member(config, hp, train_files.labels)
     global_batch = config.batch_size * workers
     steps = max(1, math.ceil(len(train_files) / global_batch))
 
@@ -70,7 +105,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             cache=config.cache,
             repeat=True,
         )
-        return ds.shard(context.num_input_pipelines, context.input_pipeline_id)
+        return schedule.weigh(ds.shard(context.num_input_pipelines, context.input_pipeline_id))
 
     distributed = iter(strategy.distribute_datasets_from_function(dataset_fn))
     val_ds = make_dataset(val_files, config.size, config.batch_size, training=False, cache=config.cache)
@@ -92,27 +127,24 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             # every worker (local statistics would make the workers' weights drift apart).
             layer.synchronized = True
     optimizer = None
-    loss_fn = keras.losses.BinaryCrossentropy(reduction="none")
+    scaled = policy == "mixed_float16"
 
-    def step_fn(images, labels):
+    def step_fn(images, labels, weights=None):
         with tf.GradientTape() as tape:
             predictions = model(images, training=True)
-            per_example = loss_fn(tf.reshape(labels, (-1, 1)), tf.cast(predictions, tf.float32))
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+            loss = weighted_loss(labels, predictions, weights, global_batch)
+            target = optimizer.scale_loss(loss) if scaled else loss
         variables = model.trainable_variables
-        gradients = tape.gradient(loss, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=False))
+        gradients = tape.gradient(target, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=False))  # unscales when scaled
         return loss
 
     history: dict[str, dict[str, list[float]]] = {}
-    best_weights = None
-    from_scratch = config.from_scratch
-    for phase in PHASES:
-        if phase == "initial" and from_scratch:  # as train_member: nothing to warm up on
-            continue
+    for phase in schedule.phases:
+        best_weights = None
         set_backbone_trainable(model, phase != "initial")
         with strategy.scope():  # a fresh optimizer per phase, built for this phase's variables
-            optimizer = make_optimizer(config.optimizer, hp.learning_rate, hp.momentum)
+            optimizer = phase_optimizer(schedule.optimizer, schedule.learning_rate, schedule.momentum, policy)
             optimizer.build(model.trainable_variables)
 
         @tf.function
@@ -120,32 +152,51 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             per_replica = strategy.run(step_fn, args=next(iterator))
             return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
-        best, best_epoch, flat, records = -np.inf, 0, 0, {"loss": [], "val_auc": []}
-        for epoch in range(config.epochs):
+        rule = schedule.rule(phase)
+        records: dict[str, list[float]] = {"loss": [], "val_auc": [], "val_loss": [], "learning_rate": []}
+        for epoch in range(schedule.epochs):
             losses = [float(train_step(distributed)) for _ in range(steps)]
             scores = np.concatenate([np.asarray(model(x, training=False), np.float32)[:, 0] for x, _ in val_ds])
             auc = metrics.auc_or_nan(val_files.labels, scores)
-            records["loss"].append(float(np.mean(losses)))
-            records["val_auc"].append(auc)
+            val_loss = _validation_loss(val_files.labels, scores)
+            rate = learning_rate_of(optimizer)
+            epoch_numbers = {"loss": np.mean(losses), "val_auc": auc, "val_loss": val_loss, "learning_rate": rate}
+            for key, value in epoch_numbers.items():
+                records[key].append(float(value))
             log.info(
                 "worker %d phase %s epoch %d: loss %.4f val_auc %.4f", index, phase, epoch + 1, np.mean(losses), auc
             )
-            if np.isfinite(auc) and auc > best + MIN_DELTA:
-                best, best_epoch, flat = auc, epoch + 1, 0
+            decision = rule.update(epoch, auc, val_loss)
+            if decision.checkpoint:
                 best_weights = [w.numpy() for w in model.weights]
-            elif epoch >= config.warmup:  # the same warm-up as train_member's callbacks
-                flat += 1
-                if flat % PLATEAU_PATIENCE == 0:
-                    optimizer.learning_rate.assign(float(optimizer.learning_rate.numpy()) * 0.1)
-                if epoch + 1 - max(best_epoch, config.warmup) >= PATIENCE[phase]:
-                    break
-        if best_weights is not None:
-            for variable, value in zip(model.weights, best_weights, strict=True):
-                variable.assign(value)
+            if decision.cut:
+                set_learning_rate(optimizer, rate * PLATEAU_FACTOR)
+            if decision.stop:
+                break
+        if best_weights is None:  # as train_member: every validation loss was NaN or infinite
+            raise UsageError(
+                f"{member.short_name} phase {phase}: no epoch had a finite validation loss (training diverged); "
+                "try a lower --learning-rate"
+            )
+        for variable, value in zip(model.weights, best_weights, strict=True):
+            variable.assign(value)
         history[phase] = records
+    if chief:
+        write_json(
+            paths.config,
+            {
+                "member": member.short_name,
+                "workers": workers,
+                "history": history,
+                "hyperparameters": hp.as_dict(),
+                "global_batch": global_batch,
+                "class_weight": schedule.class_weight,
+                "schedule": schedule.as_dict(),
+            },
+        )
     copies = os.environ.get("DEEPCOVIDXR_WORKER_COPIES")
-    target = paths.final if chief else (Path(copies) / f"worker_{index}" / member.legacy_filename if copies else None)
-    if target is not None:
+    target = paths.final if chief else (paths.worker_copy(copies, index) if copies else None)
+    if target is not None:  # the member file last: its existence marks the member finished
         save_member(
             model,
             target,
@@ -158,15 +209,4 @@ def train_member_multiworker(config: TrainConfig) -> Path:
                 "history": history,
             },
         )
-        if chief:
-            write_json(
-                paths.config,
-                {
-                    "member": member.short_name,
-                    "workers": workers,
-                    "history": history,
-                    "hyperparameters": hp.as_dict(),
-                    "global_batch": global_batch,
-                },
-            )
     return paths.final

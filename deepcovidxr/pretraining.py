@@ -20,16 +20,17 @@ from deepcovidxr import nih
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import PretrainConfig
 from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.layout import PretrainPaths
 
 log = logging.getLogger(__name__)
 
 
 def checkpoint_name(model: str, size: int) -> str:
-    return f"nih_weight_{model}_{size}.h5"
+    return PretrainPaths(Path(), model, size).checkpoint.name
 
 
 def auroc_name(model: str, size: int) -> str:
-    return f"nih_auroc_{model}_{size}.csv"
+    return PretrainPaths(Path(), model, size).auroc.name
 
 
 def run_pretrain(config: PretrainConfig) -> Path:
@@ -37,11 +38,13 @@ def run_pretrain(config: PretrainConfig) -> Path:
 
     from deepcovidxr.data import SplitFiles, make_dataset
     from deepcovidxr.models import build_member, load_weights_file
-    from deepcovidxr.training import PLATEAU_PATIENCE, best_checkpoint, set_precision
+    from deepcovidxr.schedule import PLATEAU_PATIENCE, best_checkpoint, set_precision
 
     root = Path(config.path)
     if config.download:
-        nih.download_nih(root)
+        from deepcovidxr.nih_download import download_nih
+
+        download_nih(root)
     elif not root.is_dir():
         raise MissingInputError(f"NIH folder not found: {root} (pass --download to fetch the 12 archives into it)")
     output = Path(config.output)
@@ -63,11 +66,14 @@ def run_pretrain(config: PretrainConfig) -> Path:
     policy = set_precision(config.mixed_precision)
     train_ds = make_dataset(train, config.size, config.batch_size, training=True, seed=config.seed, cache=config.cache)
     val_ds = make_dataset(validation, config.size, config.batch_size, training=False, cache=config.cache)
-    model = build_member(config.model, config.size, dropout=0.0, weights=config.weights, outputs=len(nih.FINDINGS))
     if checkpoint.is_file() and not config.overwrite:
+        # Our own checkpoint first: the initial weights (an ImageNet download) are then never
+        # needed, so a rerun resumes offline.
         log.info("%s exists; evaluating it (--overwrite retrains)", checkpoint)
+        model = build_member(config.model, config.size, dropout=0.0, weights=None, outputs=len(nih.FINDINGS))
         load_weights_file(model, checkpoint)
     else:
+        model = build_member(config.model, config.size, dropout=0.0, weights=config.weights, outputs=len(nih.FINDINGS))
         model.compile(
             optimizer=keras.optimizers.SGD(config.learning_rate, momentum=config.momentum, nesterov=True),
             loss="binary_crossentropy",
@@ -90,7 +96,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
                 best_checkpoint(checkpoint, None, info),
                 keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=10, min_delta=1e-3),
                 keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.1, patience=PLATEAU_PATIENCE),
-                keras.callbacks.CSVLogger(str(output / f"nih_log_{config.model}_{config.size}.csv")),
+                keras.callbacks.CSVLogger(str(PretrainPaths(output, config.model, config.size).log_csv)),
             ],
         )
         load_weights_file(model, checkpoint)
@@ -101,7 +107,7 @@ def run_pretrain(config: PretrainConfig) -> Path:
     mean = frame.loc[frame["finding"] == "mean", "auroc"].item()
     log.info("official test list: mean AUROC over findings %.4f (%s)", mean, auroc_csv)
     write_json(
-        output / f"nih_summary_{config.model}_{config.size}.json",
+        PretrainPaths(output, config.model, config.size).summary,
         {"checkpoint": checkpoint.name, "test_auroc_mean": mean, "splits": summary},
     )
     return checkpoint

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,53 +19,11 @@ import numpy as np
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.configs import TrainAllConfig, TrainConfig
-from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.layout import Member, Split
+from deepcovidxr.errors import DeepcovidxrError, MissingInputError, UsageError
+from deepcovidxr.layout import Member, PretrainPaths, RunPaths, Split, TunerPaths
+from deepcovidxr.schedule import EpochRule, Schedule, compile_member, schedule_callback, set_precision
 
 log = logging.getLogger(__name__)
-
-PHASES = ("initial", "final")  # the original's save_weights_initial/ and save_weights_final/
-PATIENCE = {"initial": 5, "final": 10}
-MIN_DELTA = 1e-3
-PLATEAU_PATIENCE = 3
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one member's run writes (every name from here)."""
-
-    output: Path
-    member: Member
-
-    @property
-    def stem(self) -> str:
-        return self.member.legacy_filename.removesuffix(".h5")
-
-    @property
-    def final(self) -> Path:
-        return self.output / self.member.legacy_filename
-
-    def checkpoint(self, phase: str) -> Path:
-        return self.output / f"save_weights_{phase}" / self.member.legacy_filename
-
-    def plots(self, phase: str) -> Path:
-        return self.output / f"save_plots_{phase}" / self.stem
-
-    @property
-    def log_csv(self) -> Path:
-        return self.output / f"{self.stem}_log.csv"
-
-    @property
-    def curves(self) -> Path:
-        return self.output / f"{self.stem}_curves.png"
-
-    @property
-    def config(self) -> Path:
-        return self.output / f"{self.stem}_config.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.output / "tensorboard" / self.stem
 
 
 def distribution_strategy():
@@ -78,119 +36,39 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
-def set_precision(enabled: bool) -> str:
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU, float32 when disabled."""
-    import keras
-    import tensorflow as tf
-
-    policy = "float32"
-    if enabled:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
-    keras.mixed_precision.set_dtype_policy(policy)
-    return policy
-
-
-OPTIMIZERS = ("sgd", "adam")
-
-
-def make_optimizer(name: str, learning_rate: float, momentum: float):
-    """SGD with Nesterov momentum (the original's, the default) or Adam (momentum unused), which
-    trains randomly initialised backbones far more readily on small data."""
-    import keras
-
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    raise UsageError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-
-
-def compile_member(model, learning_rate: float, momentum: float, optimizer: str = "sgd") -> None:
-    import keras
-
-    model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate, momentum),
-        loss="binary_crossentropy",
-        metrics=[
-            keras.metrics.BinaryAccuracy(name="acc"),
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-        ],
-    )
-
-
-def best_checkpoint(path: Path, member: Member | None, info: dict):
-    """A callback that keeps the best epoch's weights, written atomically as a member file.
-
-    "Best" is the highest validation AUC; where the validation set holds a single class (tiny
-    subsets), AUC is undefined and the lowest validation loss decides instead.
-    """
-    import keras
-
-    from deepcovidxr.models import save_member
-
-    class BestCheckpoint(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.best = -np.inf
-            self.best_epoch = 0
-
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
-            logs = logs or {}
-            auc = float(logs.get("val_auc", np.nan))
-            score = auc if np.isfinite(auc) else -float(logs.get("val_loss", np.inf))
-            if np.isfinite(score) and score > self.best:
-                self.best, self.best_epoch = score, epoch + 1
-                save_member(self.model, path, member, {**info, "val_auc": auc, "epoch": epoch + 1})
-
-    return BestCheckpoint()
-
-
-def _plateau_after_warmup(warmup: int):
-    """ReduceLROnPlateau that ignores the first ``warmup`` epochs (Keras has no such option)."""
-    import keras
-
-    class PlateauAfterWarmup(keras.callbacks.ReduceLROnPlateau):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch >= warmup:
-                super().on_epoch_end(epoch, logs)
-            elif logs is not None:  # keep the logged learning rate one value per epoch
-                logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-
-    return PlateauAfterWarmup(monitor="val_auc", mode="max", factor=0.1, patience=PLATEAU_PATIENCE)
-
-
-def phase_callbacks(phase: str, paths: RunPaths, member: Member, info: dict, warmup: int = 0) -> list:
-    """Fresh instances for every phase: nothing (counters, best scores) carries over. Early
-    stopping and the learning-rate plateau rule start watching after ``warmup`` epochs."""
+def phase_callbacks(phase: str, paths: RunPaths, member: Member, info: dict, rule: EpochRule) -> list:
+    """Fresh instances for every phase (``rule`` too): nothing (counters, best scores) carries
+    over. The schedule's rule (checkpoint, plateau, stopping) runs first so the CSV log sees the
+    epoch's learning rate."""
     import keras
 
     paths.plots(phase).mkdir(parents=True, exist_ok=True)
     return [
-        best_checkpoint(paths.checkpoint(phase), member, {**info, "phase": phase}),
-        keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=PATIENCE[phase], min_delta=MIN_DELTA, start_from_epoch=warmup
-        ),
-        _plateau_after_warmup(warmup),
-        keras.callbacks.CSVLogger(str(paths.plots(phase) / "history.csv")),
+        schedule_callback(rule, paths.checkpoint(phase), member, {**info, "phase": phase}),
+        keras.callbacks.CSVLogger(str(paths.history(phase))),
         keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard / phase), write_graph=False, profile_batch=0),
     ]
 
 
 def train_member(config: TrainConfig) -> Path:
-    """Run both phases for one member; return the final ``_up_`` file."""
+    """Run both phases for one member (``--repeats`` times when asked); return the final ``_up_``
+    file."""
+    paths = RunPaths(config.output, config.member)
+    if Schedule.finished_member(paths, config.overwrite):
+        return paths.final
+    if config.repeats > 1:
+        return _best_of_repeats(config, paths)
+    return _train_once(config, paths)
+
+
+def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     import keras
 
-    from deepcovidxr.data import class_weights, list_split, make_dataset
-    from deepcovidxr.models import build_member, set_backbone_trainable
+    from deepcovidxr.data import list_split, make_dataset
+    from deepcovidxr.models import build_member, set_backbone_trainable, sidecar
     from deepcovidxr.reports import plot_training_curves
 
     member = config.member
-    paths = RunPaths(config.output, member)
-    if paths.final.is_file() and not config.overwrite:
-        log.info("%s exists; skipping (--overwrite retrains)", paths.final)
-        return paths.final
     hp = hyperparams.load(config.hyperparameters).with_overrides(
         learning_rate=config.learning_rate, momentum=config.momentum, dropout_rate=config.dropout
     )
@@ -199,6 +77,7 @@ def train_member(config: TrainConfig) -> Path:
     train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
     if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
         raise UsageError(f"{config.path}: Train and Validation each need Positive and Negative images")
+    schedule = Schedule.for_member(config, hp, train_files.labels)
     strategy = distribution_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(
@@ -210,8 +89,8 @@ def train_member(config: TrainConfig) -> Path:
         oversample=config.oversample,
         cache=config.cache,
     )
+    train_ds = schedule.weigh(train_ds)
     val_ds = make_dataset(val_files, config.size, global_batch, training=False, cache=config.cache)
-    weights = class_weights(train_files.labels) if config.class_weight else None
     info = {
         "hyperparameters": hp.as_dict(),
         "policy": policy,
@@ -229,7 +108,8 @@ def train_member(config: TrainConfig) -> Path:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "member": member.short_name,
         **info,
-        "class_weight": weights,
+        "class_weight": schedule.class_weight,
+        "schedule": schedule.as_dict(),
         "started": time.strftime("%FT%T"),
     }
     write_json(paths.config, run_config)
@@ -242,46 +122,43 @@ def train_member(config: TrainConfig) -> Path:
         policy,
         global_batch,
     )
+    if "initial" not in schedule.phases:
+        log.info("random initial weights: skipping the frozen-backbone phase")
 
     histories: dict[str, dict] = {}
-    from_scratch = config.from_scratch
-    for phase in PHASES:
+    rule = None
+    for phase in schedule.phases:
         done = paths.checkpoint(phase)
-        if phase == "initial" and from_scratch:
-            # A head fitted on a frozen random backbone learns nothing and leaves phase 2 a
-            # badly scaled head; from random weights the whole network trains from the start.
-            log.info("random initial weights: skipping the frozen-backbone phase")
-            continue
         with strategy.scope():
             if phase == "initial":
                 if done.is_file() and not config.overwrite:
                     log.info("phase 1 already done (%s); going on to phase 2", done)
-                    histories[phase] = _read_history(paths.plots(phase) / "history.csv")
+                    histories[phase] = _read_history(paths.history(phase))
                     continue
                 model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
                 set_backbone_trainable(model, False)
             else:
-                initial = None if from_scratch else paths.checkpoint("initial")
+                initial = paths.checkpoint("initial") if "initial" in schedule.phases else None
                 model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=initial)
                 set_backbone_trainable(model, True)
-            compile_member(model, hp.learning_rate, hp.momentum, config.optimizer)
+            compile_member(model, schedule.learning_rate, schedule.momentum, schedule.optimizer)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, config.epochs)
+        log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, schedule.epochs)
+        rule = schedule.rule(phase)
         history = model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=config.epochs,
-            class_weight=weights,
-            callbacks=phase_callbacks(phase, paths, member, info, config.warmup),
+            epochs=schedule.epochs,
+            callbacks=phase_callbacks(phase, paths, member, info, rule),
             verbose=2,
         )
         histories[phase] = history.history
         if not done.is_file():
-            raise RuntimeError(f"phase {phase} never produced a finite validation AUC; no checkpoint written")
-    with atomic_path(paths.final) as tmp:
-        tmp.write_bytes(paths.checkpoint("final").read_bytes())
-    from deepcovidxr.models import sidecar
-
+            # every epoch's validation loss was NaN or infinite: the run diverged
+            raise UsageError(
+                f"{member.short_name} phase {phase}: no epoch had a finite validation loss (training diverged); "
+                "try a lower --learning-rate"
+            )
     with atomic_path(sidecar(paths.final)) as tmp:
         tmp.write_bytes(sidecar(paths.checkpoint("final")).read_bytes())
     _write_log(paths.log_csv, histories)
@@ -292,10 +169,96 @@ def train_member(config: TrainConfig) -> Path:
             **run_config,
             "finished": time.strftime("%FT%T"),
             "final": paths.final.name,
+            "best": _best_epoch(histories["final"], rule.best_epoch),
             "history": {p: {k: [float(v) for v in vs] for k, vs in h.items()} for p, h in histories.items()},
         },
     )
+    # the member file last: its existence is what marks the member finished
+    with atomic_path(paths.final) as tmp:
+        tmp.write_bytes(paths.checkpoint("final").read_bytes())
     log.info("wrote %s", paths.final)
+    return paths.final
+
+
+def _best_epoch(history: dict, epoch: int) -> dict:
+    """The kept epoch's validation numbers (``epoch`` counts from 1)."""
+
+    def at(key: str) -> float:
+        values = history.get(key, [])
+        return float(values[epoch - 1]) if 0 < epoch <= len(values) else float("nan")
+
+    return {"epoch": epoch, "val_auc": at("val_auc"), "val_loss": at("val_loss")}
+
+
+REPEATS_COLUMNS = ("seed", "val_auc", "val_loss", "kept")
+
+
+def repeat_paths(paths: RunPaths, seed: int) -> RunPaths:
+    """Where run ``seed`` of a ``--repeats`` member writes: its own folder, so the runs never
+    overwrite each other and an interrupted best-of-N resumes run by run."""
+    return RunPaths(paths.output / "repeats" / paths.stem / f"seed_{seed}", paths.member)
+
+
+def repeat_order(val_auc: float, val_loss: float) -> tuple[float, float]:
+    """Sort key of a run, best first: validation AUC descending, then validation loss ascending
+    (an undefined number ranks last)."""
+    auc = val_auc if np.isfinite(val_auc) else -np.inf
+    loss = val_loss if np.isfinite(val_loss) else np.inf
+    return (-auc, loss)
+
+
+def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
+    """covid-cxr's best-of-N: seeds seed, seed+1, ...; the best run by :func:`repeat_order` is
+    copied (atomically) to the final file; every run is listed in ``repeats.csv``."""
+    import csv
+    import dataclasses
+    import gc
+    import io
+    import json
+
+    import keras
+
+    from deepcovidxr.atomic import write_text
+    from deepcovidxr.models import sidecar
+
+    runs = []
+    for seed in range(config.seed, config.seed + config.repeats):
+        run = repeat_paths(paths, seed)
+        log.info("%s: run %d of %d (seed %d)", config.member.short_name, len(runs) + 1, config.repeats, seed)
+        if run.final.is_file() and not config.overwrite:
+            log.info("%s exists; keeping that run", run.final)
+        else:
+            _train_once(dataclasses.replace(config, seed=seed, output=run.output, repeats=1), run)
+        best = json.loads(run.config.read_text())["best"]
+        runs.append({"seed": seed, "val_auc": float(best["val_auc"]), "val_loss": float(best["val_loss"]), "run": run})
+        keras.backend.clear_session()
+        gc.collect()
+    kept = min(runs, key=lambda r: repeat_order(r["val_auc"], r["val_loss"]))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(REPEATS_COLUMNS)
+    for r in runs:
+        writer.writerow([r["seed"], r["val_auc"], r["val_loss"], int(r is kept)])
+    write_text(paths.output / "repeats" / paths.stem / "repeats.csv", out.getvalue())
+    best_run: RunPaths = kept["run"]
+    for source, target in ((best_run.log_csv, paths.log_csv), (best_run.curves, paths.curves)):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(source.read_bytes())
+    write_json(
+        paths.config,
+        {
+            **json.loads(best_run.config.read_text()),
+            "repeats": [{k: v for k, v in r.items() if k != "run"} for r in runs],
+            "kept_seed": kept["seed"],
+        },
+    )
+    with atomic_path(sidecar(paths.final)) as tmp:
+        tmp.write_bytes(sidecar(best_run.final).read_bytes())
+    with atomic_path(paths.final) as tmp:  # last: the member is finished once this exists
+        tmp.write_bytes(best_run.final.read_bytes())
+    log.info(
+        "kept seed %d (val AUC %.4f, val loss %.4f): %s", kept["seed"], kept["val_auc"], kept["val_loss"], paths.final
+    )
     return paths.final
 
 
@@ -331,6 +294,10 @@ def train(config: TrainConfig) -> Path:
     if config.multi_worker:
         from deepcovidxr.distributed import train_member_multiworker
 
+        if config.repeats > 1:
+            # each worker would need every run's numbers, which only the chief writes
+            raise UsageError("--repeats is not supported with --multi-worker; run the seeds as separate jobs")
+
         return train_member_multiworker(config)
     return train_member(config)
 
@@ -338,9 +305,7 @@ def train(config: TrainConfig) -> Path:
 def member_weights(weights: str | None, member: Member) -> str | None:
     """A folder of NIH checkpoints resolves per member; anything else applies to all."""
     if weights and Path(weights).is_dir():
-        from deepcovidxr.pretraining import checkpoint_name
-
-        candidate = Path(weights) / checkpoint_name(member.backbone, member.size)
+        candidate = PretrainPaths(Path(weights), member.backbone, member.size).checkpoint
         if not candidate.is_file():
             raise MissingInputError(f"no {candidate.name} in {weights} for {member.short_name}")
         return str(candidate)
@@ -352,8 +317,7 @@ def member_hyperparameters(path: Path | None, member: Member) -> Path | None:
     warning, when the member was not tuned); a file applies to all."""
     if path is None or not Path(path).is_dir():
         return path
-    stem = member.legacy_filename.removesuffix(".h5")
-    candidate = Path(path) / "tuner" / "best_models_and_params" / stem / "model_params" / "hyperparameters.json"
+    candidate = TunerPaths(Path(path), member).hyperparameters
     if candidate.is_file():
         return candidate
     log.warning("no tuned hyperparameters for %s under %s; using the defaults", member.short_name, path)
@@ -389,11 +353,13 @@ def train_all(config: TrainAllConfig) -> Path:
                     **(config.common or {}),
                 )
             )
-        except (ValueError, FileNotFoundError, RuntimeError) as error:
+        except DeepcovidxrError as error:
+            # A member the user can mend (a one-class split, a missing weights file, a diverged
+            # run) must not cost the others; anything else is a bug and stops the run.
             log.error("%s failed: %s", member.short_name, error)
             failures.append(member.short_name)
         keras.backend.clear_session()
         gc.collect()
     if failures:
-        raise RuntimeError(f"{len(failures)} member(s) failed: {', '.join(failures)}")
+        raise UsageError(f"{len(failures)} member(s) failed (reasons logged above): {', '.join(failures)}")
     return Path(config.output)

@@ -23,7 +23,7 @@ from pathlib import Path
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json, write_text
 from deepcovidxr.configs import TuneConfig
-from deepcovidxr.layout import Member, Split
+from deepcovidxr.layout import TENSORBOARD, Member, Split, TunerPaths
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,11 @@ def run_tuner(config: TuneConfig) -> Path:
     from deepcovidxr.data import list_split, make_dataset
     from deepcovidxr.layout import infer_crop
     from deepcovidxr.models import build_member, set_backbone_trainable
-    from deepcovidxr.training import PLATEAU_PATIENCE, best_checkpoint, compile_member
+    from deepcovidxr.schedule import PLATEAU_PATIENCE, best_checkpoint, compile_member
 
     member = Member(config.model, config.size, infer_crop(config.path, config.crop))
-    stem = member.legacy_filename.removesuffix(".h5")
-    root = Path(config.output) / "tuner"
-    warmup = root / "initial_cps" / member.legacy_filename
-    params_dir = root / "best_models_and_params" / stem / "model_params"
+    paths = TunerPaths(Path(config.output), member)
+    stem, root, warmup, params_dir = paths.project, paths.root, paths.warmup, paths.params_dir
     keras.utils.set_random_seed(config.seed)
     train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
     train_ds = make_dataset(
@@ -97,19 +95,26 @@ def run_tuner(config: TuneConfig) -> Path:
         project_name=stem,
         overwrite=config.overwrite,
     )
+    logs = root / TENSORBOARD / stem
+    _write_hparams_experiment(logs)
     tuner.search(
         train_ds,
         validation_data=val_ds,
         epochs=config.epochs,
         verbose=2,
-        callbacks=[keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=10, min_delta=1e-3)],
+        callbacks=[
+            keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=10, min_delta=1e-3),
+            # keras-tuner gives each trial its own log dir under this one (<trial>/execution0) and
+            # adds TensorBoard's hparams callback there: the trial's values beside its curves
+            keras.callbacks.TensorBoard(log_dir=str(logs), write_graph=False, profile_batch=0),
+        ],
     )
     best = tuner.get_best_hyperparameters(1)[0].values
     chosen = hyperparams.Hyperparameters(**{k: float(best[k]) for k in hyperparams.KEYS})
     json_path, _ = hyperparams.save(chosen, params_dir)
-    _write_trials(tuner, root / "best_models_and_params" / stem / "trials.csv")
+    _write_trials(tuner, paths.trials)
     write_json(
-        params_dir / "search.json",
+        paths.search,
         {
             "member": member.short_name,
             "max_trials": config.max_trials,
@@ -121,6 +126,22 @@ def run_tuner(config: TuneConfig) -> Path:
     )
     log.info("best hyperparameters for %s: %s (%s)", member.short_name, chosen.as_dict(), json_path)
     return json_path
+
+
+def _write_hparams_experiment(logs: Path) -> None:
+    """The HParams dashboard's experiment at the log root: the searched ranges and validation AUC
+    (the TensorBoard callback's ``epoch_auc`` in each trial's ``validation`` run) as the metric."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    hparams = [
+        hp_api.HParam(name, hp_api.RealInterval(float(low), float(high)))
+        for name, (low, high, _, _) in SEARCH_SPACE.items()
+    ]
+    metric = hp_api.Metric("epoch_auc", group="validation", display_name="validation AUC")
+    logs.mkdir(parents=True, exist_ok=True)
+    with tf.summary.create_file_writer(str(logs)).as_default():
+        hp_api.hparams_config(hparams=hparams, metrics=[metric])
 
 
 def _write_trials(tuner, destination: Path) -> None:

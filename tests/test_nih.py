@@ -20,12 +20,9 @@ from conftest import shared
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from deepcovidxr import nih
+from deepcovidxr import nih, nih_download
 from deepcovidxr.nih import (
-    ARCHIVE_URLS,
     FINDINGS,
-    NihDownloadError,
-    download_nih,
     find_images,
     find_labels_csv,
     load_splits,
@@ -33,6 +30,7 @@ from deepcovidxr.nih import (
     read_table,
     write_auroc_csv,
 )
+from deepcovidxr.nih_download import ARCHIVE_URLS, NihDownloadError, download_nih
 
 CSV_NAME = "Data_Entry_2017_v2020.csv"
 
@@ -419,10 +417,10 @@ def test_fresh_download_verifies_extracts_flat_and_then_skips(tmp_path: Path) ->
 
 
 def test_the_real_links_and_checksums_are_complete() -> None:
-    assert sorted(ARCHIVE_URLS) == list(range(1, 13)) == sorted(nih.ARCHIVE_SHA1)
+    assert sorted(ARCHIVE_URLS) == list(range(1, 13)) == sorted(nih_download.ARCHIVE_SHA1)
     assert all(url.startswith("https://nihcc.box.com/shared/static/") for url in ARCHIVE_URLS.values())
     assert len(set(ARCHIVE_URLS.values())) == 12
-    assert all(len(value) == 40 for value in nih.ARCHIVE_SHA1.values())
+    assert all(len(value) == 40 for value in nih_download.ARCHIVE_SHA1.values())
 
 
 def test_a_partial_download_resumes_with_a_range_request(tmp_path: Path) -> None:

@@ -149,6 +149,48 @@ def test_tuner_writes_both_hyperparameter_files(small_tree: Path, tmp_path: Path
     trials = (folder.parent / "trials.csv").read_text().splitlines()
     assert trials[0] == "trial,dropout_rate,learning_rate,momentum,val_auc" and len(trials) == 3
     assert done.stdout.strip().endswith("hyperparameters.json")
+    # TensorBoard's HParams dashboard: every trial's log dir holds its hyperparameters, and its
+    # validation AUC curve beside them; the experiment names validation AUC as the metric
+    logs = tmp_path / "tuner" / "tensorboard" / "ResNet50_64_up_uncrop"
+    sessions = {trial: _hparams_records(logs / trial) for trial in _trial_ids(trials)}
+    for trial, records in sessions.items():
+        starts = [r.session_start_info for r in records if r.HasField("session_start_info")]
+        assert len(starts) == 1, trial
+        assert set(starts[0].hparams) == {"dropout_rate", "learning_rate", "momentum"}
+        row = next(line.split(",") for line in trials[1:] if line.split(",")[0] == trial)
+        assert starts[0].hparams["learning_rate"].number_value == pytest.approx(float(row[2]))
+        assert "epoch_auc" in _scalar_tags(logs / trial)
+    experiment = [r.experiment for r in _hparams_records(logs, recursive=False) if r.HasField("experiment")]
+    assert len(experiment) == 1
+    assert {m.name.tag for m in experiment[0].metric_infos} == {"epoch_auc"}
+    assert {h.name for h in experiment[0].hparam_infos} == {"dropout_rate", "learning_rate", "momentum"}
+
+
+def _trial_ids(trials_csv: list[str]) -> list[str]:
+    return [line.split(",")[0] for line in trials_csv[1:]]
+
+
+def _events(folder: Path, recursive: bool = True):
+    import tensorflow as tf
+
+    pattern = "**/events.out.tfevents.*" if recursive else "events.out.tfevents.*"
+    for path in sorted(folder.glob(pattern)):
+        yield from tf.compat.v1.train.summary_iterator(str(path))
+
+
+def _hparams_records(folder: Path, recursive: bool = True) -> list:
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    records = []
+    for event in _events(folder, recursive):
+        for value in event.summary.value:
+            if value.metadata.plugin_data.plugin_name == "hparams":
+                records.append(plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content))
+    return records
+
+
+def _scalar_tags(folder: Path) -> set[str]:
+    return {value.tag for event in _events(folder) for value in event.summary.value}
 
 
 def test_pretrain_on_the_real_nih_sample_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
@@ -222,21 +264,19 @@ def test_plateau_rule_waits_for_the_warmup(tmp_path: Path) -> None:
     import keras
 
     from deepcovidxr.layout import Member
+    from deepcovidxr.schedule import EpochRule
     from deepcovidxr.training import RunPaths, phase_callbacks
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     paths = RunPaths(tmp_path, Member("ResNet-50", 224, CropMode.CROP))
-    callbacks = phase_callbacks("final", paths, None, {}, warmup=6)
-    plateau, stopper = callbacks[2], callbacks[1]
-    for callback in (plateau, stopper):
-        callback.set_model(model)
-        callback.on_train_begin()
+    schedule = phase_callbacks("final", paths, None, {}, EpochRule(patience=10, warmup=6))[0]
+    schedule.set_model(model)
+    schedule.on_train_begin()
     rates, stopped = [], []
     for epoch in range(17):
         logs = {"val_auc": 0.5, "loss": 1.0}  # never improves
-        for callback in (plateau, stopper):
-            callback.on_epoch_end(epoch, logs)
+        schedule.on_epoch_end(epoch, logs)
         rates.append(logs["learning_rate"])
         stopped.append(bool(model.stop_training))
     assert rates[:10] == pytest.approx([0.1] * 10)  # epochs 0-5 ignored; 6 sets the best; 9 cuts

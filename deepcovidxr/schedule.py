@@ -1,0 +1,253 @@
+"""The training schedule both member-training loops follow: Keras ``fit`` (``training``) and the
+multi-worker ``tf.function`` loop (``distributed``).
+
+One ``Schedule`` holds what a run does: its phases (frozen backbone, then everything; only the
+second from random weights), most epochs, optimizer and learning rate, the warm-up before early
+stopping and the learning-rate plateau rule watch the validation AUC, the class weights, and the
+skip rule for a finished member. ``EpochRule`` is the per-phase bookkeeping (best checkpoint by
+validation AUC, early stopping, plateau cut) as plain Python, so both loops take the same
+decisions from the same numbers; Keras ``fit`` runs it through ``ScheduleCallback``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepcovidxr.errors import UsageError
+from deepcovidxr.layout import PHASES, Member, RunPaths
+
+log = logging.getLogger(__name__)
+
+PATIENCE = {"initial": 5, "final": 10}
+MIN_DELTA = 1e-3  # early stopping's least AUC gain
+PLATEAU_PATIENCE = 3
+PLATEAU_FACTOR = 0.1
+PLATEAU_MIN_DELTA = 1e-4  # Keras ReduceLROnPlateau's default, kept from the original
+OPTIMIZERS = ("sgd", "adam")
+
+
+def set_precision(enabled: bool) -> str:
+    """mixed_float16 on GPU, mixed_bfloat16 on CPU, float32 when disabled."""
+    import keras
+    import tensorflow as tf
+
+    policy = "float32"
+    if enabled:
+        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_dtype_policy(policy)
+    return policy
+
+
+def make_optimizer(name: str, learning_rate: float, momentum: float):
+    """SGD with Nesterov momentum (the original's, the default) or Adam (momentum unused), which
+    trains randomly initialised backbones far more readily on small data."""
+    import keras
+
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, nesterov=True)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    raise UsageError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def compile_member(model, learning_rate: float, momentum: float, optimizer: str = "sgd") -> None:
+    import keras
+
+    model.compile(
+        optimizer=make_optimizer(optimizer, learning_rate, momentum),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="acc"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
+
+
+def phase_optimizer(name: str, learning_rate: float, momentum: float, policy: str):
+    """The optimizer for a hand-written loop: under mixed_float16 wrapped in a dynamic loss
+    scale (float16 gradients underflow; Keras compile() does the same wrapping for fit).
+    bfloat16 has float32's exponent range and needs none."""
+    import keras
+
+    optimizer = make_optimizer(name, learning_rate, momentum)
+    if policy == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def checkpoint_score(val_auc: float | None, val_loss: float | None) -> float:
+    """What "best epoch" means: the highest validation AUC; where the validation set holds a
+    single class (tiny subsets) AUC is undefined and the lowest validation loss decides."""
+    auc = np.nan if val_auc is None else float(val_auc)
+    if np.isfinite(auc):
+        return auc
+    return -np.inf if val_loss is None else -float(val_loss)
+
+
+def weighted_loss(labels, predictions, weights, global_batch: int):
+    """Binary cross-entropy weighted per sample, summed and divided by the global batch: what
+    Keras fit minimises with sample weights ("sum over batch size"), and the right scale for
+    gradients all-reduced by summation across replicas."""
+    import keras
+    import tensorflow as tf
+
+    # Keras's own loss object, given the weights as fit gives them: the same clipping and weighting.
+    per_example = keras.losses.BinaryCrossentropy(reduction="none")(
+        tf.reshape(labels, (-1, 1)),
+        tf.cast(predictions, tf.float32),
+        sample_weight=None if weights is None else tf.cast(weights, tf.float32),
+    )
+    return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+
+@dataclass(frozen=True)
+class Decision:
+    checkpoint: bool  # this epoch is the best so far: keep its weights
+    cut: bool  # multiply the learning rate by PLATEAU_FACTOR
+    stop: bool  # early stopping
+
+
+@dataclass
+class EpochRule:
+    """One phase's bookkeeping, the same semantics as Keras EarlyStopping(start_from_epoch=warmup)
+    and ReduceLROnPlateau waiting ``warmup`` epochs (the first AUCs from random weights are noise),
+    with the checkpoint rule of :func:`checkpoint_score` watching every epoch."""
+
+    patience: int
+    warmup: int = 0
+    best_score: float = -np.inf
+    best_epoch: int = 0
+    _stop_best: float = field(default=-np.inf, repr=False)
+    _stop_wait: int = field(default=0, repr=False)
+    _plateau_best: float = field(default=-np.inf, repr=False)
+    _plateau_wait: int = field(default=0, repr=False)
+
+    def update(self, epoch: int, val_auc: float | None, val_loss: float | None = None) -> Decision:
+        """``epoch`` counts from 0."""
+        score = checkpoint_score(val_auc, val_loss)
+        checkpoint = bool(np.isfinite(score) and score > self.best_score)
+        if checkpoint:
+            self.best_score, self.best_epoch = score, epoch + 1
+        cut = stop = False
+        if epoch >= self.warmup:
+            auc = np.nan if val_auc is None else float(val_auc)
+            if auc > self._plateau_best + PLATEAU_MIN_DELTA:  # NaN never improves
+                self._plateau_best, self._plateau_wait = auc, 0
+            else:
+                self._plateau_wait += 1
+                if self._plateau_wait >= PLATEAU_PATIENCE:
+                    cut, self._plateau_wait = True, 0
+            self._stop_wait += 1
+            if auc - MIN_DELTA > self._stop_best:
+                self._stop_best, self._stop_wait = auc, 0
+            elif self._stop_wait >= self.patience and epoch > 0:
+                stop = True
+        return Decision(checkpoint, cut, stop)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    phases: tuple[str, ...]
+    epochs: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    warmup: int = 0
+    class_weight: dict[int, float] | None = None
+
+    @classmethod
+    def for_member(cls, config, hp, train_labels: np.ndarray) -> Schedule:
+        """From a TrainConfig, its resolved hyperparameters and the training labels."""
+        from deepcovidxr.data import class_weights
+
+        # From random weights a head fitted on a frozen random backbone learns nothing and
+        # leaves phase 2 a badly scaled head: the whole network trains from the start.
+        phases = PHASES[1:] if config.from_scratch else PHASES
+        return cls(
+            phases=tuple(phases),
+            epochs=config.epochs,
+            optimizer=config.optimizer,
+            learning_rate=hp.learning_rate,
+            momentum=hp.momentum,
+            warmup=config.warmup,
+            class_weight=class_weights(train_labels) if config.class_weight else None,
+        )
+
+    @staticmethod
+    def finished_member(paths: RunPaths, overwrite: bool) -> bool:
+        """A member whose final file exists is done (outputs are atomic, the member file is
+        written last); --overwrite retrains."""
+        if paths.final.is_file() and not overwrite:
+            log.info("%s exists; skipping (--overwrite retrains)", paths.final)
+            return True
+        return False
+
+    def rule(self, phase: str) -> EpochRule:
+        return EpochRule(patience=PATIENCE[phase], warmup=self.warmup)
+
+    def weigh(self, dataset):
+        """(images, labels) -> (images, labels, class weight of each label) when class weights
+        are on; both loops train on this, so the weighting is one mechanism."""
+        import tensorflow as tf
+
+        if self.class_weight is None:
+            return dataset
+        table = tf.constant([self.class_weight[0], self.class_weight[1]], tf.float32)
+        return dataset.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
+
+    def as_dict(self) -> dict:
+        return {
+            "phases": list(self.phases),
+            "epochs": self.epochs,
+            "optimizer": self.optimizer,
+            "warmup_epochs": self.warmup,
+            "class_weight": self.class_weight,
+            "patience": {p: PATIENCE[p] for p in self.phases},
+        }
+
+
+def set_learning_rate(optimizer, value: float) -> None:
+    optimizer.learning_rate = value  # LossScaleOptimizer passes it to the inner optimizer
+
+
+def learning_rate_of(optimizer) -> float:
+    import keras
+
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def schedule_callback(rule: EpochRule, path: Path, member: Member | None, info: dict):
+    """Keras fit's side of :class:`EpochRule`: saves the best epoch as a member file (atomic),
+    cuts the learning rate, stops; logs the learning rate every epoch, warm-up included."""
+    import keras
+
+    from deepcovidxr.models import save_member
+
+    class ScheduleCallback(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            logs = logs if logs is not None else {}
+            logs["learning_rate"] = learning_rate_of(self.model.optimizer)
+            decision = rule.update(epoch, logs.get("val_auc"), logs.get("val_loss"))
+            if decision.checkpoint:
+                auc = float(logs.get("val_auc", np.nan))
+                save_member(self.model, path, member, {**info, "val_auc": auc, "epoch": epoch + 1})
+            if decision.cut:
+                set_learning_rate(self.model.optimizer, logs["learning_rate"] * PLATEAU_FACTOR)
+            if decision.stop:
+                self.model.stop_training = True
+
+    return ScheduleCallback()
+
+
+def best_checkpoint(path: Path, member: Member | None, info: dict):
+    """A callback that only keeps the best epoch (by :func:`checkpoint_score`) as a member file;
+    for loops whose stopping is Keras's own (tuner trials, NIH pretraining)."""
+    never = sys.maxsize  # a warm-up that never ends: no plateau cut, no stop
+    return schedule_callback(EpochRule(patience=never, warmup=never), path, member, info)
