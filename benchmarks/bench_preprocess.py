@@ -34,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.cropping import CropConfig, run_crop
+    from deepcovidxr.configs import CropConfig, ResizeConfig
     from deepcovidxr.imageio import iter_input_files
     from deepcovidxr.lungs.cropper import LungCropper
-    from deepcovidxr.resizing import ResizeConfig, run_resize
+    from deepcovidxr.stages.crop import run as run_crop
+    from deepcovidxr.stages.resize import run as run_resize
 
     images = [f for f in iter_input_files(args.data) if f.suffix.lower() in {".png", ".jpg", ".jpeg"}]
     started = time.perf_counter()

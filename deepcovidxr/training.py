@@ -18,8 +18,8 @@ import numpy as np
 
 from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
-from deepcovidxr.configs import TrainAllConfig, TrainConfig
-from deepcovidxr.errors import DeepcovidxrError, MissingInputError, UsageError
+from deepcovidxr.configs import TrainConfig
+from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import Member, PretrainPaths, RunPaths, Split, TunerPaths
 from deepcovidxr.schedule import EpochRule, Schedule, compile_member, schedule_callback, set_precision
 
@@ -289,19 +289,6 @@ def _write_log(path: Path, histories: dict[str, dict]) -> None:
     write_text(path, out.getvalue())
 
 
-def train(config: TrainConfig) -> Path:
-    """The train.py entry point: Keras fit on one host (all its GPUs), or the multi-worker loop."""
-    if config.multi_worker:
-        from deepcovidxr.distributed import train_member_multiworker
-
-        if config.repeats > 1:
-            # each worker would need every run's numbers, which only the chief writes
-            raise UsageError("--repeats is not supported with --multi-worker; run the seeds as separate jobs")
-
-        return train_member_multiworker(config)
-    return train_member(config)
-
-
 def member_weights(weights: str | None, member: Member) -> str | None:
     """A folder of NIH checkpoints resolves per member; anything else applies to all."""
     if weights and Path(weights).is_dir():
@@ -322,44 +309,3 @@ def member_hyperparameters(path: Path | None, member: Member) -> Path | None:
         return candidate
     log.warning("no tuned hyperparameters for %s under %s; using the defaults", member.short_name, path)
     return None
-
-
-def train_all(config: TrainAllConfig) -> Path:
-    """Train the chosen members one after another; finished ones are skipped, so a rerun resumes."""
-    import gc
-
-    import keras
-
-    from deepcovidxr.layout import DataTree, ensemble_members
-
-    members = [Member.parse(m) for m in config.members] if config.members else list(ensemble_members())
-    tree = DataTree(Path(config.data))
-    missing = [m.short_name for m in members if not tree.view_dir(m.size, m.crop).is_dir()]
-    if missing:
-        raise MissingInputError(f"{config.data}: no data folder for {', '.join(missing)}")
-    failures = []
-    for number, member in enumerate(members, start=1):
-        log.info("member %d of %d: %s", number, len(members), member.short_name)
-        try:
-            train_member(
-                TrainConfig(
-                    model=member.backbone,
-                    size=member.size,
-                    path=tree.view_dir(member.size, member.crop),
-                    output=config.output,
-                    crop=member.crop,
-                    weights=member_weights(config.weights, member),
-                    hyperparameters=member_hyperparameters(config.hyperparameters, member),
-                    **(config.common or {}),
-                )
-            )
-        except DeepcovidxrError as error:
-            # A member the user can mend (a one-class split, a missing weights file, a diverged
-            # run) must not cost the others; anything else is a bug and stops the run.
-            log.error("%s failed: %s", member.short_name, error)
-            failures.append(member.short_name)
-        keras.backend.clear_session()
-        gc.collect()
-    if failures:
-        raise UsageError(f"{len(failures)} member(s) failed (reasons logged above): {', '.join(failures)}")
-    return Path(config.output)

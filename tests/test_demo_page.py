@@ -12,7 +12,7 @@ import pytest
 from browser import image_widths
 from PIL import Image
 
-from deepcovidxr.demo import write_index
+from deepcovidxr.stages.demo import write_index
 
 PICTURES = ("dataset/crop_qc.png", "views.png", "gradcam/gradCAM_img/a b_gradCAM.png")
 TABLES = ("crop_check.csv", "evaluation/Results/metrics.json")

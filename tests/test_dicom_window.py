@@ -146,7 +146,7 @@ def test_shared_dicoms_keep_their_header_windows() -> None:
 
 def test_crop_report_records_the_window(tmp_path: Path, lung_cropper) -> None:
     from deepcovidxr.configs import CropConfig
-    from deepcovidxr.cropping import run_crop
+    from deepcovidxr.stages.crop import run as run_crop
 
     source = tmp_path / "in"
     source.mkdir()

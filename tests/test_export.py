@@ -1,4 +1,4 @@
-"""export.py / deepcovidxr.export: exported members score like their Keras originals, and
+"""export.py / deepcovidxr.stages.export: exported members score like their Keras originals, and
 ensemble.json describes the ensemble. Tiny random-weight members (weights=None)."""
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def keras_scores(model, batch: np.ndarray) -> np.ndarray:
 def test_onnx_export_matches_keras_on_real_images(backbone: backbones.Backbone, tmp_path: Path) -> None:
     import keras
 
-    from deepcovidxr.export import run_exported
     from deepcovidxr.models import build_member
+    from deepcovidxr.stages.export import run_exported
 
     keras.utils.set_random_seed(0)
     model = build_member(backbone.name, backbone.min_size, weights=None)
@@ -87,8 +87,9 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("fmt", ["onnx", "tflite"])
 def test_run_export_writes_members_and_ensemble_json(fmt: str, weights_dir: Path, tmp_path: Path) -> None:
     from deepcovidxr.configs import ExportConfig
-    from deepcovidxr.export import REPORT, run_export, run_exported
     from deepcovidxr.models import load_member
+    from deepcovidxr.stages.export import REPORT, run_exported
+    from deepcovidxr.stages.export import run as run_export
 
     out = tmp_path / "exported"
     result = run_export(
@@ -121,8 +122,8 @@ def test_run_export_writes_members_and_ensemble_json(fmt: str, weights_dir: Path
 def test_saved_model_export_matches_keras(tmp_path: Path) -> None:
     import keras
 
-    from deepcovidxr.export import run_exported
     from deepcovidxr.models import build_member
+    from deepcovidxr.stages.export import run_exported
 
     keras.utils.set_random_seed(0)
     model = build_member("ResNet-50", 32)

@@ -120,9 +120,9 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
     from conftest import shared
 
     from deepcovidxr.configs import GradcamConfig
-    from deepcovidxr.explain import run_gradcam
     from deepcovidxr.layout import Member
     from deepcovidxr.models import build_member, save_member
+    from deepcovidxr.stages.vis_sample import run as run_gradcam
 
     member = Member.parse("res_224_uncrop")
     weights = tmp_path / "weights"
@@ -151,7 +151,7 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
 
 
 def test_fused_map_sums_weights_and_replaces_for_the_max_rule(tmp_path) -> None:
-    from deepcovidxr.explain import _Maps
+    from deepcovidxr.stages.vis_sample import _Maps
 
     maps = _Maps(tmp_path / "maps", 1)
     maps.shapes[0], maps.boxes[0] = (100, 50), (0, 0, 50, 50)

@@ -14,6 +14,8 @@ from PIL import Image
 
 from deepcovidxr import ensemble
 from deepcovidxr.layout import Member
+from deepcovidxr.stages import ensemble as ensemble_stage
+from deepcovidxr.stages import evaluate as evaluate_stage
 
 MEMBERS = ("res_224_uncrop", "res_331_crop")
 
@@ -201,7 +203,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
 
     monkeypatch.setattr(ensemble, "dirichlet_search", spy)
     validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
-    json_path = inference.run_ensemble(
+    json_path = ensemble_stage.run(
         inference.EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
         )
@@ -223,7 +225,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
     # the fitted weights do not depend on the Test images at all
     for path in (tree / "224" / "uncrop" / "Test").rglob("*.png"):
         Image.fromarray(np.zeros((224, 224), np.uint8)).save(path)
-    inference.run_ensemble(
+    ensemble_stage.run(
         inference.EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
         )
@@ -305,10 +307,9 @@ def test_vissample_writes_fused_heatmaps_in_original_coordinates(
 def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path, tmp_path: Path, method: str) -> None:
     """Regression (issue 10, defect 3): --method vote|max used to save uniform weights that every
     later stage replayed as a weighted mean."""
-    from deepcovidxr import inference
     from deepcovidxr.configs import EnsembleConfig, EvaluateConfig
 
-    json_path = inference.run_ensemble(
+    json_path = ensemble_stage.run(
         EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path / "fit", method=method, members=MEMBERS, batch_size=4
         )
@@ -316,7 +317,7 @@ def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path
     assert json.loads(json_path.read_text())["rule"] == method
     for source in (json_path, json_path.with_name("ensemble_weights.pickle")):  # the pickle finds its JSON
         out = tmp_path / source.suffix.lstrip(".")
-        inference.run_evaluate(
+        evaluate_stage.run(
             EvaluateConfig(
                 weights=weights_dir, image=tree, output=out, ensemble_weights=source, batch_size=4, bootstrap=50
             )
@@ -333,9 +334,9 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
 ) -> None:
     """Regression (issue 10, defect 5): the U-Net ran once per image (each padded to a batch of 16)
     and every image's maps were computed in one pass and held in memory together."""
-    from deepcovidxr import explain
     from deepcovidxr.configs import GradcamConfig
     from deepcovidxr.lungs.cropper import LungCropper
+    from deepcovidxr.stages import vis_sample as explain
 
     unet_batches, cam_batches = [], []
     probabilities, member_cams = LungCropper.probabilities, explain.member_cams
@@ -357,7 +358,7 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
         ensemble_weights=weights_dir / "ensemble_weights.json",
         batch_size=2,
     )
-    result = explain.run_gradcam(config)
+    result = explain.run(config)
     assert unet_batches == [1, 2]  # 4 files in batches of 2 (a+broken, b+c); broken.png never reaches it
     assert cam_batches == [2, 1] * len(MEMBERS)  # per member, in batches, never the whole folder
     rows = {r["file"]: r for r in csv.DictReader(result.report.open())}

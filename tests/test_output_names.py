@@ -46,9 +46,7 @@ def test_uid_named_dicoms_get_distinct_grad_cam_names() -> None:
 
 
 def test_collisions_name_every_input_involved() -> None:
-    clashes = layout.collisions(
-        {"a.dcm": [Path("o/a.png")], "a.png": [Path("o/a.png")], "b.png": [Path("o/b.png")]}
-    )
+    clashes = layout.collisions({"a.dcm": [Path("o/a.png")], "a.png": [Path("o/a.png")], "b.png": [Path("o/b.png")]})
     assert set(clashes) == {"a.dcm", "a.png"}
     assert "a.png" in clashes["a.dcm"] and "a.dcm" in clashes["a.png"]
 
@@ -75,7 +73,7 @@ def test_crop_masks_of_uid_named_dicoms_do_not_overwrite_each_other(
     uid_folder: Path, tmp_path: Path, lung_cropper
 ) -> None:
     from deepcovidxr.configs import CropConfig
-    from deepcovidxr.cropping import run_crop
+    from deepcovidxr.stages.crop import run as run_crop
 
     result = run_crop(
         CropConfig(input=uid_folder, output=tmp_path / "crops", save_masks=tmp_path / "masks", qc_montage=False),
@@ -105,7 +103,7 @@ def test_crop_masks_of_uid_named_dicoms_do_not_overwrite_each_other(
 
 def test_resize_refuses_the_clash_too(uid_folder: Path, tmp_path: Path) -> None:
     from deepcovidxr.configs import ResizeConfig
-    from deepcovidxr.resizing import run_resize
+    from deepcovidxr.stages.resize import run as run_resize
 
     rows = _report(run_resize(ResizeConfig(input=uid_folder, output=tmp_path / "r", size=64)).report)
     assert {n for n, r in rows.items() if r["status"] == "error"} == {"clash/a.dcm", "clash/a.png"}

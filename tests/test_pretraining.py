@@ -14,8 +14,8 @@ def test_an_offline_rerun_resumes_from_the_checkpoint(tmp_path: Path, monkeypatc
 
     from deepcovidxr.configs import PretrainConfig
     from deepcovidxr.models import build_member, save_member
-    from deepcovidxr.pretraining import run_pretrain
     from deepcovidxr.schedule import set_precision
+    from deepcovidxr.stages.pretrain import run as run_pretrain
 
     root = shared("nih")
     checkpoint = tmp_path / "nih_weight_ResNet-50_32.h5"

@@ -164,8 +164,8 @@ def test_evaluate_scores_the_8bit_and_16bit_trees_alike(trees: tuple[Path, Path]
     import keras
 
     from deepcovidxr.configs import EvaluateConfig
-    from deepcovidxr.inference import run_evaluate
     from deepcovidxr.models import build_member, save_member
+    from deepcovidxr.stages.evaluate import run as run_evaluate
 
     member = Member.parse(MEMBER)
     weights = tmp_path / "weights"

@@ -10,8 +10,9 @@ import numpy as np
 from conftest import run_script, shared
 from PIL import Image
 
+from deepcovidxr.configs import ResizeConfig
 from deepcovidxr.preprocess import lanczos_resize
-from deepcovidxr.resizing import ResizeConfig, run_resize
+from deepcovidxr.stages.resize import run as run_resize
 
 
 def _noise(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:

@@ -11,8 +11,6 @@ import csv
 import datetime as dt
 import json
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,12 +18,11 @@ import cv2
 import numpy as np
 
 from deepcovidxr import __version__
-from deepcovidxr.atomic import atomic_path, write_json
+from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import UnetTrainConfig
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
-from deepcovidxr.lungs.augment import augment_pair
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +69,7 @@ def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
     return train, heldout
 
 
-def _load_256(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
+def load_256(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
     images = np.stack([segment.resize_gray(read_gray(p.image), 256, 256) for p in pairs])
     masks = []
     for p in pairs:
@@ -104,82 +101,7 @@ def heldout_dice(model, pairs: list[Pair], batch_size: int = 16) -> list[float]:
     return scores
 
 
-def train_unet(config: UnetTrainConfig) -> Path:
-    """Train, keep the best held-out epoch, write ``lung_unet.weights.h5`` + ``lung_unet.json``."""
-    import keras
-
-    keras.utils.set_random_seed(config.seed)
-    policy = "mixed_bfloat16" if config.mixed_precision else "float32"
-    keras.mixed_precision.set_dtype_policy(policy)
-    model = _initial_model(config, policy)  # first: a wrong --init fails before the data is read
-    pairs = find_pairs(config.data)
-    if config.limit:
-        pairs = pairs[: config.limit]
-    train_pairs, held_pairs = split_heldout(pairs, config.heldout_fraction, config.seed)
-    log.info("U-Net data: %d training pairs, %d held out", len(train_pairs), len(held_pairs))
-    x_train, y_train = _load_256(train_pairs)
-    x_held, y_held = _load_256(held_pairs)
-    held_inputs = np.stack([segment.unet_input(x) for x in x_held])
-
-    class Augmented(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__()
-            self.epoch = 0
-
-        def __len__(self) -> int:
-            return math.ceil(len(x_train) / config.batch_size)
-
-        def on_epoch_end(self) -> None:
-            self.epoch += 1
-
-        def __getitem__(self, index: int):
-            rng = np.random.default_rng([config.seed, self.epoch, index])
-            order = np.random.default_rng([config.seed, self.epoch]).permutation(len(x_train))
-            chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
-            images, masks = [], []
-            for i in chosen:
-                image, mask = augment_pair(x_train[i], y_train[i], rng, config.pathology_probability)
-                images.append(segment.unet_input(image))
-                masks.append(mask[..., None])
-            return np.stack(images), np.stack(masks)
-
-    def bce_dice(y_true, y_pred):
-        y_pred = keras.ops.cast(y_pred, "float32")
-        bce = keras.ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
-        intersection = keras.ops.sum(y_true * y_pred, axis=(1, 2, 3))
-        total = keras.ops.sum(y_true, axis=(1, 2, 3)) + keras.ops.sum(y_pred, axis=(1, 2, 3))
-        return bce + keras.ops.mean(1.0 - (2.0 * intersection + 1.0) / (total + 1.0))
-
-    data = Augmented()
-    schedule = keras.optimizers.schedules.CosineDecay(
-        config.learning_rate, decay_steps=config.epochs * len(data), alpha=0.02
-    )
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=bce_dice)
-    config.output.mkdir(parents=True, exist_ok=True)
-    weights_path = config.output / "lung_unet.weights.h5"
-    history: list[dict] = []
-    best = {"dice256": -1.0, "epoch": -1}
-
-    class KeepBest(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch: int, logs=None) -> None:
-            probabilities = np.asarray(model.predict(held_inputs, batch_size=16, verbose=0))[..., 0]
-            score = float(np.mean([dice(p > 0.5, t) for p, t in zip(probabilities, y_held, strict=True)]))
-            history.append({"epoch": epoch + 1, "loss": float(logs["loss"]), "heldout_dice256": score})
-            log.info("epoch %d: loss %.4f, held-out Dice at 256 px %.4f", epoch + 1, logs["loss"], score)
-            if score > best["dice256"]:
-                best.update(dice256=score, epoch=epoch + 1)
-                with atomic_path(weights_path) as tmp:
-                    model.save_weights(tmp)
-
-    started = time.time()
-    model.fit(data, epochs=config.epochs, callbacks=[KeepBest()], verbose=2)
-    seconds = time.time() - started
-    model.load_weights(weights_path)
-    write_unet_metadata(model, config, pairs, train_pairs, held_pairs, history, best, seconds)
-    return weights_path
-
-
-def _initial_model(config: UnetTrainConfig, policy: str):
+def initial_model(config: UnetTrainConfig, policy: str):
     """Random weights, or ``config.init`` (ours or imlab's .hdf5) in the same architecture."""
     from deepcovidxr.lungs.unet import build_unet, load_unet
 

@@ -31,20 +31,20 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.stem: s
     for s in (
-        Stage("crop_img", "CropConfig", "deepcovidxr.cropping:run_crop", "deepcovidxr-crop"),
-        Stage("resize_img", "ResizeConfig", "deepcovidxr.resizing:run_resize", "deepcovidxr-resize"),
-        Stage("build_dataset", "DatasetConfig", "deepcovidxr.dataset:run_build_dataset", "deepcovidxr-build-dataset"),
-        Stage("train_unet", "UnetTrainConfig", "deepcovidxr.lungs.train:train_unet", "deepcovidxr-train-unet"),
-        Stage("demo", "DemoConfig", "deepcovidxr.demo:run_demo", "deepcovidxr-demo"),
-        Stage("pretrain", "PretrainConfig", "deepcovidxr.pretraining:run_pretrain", "deepcovidxr-pretrain"),
-        Stage("tuner", "TuneConfig", "deepcovidxr.tuning:run_tuner", "deepcovidxr-tune"),
-        Stage("train", "TrainConfig", "deepcovidxr.training:train", "deepcovidxr-train"),
-        Stage("train_all", "TrainAllConfig", "deepcovidxr.training:train_all", "deepcovidxr-train-all"),
-        Stage("ensemble", "EnsembleConfig", "deepcovidxr.inference:run_ensemble", "deepcovidxr-ensemble"),
-        Stage("evaluate", "EvaluateConfig", "deepcovidxr.inference:run_evaluate", "deepcovidxr-evaluate"),
-        Stage("predict", "PredictConfig", "deepcovidxr.inference:run_predict", "deepcovidxr-predict"),
-        Stage("visSample", "GradcamConfig", "deepcovidxr.explain:run_gradcam", "deepcovidxr-gradcam"),
-        Stage("export", "ExportConfig", "deepcovidxr.export:run_export", "deepcovidxr-export"),
+        Stage("crop_img", "CropConfig", "deepcovidxr.stages.crop:run", "deepcovidxr-crop"),
+        Stage("resize_img", "ResizeConfig", "deepcovidxr.stages.resize:run", "deepcovidxr-resize"),
+        Stage("build_dataset", "DatasetConfig", "deepcovidxr.stages.build_dataset:run", "deepcovidxr-build-dataset"),
+        Stage("train_unet", "UnetTrainConfig", "deepcovidxr.stages.train_unet:run", "deepcovidxr-train-unet"),
+        Stage("demo", "DemoConfig", "deepcovidxr.stages.demo:run", "deepcovidxr-demo"),
+        Stage("pretrain", "PretrainConfig", "deepcovidxr.stages.pretrain:run", "deepcovidxr-pretrain"),
+        Stage("tuner", "TuneConfig", "deepcovidxr.stages.tuner:run", "deepcovidxr-tune"),
+        Stage("train", "TrainConfig", "deepcovidxr.stages.train:run", "deepcovidxr-train"),
+        Stage("train_all", "TrainAllConfig", "deepcovidxr.stages.train_all:run", "deepcovidxr-train-all"),
+        Stage("ensemble", "EnsembleConfig", "deepcovidxr.stages.ensemble:run", "deepcovidxr-ensemble"),
+        Stage("evaluate", "EvaluateConfig", "deepcovidxr.stages.evaluate:run", "deepcovidxr-evaluate"),
+        Stage("predict", "PredictConfig", "deepcovidxr.stages.predict:run", "deepcovidxr-predict"),
+        Stage("visSample", "GradcamConfig", "deepcovidxr.stages.vis_sample:run", "deepcovidxr-gradcam"),
+        Stage("export", "ExportConfig", "deepcovidxr.stages.export:run", "deepcovidxr-export"),
     )
 }
 

@@ -106,7 +106,7 @@ class _Maps:
         return (heatmap / peak if peak > 0 else heatmap).astype(np.float32)
 
 
-def run_gradcam(config: GradcamConfig) -> StageResult:
+def run(config: GradcamConfig) -> StageResult:
     """Crop in U-Net batches (the crop stage's pipelined loop), then Grad-CAM member by member
     over all images in batches, summing each image's fused map on disk; figures are written one
     image at a time at the end, so memory does not grow with the folder."""

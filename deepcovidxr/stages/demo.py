@@ -21,11 +21,11 @@ import numpy as np
 
 from deepcovidxr import DISCLAIMER, layout
 from deepcovidxr.atomic import write_text
-from deepcovidxr.configs import DemoConfig
-from deepcovidxr.dataset import DatasetConfig, run_build_dataset
+from deepcovidxr.configs import DatasetConfig, DemoConfig
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.layout import CropMode, DataTree, Member
 from deepcovidxr.reports import write_view_strip
+from deepcovidxr.stages import build_dataset
 from deepcovidxr.synthetic import write_phantom_set
 
 log = logging.getLogger(__name__)
@@ -88,18 +88,10 @@ def write_index(
     return destination
 
 
-def run_demo(config: DemoConfig) -> DemoResult:
+def run(config: DemoConfig) -> DemoResult:
     """Phantoms -> dataset tree -> train members -> ensemble -> evaluate -> predict -> Grad-CAM."""
-    from deepcovidxr.explain import GradcamConfig, run_gradcam
-    from deepcovidxr.inference import (
-        EnsembleConfig,
-        EvaluateConfig,
-        PredictConfig,
-        run_ensemble,
-        run_evaluate,
-        run_predict,
-    )
-    from deepcovidxr.training import TrainAllConfig, train_all
+    from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, GradcamConfig, PredictConfig, TrainAllConfig
+    from deepcovidxr.stages import ensemble, evaluate, predict, train_all, vis_sample
 
     output = config.output
     phantoms = output / "phantoms"
@@ -107,7 +99,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     log.info("demo 1/7: %d synthetic phantoms in %s", config.count, phantoms)
     dataset = output / "dataset"
     sizes = tuple(sorted({Member.parse(m).size for m in config.members}))
-    built = run_build_dataset(
+    built = build_dataset.run(
         DatasetConfig(
             images=phantoms,
             labels=labels,
@@ -133,7 +125,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         [f"{s} {c.value}" for s in sizes for c in CropMode],
     )
     members = output / "members"
-    train_all(
+    train_all.run(
         TrainAllConfig(
             data=dataset,
             output=members,
@@ -146,7 +138,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     )
     log.info("demo 3/7: trained %s", ", ".join(config.members))
-    weights_json = run_ensemble(
+    weights_json = ensemble.run(
         EnsembleConfig(
             weights=members,
             data=dataset,
@@ -158,7 +150,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     )
     log.info("demo 4/7: ensemble weights fitted on Validation")
-    evaluated = run_evaluate(
+    evaluated = evaluate.run(
         EvaluateConfig(
             weights=members,
             image=dataset,
@@ -170,7 +162,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
         )
     )
     log.info("demo 5/7: evaluated on Test")
-    predicted = run_predict(
+    predicted = predict.run(
         PredictConfig(
             weights=members,
             input=phantoms / "images",
@@ -186,7 +178,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     for path in sorted((phantoms / "images").glob("*.png"))[:4]:
         explain_input.mkdir(parents=True, exist_ok=True)
         (explain_input / path.name).write_bytes(path.read_bytes())
-    explained = run_gradcam(
+    explained = vis_sample.run(
         GradcamConfig(
             weights=members,
             path=explain_input,

@@ -157,7 +157,7 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path) -> 
     }
 
 
-def run_export(config: ExportConfig) -> ExportResult:
+def run(config: ExportConfig) -> ExportResult:
     """Export every chosen member (default: those with a non-zero weight) and write ensemble.json."""
     from deepcovidxr.inference import resolve_ensemble
 
