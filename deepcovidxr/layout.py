@@ -255,6 +255,16 @@ class RunPaths:
     def final(self) -> Path:
         return Path(self.output) / self.member.legacy_filename
 
+    @property
+    def repeats_folder(self) -> Path:
+        """``--repeats``: ``repeats/<stem>/`` holds one folder per seed and ``repeats.csv``."""
+        return Path(self.output) / "repeats" / self.stem
+
+    def repeat(self, seed: int) -> RunPaths:
+        """Where run ``seed`` of a ``--repeats`` member writes (its own folder: runs never
+        overwrite each other, and an interrupted best-of-N resumes run by run)."""
+        return RunPaths(self.repeats_folder / f"seed_{seed}", self.member)
+
     def checkpoint(self, phase: str) -> Path:
         return Path(self.output) / f"save_weights_{phase}" / self.member.legacy_filename
 

@@ -1,5 +1,5 @@
 """Every figure the stages draw, in one place: evaluation plots (ROC, precision-recall, calibration,
-confusion matrix) and training curves.
+confusion matrix), training curves and the Grad-CAM panel.
 
 All figures are headless: drawn on matplotlib's Agg canvas without pyplot, so no GUI backend is
 ever chosen (the original's ``plt.show()`` before ``savefig`` gave blank PNGs, SPEC bug 19) and no
@@ -170,3 +170,21 @@ def plot_training_curves(destination: Path, histories: dict[str, dict], title: s
     axes[0].legend()
     figure.suptitle(f"{title}  (dashed: backbone unfrozen)" if title else "")
     return save_figure(figure, destination, title)
+
+
+def plot_gradcam(path: Path, gray: np.ndarray, heatmap: np.ndarray, name: str, score: float, target: str) -> Path:
+    """Input, heatmap and overlay side by side; the title names the image, the ensemble score and
+    the class whose evidence is shown (one line each, above the panels, so they never overlap)."""
+    figure = new_figure(15, 5.8)
+    axes = figure.subplots(1, 3)
+    axes[0].imshow(gray, cmap="gray")
+    axes[0].set_title("Input")
+    axes[1].imshow(heatmap, cmap="jet", vmin=0, vmax=1)
+    axes[1].set_title(f"Grad-CAM ({target} class)")
+    axes[2].imshow(gray, cmap="gray")
+    axes[2].imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
+    axes[2].set_title("Overlay")
+    for axis in axes:
+        axis.axis("off")
+    figure.suptitle(f"{name}: ensemble score {score:.3f}", fontsize=11)
+    return save_figure(figure, path, f"Grad-CAM {name}")

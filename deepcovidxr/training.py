@@ -193,12 +193,6 @@ def _best_epoch(history: dict, epoch: int) -> dict:
 REPEATS_COLUMNS = ("seed", "val_auc", "val_loss", "kept")
 
 
-def repeat_paths(paths: RunPaths, seed: int) -> RunPaths:
-    """Where run ``seed`` of a ``--repeats`` member writes: its own folder, so the runs never
-    overwrite each other and an interrupted best-of-N resumes run by run."""
-    return RunPaths(paths.output / "repeats" / paths.stem / f"seed_{seed}", paths.member)
-
-
 def repeat_order(val_auc: float, val_loss: float) -> tuple[float, float]:
     """Sort key of a run, best first: validation AUC descending, then validation loss ascending
     (an undefined number ranks last)."""
@@ -223,7 +217,7 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
 
     runs = []
     for seed in range(config.seed, config.seed + config.repeats):
-        run = repeat_paths(paths, seed)
+        run = paths.repeat(seed)
         log.info("%s: run %d of %d (seed %d)", config.member.short_name, len(runs) + 1, config.repeats, seed)
         if run.final.is_file() and not config.overwrite:
             log.info("%s exists; keeping that run", run.final)
@@ -239,7 +233,7 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
     writer.writerow(REPEATS_COLUMNS)
     for r in runs:
         writer.writerow([r["seed"], r["val_auc"], r["val_loss"], int(r is kept)])
-    write_text(paths.output / "repeats" / paths.stem / "repeats.csv", out.getvalue())
+    write_text(paths.repeats_folder / "repeats.csv", out.getvalue())
     best_run: RunPaths = kept["run"]
     for source, target in ((best_run.log_csv, paths.log_csv), (best_run.curves, paths.curves)):
         with atomic_path(target) as tmp:

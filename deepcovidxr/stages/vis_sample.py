@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deepcovidxr import DISCLAIMER, layout
+from deepcovidxr import layout, plots
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import GradcamConfig
@@ -196,7 +196,7 @@ def run(config: GradcamConfig) -> StageResult:
             display = np.load(maps.display_path(i))
             heatmap = maps.fused(i, target, display.shape)
             figure, raw, small = (config.output / n for n in layout.gradcam_names(Path(name)))
-            _write_figure(figure, display, heatmap, name, float(score), target)
+            plots.plot_gradcam(figure, display, heatmap, name, float(score), target)
             with atomic_path(raw) as tmp:
                 np.save(tmp, heatmap)
             write_gray(small, np.round(heatmap * 255).astype(np.uint8))
@@ -207,28 +207,3 @@ def run(config: GradcamConfig) -> StageResult:
     counts = report.status_counts()
     log.info("Grad-CAM: %s; %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), config.output)
     return StageResult(path, counts)
-
-
-def _write_figure(
-    destination: Path, gray: np.ndarray, heatmap: np.ndarray, name: str, score: float, target: str
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 3, figsize=(15, 5.4))
-    axes[0].imshow(gray, cmap="gray")
-    axes[0].set_title("Input")
-    axes[1].imshow(heatmap, cmap="jet", vmin=0, vmax=1)
-    axes[1].set_title(f"Grad-CAM ({target} class)")
-    axes[2].imshow(gray, cmap="gray")
-    axes[2].imshow(heatmap, cmap="jet", alpha=0.4, vmin=0, vmax=1)
-    axes[2].set_title("Overlay")
-    for axis in axes:
-        axis.axis("off")
-    figure.suptitle(f"{name}: ensemble score {score:.3f}\n{DISCLAIMER}", fontsize=9)
-    figure.tight_layout()
-    with atomic_path(destination) as tmp:
-        figure.savefig(tmp, dpi=80)
-    plt.close(figure)
