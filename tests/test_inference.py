@@ -192,7 +192,7 @@ def test_view_pairing_is_by_name_and_mismatches_are_errors(tree: Path, tmp_path:
 def test_ensemble_fits_on_validation_only_and_reports_test(
     tree: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepcovidxr import inference
+    from deepcovidxr.configs import EnsembleConfig
 
     seen = []
     original = ensemble.dirichlet_search
@@ -204,7 +204,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
     monkeypatch.setattr(ensemble, "dirichlet_search", spy)
     validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
     json_path = ensemble_stage.run(
-        inference.EnsembleConfig(
+        EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
         )
     )
@@ -226,7 +226,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
     for path in (tree / "224" / "uncrop" / "Test").rglob("*.png"):
         Image.fromarray(np.zeros((224, 224), np.uint8)).save(path)
     ensemble_stage.run(
-        inference.EnsembleConfig(
+        EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
         )
     )
