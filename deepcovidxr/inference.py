@@ -44,6 +44,13 @@ class Ensemble:
         return ensemble.combine_rule(scores, self.rule, self.weights)
 
 
+def decision(score: float) -> list:
+    """The original's three result columns for one ensemble score: the score, the binary call at
+    THRESHOLD and its label."""
+    positive = score >= THRESHOLD
+    return [f"{score:.6f}", int(positive), POSITIVE if positive else NEGATIVE]
+
+
 def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: tuple[str, ...] = ()) -> Ensemble:
     """Members with a non-zero weight (optionally a chosen subset, weights renormalised), each
     with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir``; missing files are one error

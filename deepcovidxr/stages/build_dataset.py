@@ -11,7 +11,6 @@ import numpy as np
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import DatasetConfig
 from deepcovidxr.cropping import crop_columns, segment_files
 from deepcovidxr.dataset import MANIFEST_COLUMNS, patient_split, read_labels
@@ -26,7 +25,6 @@ log = logging.getLogger(__name__)
 
 
 def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResult:
-    ensure_outside(config.images, config.output)
     rows = read_labels(config.labels)
     splits = patient_split(rows, config.fractions, config.seed)
     tree = DataTree(config.output)

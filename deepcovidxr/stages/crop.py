@@ -11,7 +11,6 @@ import numpy as np
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import CropConfig
 from deepcovidxr.cropping import crop_columns, segment_files
 from deepcovidxr.imageio import iter_input_files, write_gray
@@ -57,7 +56,6 @@ def _locate_and_write(
 
 
 def run(config: CropConfig, cropper: LungCropper | None = None) -> StageResult:
-    ensure_outside(config.input, config.output, config.save_masks)
     root = config.input
     files = list(iter_input_files(root))
     report = BatchReport(config.output / layout.CROP_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)

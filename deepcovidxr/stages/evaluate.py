@@ -10,7 +10,7 @@ from pathlib import Path
 from deepcovidxr import DISCLAIMER, layout
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import EvaluateConfig
-from deepcovidxr.inference import NEGATIVE, POSITIVE, THRESHOLD, resolve_ensemble, score_split, write_csv
+from deepcovidxr.inference import THRESHOLD, decision, resolve_ensemble, score_split, write_csv
 from deepcovidxr.layout import Split
 
 log = logging.getLogger(__name__)
@@ -28,13 +28,10 @@ def run(config: EvaluateConfig) -> Path:
     combined = chosen.combine(scores)
     rows = []
     for name, label, score, member_row in zip(images.names, images.labels, combined, scores, strict=True):
-        positive = score >= THRESHOLD
         rows.append(
             [
                 name,
-                f"{score:.6f}",
-                int(positive),
-                POSITIVE if positive else NEGATIVE,
+                *decision(float(score)),
                 int(label),
                 *(f"{s:.6f}" for s in member_row),
             ]

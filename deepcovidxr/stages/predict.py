@@ -14,12 +14,18 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, layout
 from deepcovidxr.atomic import write_json
 from deepcovidxr.batch import ERROR
-from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import PredictConfig
 from deepcovidxr.cropping import segment_files
 from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import iter_input_files
-from deepcovidxr.inference import NEGATIVE, POSITIVE, THRESHOLD, load_member_file, resolve_ensemble, views_of, write_csv
+from deepcovidxr.inference import (
+    THRESHOLD,
+    decision,
+    load_member_file,
+    resolve_ensemble,
+    views_of,
+    write_csv,
+)
 from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, score_members
 from deepcovidxr.stages.common import StageResult, relative_name
 from deepcovidxr.views import make_views
@@ -46,7 +52,6 @@ def run(config: PredictConfig) -> StageResult | Path:
 
     if config.merge:
         return merge_predictions(list(config.merge), config.output)
-    ensure_outside(config.input, config.output)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     files = shard_files(list(iter_input_files(config.input)), config.shard)
     names = [relative_name(f, config.input).as_posix() for f in files]
@@ -101,14 +106,10 @@ def run(config: PredictConfig) -> StageResult | Path:
         if crop_status == ERROR:
             rows.append([name, "", "", "", crop_status, error, *[""] * len(chosen.members)])
             continue
-        score = float(ensemble_scores[index])
-        positive = score >= THRESHOLD
         rows.append(
             [
                 name,
-                f"{score:.6f}",
-                int(positive),
-                POSITIVE if positive else NEGATIVE,
+                *decision(float(ensemble_scores[index])),
                 crop_status,
                 "",
                 *(f"{s:.6f}" for s in scores[index]),

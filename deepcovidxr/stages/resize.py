@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 from deepcovidxr import layout
 from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.config import ensure_outside
 from deepcovidxr.configs import ResizeConfig
 from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import ImageReadError, iter_input_files
@@ -28,7 +27,6 @@ REPORT_COLUMNS = ["file", "status", "width", "height", "error"]
 def run(config: ResizeConfig) -> StageResult:
     if config.size < 8:
         raise UsageError(f"size must be at least 8 pixels, got {config.size}")
-    ensure_outside(config.input, config.output)
     files = list(iter_input_files(config.input))
     report = BatchReport(config.output / layout.RESIZE_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
     planned = {}
