@@ -29,7 +29,8 @@ class CropConfig(StageConfig):
 
     Walks -f recursively and writes, under -o, the square lung crop of every image with the same
     relative path and file name (DICOM input becomes PNG), a per-file crop_report.csv (status ok,
-    one_lung, fallback or error, the box, the lung fraction) and a QC montage crop_qc.png.
+    one_lung, fallback or error, the box, the lung fraction, the input check: ok or why the image
+    does not look like a frontal chest film) and a QC montage crop_qc.png.
     Nothing is written into the input folder. A rerun skips files already done.
 
     Example:
@@ -102,7 +103,9 @@ class DatasetConfig(StageConfig):
     The labels CSV needs columns file (path relative to --images) and label (Positive/Negative or
     1/0), and should have patient_id: patients, not files, are split (seeded, stratified by label).
     Each image is cropped by the lung U-Net once and written in all four views under one name.
-    <output>/split_manifest.csv records every file's split, crop status and errors.
+    Images the input check flags (not a frontal chest film, blank, too small, failed DICOM window)
+    are left out of the tree (status left_out) unless --keep-flagged.
+    <output>/split_manifest.csv records every file's split, crop status, input check and errors.
 
     Example:
         python build_dataset.py --images raw/ --labels raw/labels.csv -o dataset/ --split 0.7 0.15 0.15
@@ -131,6 +134,11 @@ class DatasetConfig(StageConfig):
     batch_size: int = options.batch_size(16, "images per U-Net batch")
     workers: int = options.workers()
     precision: str = options.inference_precision()
+    keep_flagged: bool = option(
+        "--keep-flagged",
+        help="also write the images the input check flags (the manifest's input_check column still says why)",
+        default=False,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +215,13 @@ class DemoConfig(StageConfig):
     seed: int = options.seed()
     members: tuple[str, ...] = option("--members", help="members to train", default=("res_224_uncrop", "res_224_crop"))
     epochs: int = option("--epochs", help="training epochs per member", default=2, check=at_least(1))
+    classes: int = option(
+        "--classes",
+        help="2: the binary task (Negative/Positive phantoms); 3: normal, lower-zone and diffuse opacities "
+        "(softmax members, p_<class> columns, one-vs-rest ROC and confusion matrix)",
+        default=2,
+        choices=(2, 3),
+    )
     unet: Path | None = options.unet()
     workers: int = options.workers()
 
@@ -309,6 +324,40 @@ class TuneConfig(StageConfig):
     overwrite: bool = options.overwrite()
 
 
+BALANCED = "balanced"
+
+
+def parse_class_weight(text: str) -> bool | str:
+    """``--class-weight``'s value: ``balanced`` (the bare flag), ``true``/``false``, weights in
+    class order (``1,2.5,1``) or by class name (``Diffuse=2,Normal=0.5``; unnamed classes 1).
+    Returns ``False`` (off), ``"balanced"`` or the explicit weights as canonical text; the class
+    names are checked against the tree when training starts (``data.resolve_class_weights``)."""
+    import math
+
+    value = str(text).strip()
+    lowered = value.lower()
+    if lowered in {"balanced", "true", "yes", "1", "on"}:
+        return BALANCED
+    if lowered in {"false", "no", "0", "off", "none", ""}:
+        return False
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    named = ["=" in p for p in parts]
+    if any(named) and not all(named):
+        raise ValueError(f"give every weight by position (1,2,1) or every one by class (A=2,B=1), not {value!r}")
+    canonical = []
+    for part in parts:
+        name, _, number = part.rpartition("=") if "=" in part else ("", "", part)
+        try:
+            weight = float(number)
+        except ValueError:
+            raise ValueError(f"{number!r} is not a number (in {value!r})") from None
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"class weights must be finite and non-negative, got {number!r}")
+        number = format(weight, ".12g")
+        canonical.append(f"{name.strip()}={number}" if name else number)
+    return ",".join(canonical)
+
+
 @dataclass(frozen=True, kw_only=True)
 class MemberTraining(StageConfig):
     """The member-training options train.py and train_all.py share."""
@@ -331,8 +380,19 @@ class MemberTraining(StageConfig):
         default=None,
         check=at_least(0),
     )
-    class_weight: bool = option("--class-weight", help="weight the loss by inverse class frequency", default=False)
-    oversample: bool = option("--oversample", help="draw training batches with balanced classes", default=False)
+    class_weight: bool | str = option(
+        "--class-weight",
+        help="weight the loss per class: bare flag or 'balanced': inverse class frequency (scikit-learn's "
+        "'balanced', for any number of classes); or explicit weights in class order (1,2,1) or by class "
+        "(Diffuse=2,Normal=0.5; classes not named weigh 1)",
+        default=False,
+        const="balanced",
+        parse=parse_class_weight,
+        metavar="WEIGHTS",
+    )
+    oversample: bool = option(
+        "--oversample", help="draw training batches with balanced classes (every class equally often)", default=False
+    )
     precision: str = options.training_precision()
     seed: int = options.seed()
 
@@ -474,7 +534,9 @@ class EnsembleConfig(StageConfig):
     AUC, seeded) or use a fixed rule (mean, vote, max), then report every member and the ensemble on
     the Test split. Writes Ensemble_Results/ensemble_weights.pickle (float64, canonical member order)
     and ensemble_weights.json (weights and the combination rule, which every later stage applies),
-    predictions CSVs, member_auc.csv, ROC and confusion-matrix PNGs. Research use only: not for diagnosis.
+    predictions CSVs, member_auc.csv, ROC and confusion-matrix PNGs. Members of three or more classes
+    (class folders other than Negative/Positive): the search maximises the macro one-vs-rest AUC, the
+    JSON records the classes, predictions hold p_<class> columns. Research use only: not for diagnosis.
 
     Example:
         python ensemble.py -w weights/ -d dataset/ -o ensemble_out/ --draws 10000 --seed 0
@@ -486,7 +548,7 @@ class EnsembleConfig(StageConfig):
     data: Path = option(
         "-d",
         "--data",
-        help="dataset root holding {224,331}/{crop,uncrop}/{Validation,Test}/{Negative,Positive}",
+        help="dataset root holding {224,331}/{crop,uncrop}/{Validation,Test}/<class folders> (Negative, Positive)",
         required=True,
         check=exists,
     )
@@ -498,8 +560,21 @@ class EnsembleConfig(StageConfig):
         choices=("weighted", "mean", "vote", "max"),
     )
     draws: int = option("--draws", help="Dirichlet draws", default=10_000, check=at_least(1))
+    calibrate: str = option(
+        "--calibrate",
+        help="score -> probability map fitted on Validation and stored with the weights (binary ensembles): "
+        "platt (default: best held-out Brier/ECE in our comparison), temperature, isotonic, identity (none)",
+        default="platt",
+        choices=("platt", "temperature", "isotonic", "identity"),
+    )
     members: tuple[str, ...] = options.members("only these members (default: every member file found)")
     batch_size: int = options.batch_size()
+    engine: str = options.engine()
+    precision: str = options.engine_precision()
+    calibration: Path | None = options.calibration(
+        "dataset root whose Train split calibrates int8 members (never Validation or Test, which are scored)"
+    )
+    engine_cache: Path | None = options.engine_cache()
     seed: int = options.seed()
 
 
@@ -509,6 +584,10 @@ class EvaluateConfig(StageConfig):
     Scores, Binary prediction, Predictions, Actual, one column per member), Results/metrics.json (AUC
     with a 95 % bootstrap interval, accuracy, sensitivity, specificity, PPV, NPV, F1 at 0.5 and at the
     Youden threshold, Brier score) and ROC, precision-recall, calibration and confusion-matrix PNGs.
+    Three or more classes: predictions.csv holds Filenames, Predictions and Actual (class names) and
+    p_<class> columns, member_probabilities.csv every member's, metrics.json per-class, macro and
+    weighted sensitivity, specificity, precision, F1 and one-vs-rest AUC (macro AUC with a bootstrap
+    interval), accuracy, confusion matrix; one-vs-rest ROC and row-normalised confusion PNGs.
     Research use only: not for diagnosis.
 
     Example:
@@ -521,7 +600,7 @@ class EvaluateConfig(StageConfig):
     image: Path = option(
         "-i",
         "--image",
-        help="dataset root holding {224,331}/{crop,uncrop}/Test/{Negative,Positive}",
+        help="dataset root holding {224,331}/{crop,uncrop}/Test/<class folders> (Negative, Positive)",
         required=True,
         check=exists,
     )
@@ -530,9 +609,16 @@ class EvaluateConfig(StageConfig):
     tta: int = options.tta()
     members: tuple[str, ...] = options.members()
     batch_size: int = options.batch_size()
+    engine: str = options.engine()
+    precision: str = options.engine_precision()
+    calibration: Path | None = options.calibration(
+        "dataset root whose Validation split calibrates int8 members (never Test, which is scored; "
+        "the evaluated tree itself is fine)"
+    )
+    engine_cache: Path | None = options.engine_cache()
     seed: int = options.seed()
     bootstrap: int = option(
-        "--bootstrap", help="bootstrap resamples for the AUC interval", default=2000, check=at_least(0)
+        "--bootstrap", help="bootstrap resamples for the (macro) AUC interval", default=2000, check=at_least(0)
     )
 
 
@@ -541,9 +627,13 @@ class PredictConfig(StageConfig):
     """Predict COVID-19 suspicion for chest X-rays (a file or a folder, searched recursively; PNG,
     JPEG, DICOM) with the 24-member ensemble. Non-interactive; never writes into the input folder.
     Crop and resize happen in memory. Writes <output>/predictions.csv (Filenames relative to -i,
-    Scores, Binary pred, Predictions, crop_status, error, one column per member); unreadable files get
-    an error row and a non-zero exit code. Members run one at a time over all images, so memory does
-    not grow with the folder. Research use only: not for diagnosis.
+    Scores, Binary pred, Predictions, crop_status, error, one column per member, then Probability
+    (calibrated with the ensemble's Validation fit, when stored), uncertainty (the weighted spread of
+    the member scores, plus the TTA spread with -t) and input_check) and report.html; unreadable files
+    get an error row and a non-zero exit code. Images the input check flags (not a frontal chest
+    X-ray, blank, too small, failed window) keep their row with empty Scores and the reason, unless
+    --score-flagged. Members run one at a time over all images, so memory does not grow with the
+    folder. Research use only: not for diagnosis.
 
     Examples:
         python predict.py -w weights/ -i new_images/ -o predictions/
@@ -580,7 +670,29 @@ class PredictConfig(StageConfig):
     )
     unet: Path | None = options.unet()
     batch_size: int = options.batch_size()
-    precision: str = options.inference_precision()
+    engine: str = options.engine()
+    precision: str = options.engine_precision()
+    calibration: Path | None = options.calibration()
+    engine_cache: Path | None = options.engine_cache()
+    threshold: str = option(
+        "--threshold",
+        help="what decides Binary pred: a number compared with Scores (default 0.5: the original's results "
+        "reproduce) or an operating point ensemble.py stored with the weights: youden, sens90, sens95",
+        default="0.5",
+    )
+    score_flagged: bool = option(
+        "--score-flagged",
+        help="score images the input check flags too (their row still names the reason)",
+        default=False,
+    )
+    report_limit: int = option(
+        "--report-limit", help="images per table of report.html (highest scores, most uncertain)", default=50
+    )
+    gradcam: Path | None = option(
+        "--gradcam",
+        help="a visSample.py output folder: its overlays are shown in report.html beside the scores",
+        default=None,
+    )
     seed: int = options.seed()
     workers: int = options.workers()
 
@@ -588,6 +700,19 @@ class PredictConfig(StageConfig):
         super().__post_init__()
         if not self.merge and (self.weights is None or self.input is None):
             raise UsageError("-w/--weight and -i/--image are required (unless --merge)")
+        if self.calibration is not None and self.input is not None:
+            refuse_overlap(self.calibration, self.input)
+
+
+def refuse_overlap(calibration: Path, images: Path) -> None:
+    """int8 calibration images must not be the images scored: the two paths may not be the same or
+    lie one inside the other."""
+    calibration, images = Path(calibration).resolve(), Path(images).resolve()
+    if calibration == images or calibration in images.parents or images in calibration.parents:
+        raise UsageError(
+            f"--calibration {calibration} overlaps the images being predicted ({images}): calibrate on other "
+            "images (e.g. a Validation split), never on the ones scored"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -595,10 +720,15 @@ class GradcamConfig(StageConfig):
     """Grad-CAM heatmaps of the ensemble for chest X-rays (a file or a folder): per image,
     gradCAM_img/<name>_gradCAM.png (input, heatmap, overlay) and the raw heatmap (<name>_heatmap.npy
     in [0, 1] and <name>_heatmap.png), fused over the members with the ensemble weights, crop-view
-    maps placed back in original-image coordinates. Research use only: not for diagnosis.
+    maps placed back in original-image coordinates. --method lime: LIME superpixels for (green)
+    and against (red) the class on the original image, every perturbed copy scored by the whole
+    ensemble, lime_img/<name>_lime.png and lime_report.csv (predicted class, score); seeded
+    (--seed), --num-samples copies per image, each through every member (minutes per image on a
+    CPU where Grad-CAM takes seconds). Research use only: not for diagnosis.
 
     Example:
         python visSample.py -w weights/ -p images/ -o explanations/ --target predicted
+        python visSample.py -w weights/ -p images/ -o explanations/ --method lime --num-samples 1000
     """
 
     INPUT_FIELD: ClassVar[str] = "path"
@@ -611,12 +741,23 @@ class GradcamConfig(StageConfig):
     members: tuple[str, ...] = options.members()
     target: str = option(
         "--target",
-        help="class whose evidence is shown (default: the ensemble's predicted class)",
+        help="class whose evidence is shown: predicted (each image's ensemble class) or a class of the members "
+        "(binary: positive or negative; multi-class: a class name from the members' sidecars)",
         default="predicted",
-        choices=("positive", "negative", "predicted"),
     )
+    method: str = option(
+        "--method",
+        help="gradcam (heatmaps, seconds per image) or lime (superpixels scored by the whole ensemble; "
+        "--num-samples forward passes per member per image)",
+        default="gradcam",
+        choices=("gradcam", "lime"),
+    )
+    num_samples: int = option(
+        "--num-samples", help="LIME: perturbed copies per image (time grows linearly)", default=1000, check=at_least(10)
+    )
+    seed: int = options.seed()
     unet: Path | None = options.unet()
-    batch_size: int = options.batch_size(8, "images per U-Net batch and per Grad-CAM pass")
+    batch_size: int = options.batch_size(8, "images per U-Net batch and per Grad-CAM / LIME pass")
     precision: str = options.inference_precision()
     workers: int = options.workers()
     overwrite: bool = options.overwrite()

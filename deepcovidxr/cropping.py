@@ -2,6 +2,11 @@
 
 Decoding runs in a thread pool one batch ahead of the U-Net; writing runs in the same pool
 behind it. One row per input file goes to ``<output>/crop_report.csv``.
+
+Every decoded image also gets its :func:`deepcovidxr.input_check.check` value (``ok`` or why it
+does not look like a frontal chest film), from the U-Net map the crop computes anyway: rows carry
+it as ``input_check`` (kept by reports with that column), and a ``handle`` that wants to act on it
+(leave the image out) asks for it with ``segment_files(..., pass_check=True)``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deepcovidxr import input_check
 from deepcovidxr.batch import BatchReport, chunked
 from deepcovidxr.imageio import ImageReadError, ReadInfo, read_gray_info
 from deepcovidxr.lungs import segment
@@ -56,12 +62,15 @@ def segment_files(
     qc: QcCollector,
     workers: int = 4,
     desc: str = "segment",
+    pass_check: bool = False,
 ) -> None:
     """Run every item (whose first field is the input path) through decode -> U-Net -> ``handle``.
 
     Decoding runs in a thread pool one batch ahead of the U-Net and ``handle`` (box rules and
     writing) one batch behind it, so the U-Net is rarely idle. ``handle`` returns the report row
-    and a QC thumbnail; unreadable files get ``failed``'s row.
+    and a QC thumbnail; unreadable files get ``failed``'s row. Every row gets ``window`` (how the
+    pixels were windowed) and ``input_check`` (:func:`input_check.check`); with ``pass_check`` the
+    value is also ``handle``'s fourth argument: ``handle(item, gray, probability, input_check)``.
     """
     chunks = list(chunked(items, cropper.batch_size))
     with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(items), desc=desc, unit="img") as bar:
@@ -81,15 +90,19 @@ def segment_files(
             probabilities = cropper.probabilities(np.stack([g[2] for g in good])) if good else []
             finished, writing = writing, []
             for (item, gray, _, info), probability in zip(good, probabilities, strict=True):
-                writing.append((item, pool.submit(_with_window, handle, item, gray, probability, info)))
+                writing.append((item, pool.submit(_with_window, handle, item, gray, probability, info, pass_check)))
             _collect(finished, failed, report, qc, bar)
         _collect(writing, failed, report, qc, bar)
 
 
-def _with_window(handle: Callable, item: tuple, gray: np.ndarray, probability: np.ndarray, info: ReadInfo) -> tuple:
-    """``handle``'s row with the reader's window added (kept only by reports with that column)."""
-    row, thumbnail = handle(item, gray, probability)
-    return {"window": info.window, **row}, thumbnail
+def _with_window(
+    handle: Callable, item: tuple, gray: np.ndarray, probability: np.ndarray, info: ReadInfo, pass_check: bool = False
+) -> tuple:
+    """``handle``'s row with the reader's window and the input check added (kept only by reports
+    with those columns)."""
+    value = input_check.check(gray, probability, info)
+    row, thumbnail = handle(item, gray, probability, value) if pass_check else handle(item, gray, probability)
+    return {"window": info.window, "input_check": value, **row}, thumbnail
 
 
 def _collect(

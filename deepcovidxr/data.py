@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from deepcovidxr import classes as class_names
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import list_images, read_view
-from deepcovidxr.layout import Label, Split
+from deepcovidxr.layout import Split
 from deepcovidxr.preprocess import normalise
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -41,28 +42,70 @@ TRAINING_AUGMENTATION = Augmentation()
 
 @dataclass(frozen=True)
 class SplitFiles:
+    """The images of one split and their labels. Binary (``classes`` Negative/Positive): float32
+    0/1 (1 = Positive). Three or more classes: int64 class indices into ``classes`` (sorted
+    folder names)."""
+
     files: list[str]
-    labels: np.ndarray  # 0 Negative, 1 Positive
+    labels: np.ndarray
+    classes: tuple[str, ...] = class_names.BINARY
 
     def __len__(self) -> int:
         return len(self.files)
 
     @property
+    def binary(self) -> bool:
+        return class_names.is_binary(self.classes)
+
+    @property
     def positives(self) -> int:
-        return int(self.labels.sum())
+        """Binary: the Positive images; otherwise the images not of the first class."""
+        return int(np.count_nonzero(self.labels))
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Images per class, in ``classes`` order."""
+        return np.bincount(np.asarray(self.labels).astype(int), minlength=len(self.classes))
+
+    def missing_classes(self) -> list[str]:
+        """Classes of the task with no image in this split."""
+        return [name for name, n in zip(self.classes, self.counts, strict=True) if n == 0]
 
 
-def list_split(view_dir: Path, split: Split | str) -> SplitFiles:
-    """Images of ``<view_dir>/<split>/{Negative,Positive}``, sorted by relative path."""
+def list_split(view_dir: Path, split: Split | str, classes: tuple[str, ...] | None = None) -> SplitFiles:
+    """Images of ``<view_dir>/<split>/<class>/``, sorted by class, then by relative path.
+
+    ``classes`` defaults to :func:`deepcovidxr.classes.discover` (the class folders under
+    ``Train/``, the same in every split present, else a :class:`UsageError` naming the
+    difference). Labels: float32 0/1 for Negative/Positive, class indices for three or more.
+    """
+    view_dir = Path(view_dir)
+    if classes is None:
+        if not (view_dir / Split(split).value).is_dir():
+            raise MissingInputError(
+                f"missing folder {view_dir / Split(split).value} (expected {view_dir}/<split>/<class>/)"
+            )
+        classes = class_names.discover(view_dir)
+    classes = tuple(classes)
     files, labels = [], []
-    for label in Label:
-        folder = Path(view_dir) / Split(split).value / label.value
+    for index, name in enumerate(classes):
+        folder = view_dir / Split(split).value / name
         if not folder.is_dir():
-            raise MissingInputError(f"missing folder {folder} (expected {view_dir}/<split>/{{Negative,Positive}})")
+            expected = "{" + ",".join(classes) + "}"
+            raise MissingInputError(f"missing folder {folder} (expected {view_dir}/<split>/{expected})")
         for path in list_images(folder, IMAGE_SUFFIXES):
             files.append(str(path))
-            labels.append(label.index)
-    return SplitFiles(files, np.asarray(labels, np.float32))
+            labels.append(index)
+    dtype = np.float32 if class_names.is_binary(classes) else np.int64
+    return SplitFiles(files, np.asarray(labels, dtype), classes)
+
+
+def encode_labels(labels: tf.Tensor, classes: tuple[str, ...]) -> tf.Tensor:
+    """What a member's loss takes: the binary 0/1 labels as they are, class indices one-hot
+    (float32, one column per class) for a softmax head."""
+    if class_names.is_binary(classes):
+        return labels
+    return tf.one_hot(tf.cast(labels, tf.int32), len(classes), dtype=tf.float32)
 
 
 def decode(path: tf.Tensor, size: int) -> tf.Tensor:
@@ -135,7 +178,9 @@ def make_dataset(
     repeat: bool = False,
 ) -> tf.data.Dataset:
     """Batches of (images, labels). Training: shuffled each epoch, augmented, optionally
-    oversampled to balanced classes. Otherwise: file order, no augmentation."""
+    oversampled to balanced classes (every class present drawn equally often, an epoch keeping
+    the real training set's size). Otherwise: file order, no augmentation. Labels: binary 0/1,
+    or one-hot rows for three or more classes (:func:`encode_labels`)."""
     if len(split) == 0:
         raise UsageError("no images in this split")
     autotune = tf.data.AUTOTUNE
@@ -147,14 +192,16 @@ def make_dataset(
             ds = ds.cache("" if cache is True else str(cache))
         return ds
 
-    if training and oversample and 0 < split.positives < len(split):
+    # (NIH pretraining passes multi-label rows and never oversamples)
+    present = [index for index, n in enumerate(split.counts) if n > 0] if training and oversample else []
+    if len(present) > 1:
         per_class = []
-        for value in (0.0, 1.0):
-            chosen = split.labels == value
+        for index in present:
+            chosen = split.labels == split.labels.dtype.type(index)
             files = [f for f, keep in zip(split.files, chosen, strict=True) if keep]
             per_class.append(decoded(files, split.labels[chosen]).shuffle(len(files), seed=seed).repeat())
         ds = tf.data.Dataset.sample_from_datasets(
-            per_class, weights=[0.5, 0.5], seed=seed, rerandomize_each_iteration=True
+            per_class, weights=[1.0 / len(present)] * len(present), seed=seed, rerandomize_each_iteration=True
         )
         # an "epoch" keeps the size of the real training set
         ds = ds.take(len(split))
@@ -172,13 +219,46 @@ def make_dataset(
             lambda batch, s: (augment(batch[0], tf.cast(s, tf.int32), augmentation), batch[1]),
             num_parallel_calls=autotune,
         )
-    ds = ds.map(lambda x, y: (to_rgb_normalised(x), y), num_parallel_calls=autotune)
+    classes = split.classes
+    ds = ds.map(lambda x, y: (to_rgb_normalised(x), encode_labels(y, classes)), num_parallel_calls=autotune)
     return ds.prefetch(autotune)
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights that average to 1 over the training set."""
-    counts = np.bincount(labels.astype(int), minlength=2).astype(float)
+def class_weights(labels: np.ndarray, n_classes: int = 2) -> dict[int, float]:
+    """Inverse-frequency weights that average to 1 over the training set:
+    ``len(labels) / (n_classes * count)``, scikit-learn's ``compute_class_weight("balanced")``.
+    A class with no image gives every class weight 1."""
+    counts = np.bincount(np.asarray(labels).astype(int), minlength=n_classes).astype(float)
     if np.any(counts == 0):
-        return {0: 1.0, 1: 1.0}
-    return {i: float(len(labels) / (2.0 * counts[i])) for i in range(2)}
+        return dict.fromkeys(range(n_classes), 1.0)
+    return {i: float(len(labels) / (n_classes * counts[i])) for i in range(n_classes)}
+
+
+def resolve_class_weights(
+    spec: bool | str | None, labels: np.ndarray, classes: tuple[str, ...]
+) -> dict[int, float] | None:
+    """The class index -> weight table of a ``--class-weight`` value for this task: None when
+    off, :func:`class_weights` for ``balanced``, else the explicit weights (a list must give one
+    weight per class; names must be classes of the tree)."""
+    if spec is None or spec is False:
+        return None
+    classes = tuple(classes)
+    if spec is True or str(spec).strip().lower() == "balanced":
+        return class_weights(labels, len(classes))
+    from deepcovidxr.configs import BALANCED, parse_class_weight
+
+    text = parse_class_weight(str(spec))
+    if text in (False, BALANCED):
+        return None if text is False else class_weights(labels, len(classes))
+    parts = text.split(",")
+    if "=" in parts[0]:
+        given = dict(p.rsplit("=", 1) for p in parts)
+        unknown = sorted(set(given) - set(classes))
+        if unknown:
+            raise UsageError(f"--class-weight names {unknown}, not classes of this tree {list(classes)}")
+        return {i: float(given.get(name, 1.0)) for i, name in enumerate(classes)}
+    if len(parts) != len(classes):
+        raise UsageError(
+            f"--class-weight gives {len(parts)} weights for {len(classes)} classes {list(classes)} (in that order)"
+        )
+    return {i: float(w) for i, w in enumerate(parts)}

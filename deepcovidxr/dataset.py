@@ -4,7 +4,10 @@
 Patients, not files, are split (seeded, stratified by label), so no patient sits on both sides.
 Each image is decoded and segmented once; its four views are written under one name, so crop
 and uncrop views pair by name. ``<root>/split_manifest.csv`` records, per input file, its label,
-patient, split, output name and crop status; a rerun resumes from it.
+patient, split, output name, crop status and input check; a rerun resumes from it. Images the
+input check flags (:mod:`deepcovidxr.input_check`) are left out of the tree, listed with status
+``left_out`` (``LEFT_OUT``) and the reason in ``input_check``, unless ``--keep-flagged``; a rerun
+checks them again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from deepcovidxr.layout import Label, Split
 
 log = logging.getLogger(__name__)
 
+LEFT_OUT = "left_out"  # manifest status of an image the input check flagged and the tree leaves out
+
 MANIFEST_COLUMNS = [
     "file",
     "label",
@@ -34,6 +39,7 @@ MANIFEST_COLUMNS = [
     "x1",
     "y1",
     "lung_fraction",
+    "input_check",  # ok, or why the image was left out of the tree (input_check.VALUES)
     "window",  # how the pixels were windowed (DICOM: header, VOI LUT or the robust fallback)
     "error",
 ]
@@ -42,8 +48,42 @@ MANIFEST_COLUMNS = [
 @dataclass(frozen=True)
 class LabelledImage:
     file: str  # relative to the images folder, posix
-    label: Label
+    label: str  # the class folder: Negative/Positive, or a multi-class table's class name
     patient_id: str
+
+
+def _parses(value: str) -> bool:
+    try:
+        Label.parse(value)
+    except ValueError:
+        return False
+    return True
+
+
+def class_labels(raw: list[str], path: Path) -> list[str]:
+    """The class folder of every raw label. Two kinds of table: binary (every value one of the
+    spellings :meth:`Label.parse` knows: Negative/Positive, exactly as before) or multi-class
+    (three or more distinct names, used as folder names as written, e.g. COVID-19 / Normal /
+    Pneumonia)."""
+    values = [value.strip() for value in raw]
+    distinct = sorted(set(values))
+    try:
+        parsed = [Label.parse(value).value for value in values]
+    except ValueError:
+        parsed = None
+    if parsed is not None:
+        return parsed
+    if len(distinct) < 3:
+        line, value = next((i + 2, v) for i, v in enumerate(values) if not _parses(v))
+        raise UsageError(
+            f"{path}, line {line}: label {value!r} is not Positive/Negative (or 1/0, covid/normal, ...); "
+            f"a multi-class table needs three or more class names (found {distinct})"
+        )
+    bad = [v for v in distinct if not v or "/" in v or "\\" in v or v.startswith(".") or v in (".", "..")]
+    if bad:
+        raise UsageError(f"{path}: class names {bad} cannot be folder names")
+    log.info("%s: %d classes (%s): a multi-class tree", path, len(distinct), ", ".join(distinct))
+    return values
 
 
 def read_labels(path: Path) -> list[LabelledImage]:
@@ -62,12 +102,10 @@ def read_labels(path: Path) -> list[LabelledImage]:
         patient_col = column("patient_id", "patient", "patientid", "patient id")
         if file_col is None or label_col is None:
             raise UsageError(f"{path}: needs a file column and a label column; found {reader.fieldnames}")
+        table = list(reader)
+        labels = class_labels([row[label_col] or "" for row in table], path)
         rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = Label.parse(row[label_col])
-            except ValueError as error:
-                raise UsageError(f"{path}, line {line}: {error}") from None
+        for row, label in zip(table, labels, strict=True):
             file = row[file_col].strip().replace("\\", "/")
             rows.append(LabelledImage(file, label, (row[patient_col].strip() if patient_col else "") or file))
     if not patient_col:
@@ -87,13 +125,14 @@ def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, floa
     by_patient: dict[str, list[LabelledImage]] = defaultdict(list)
     for row in rows:
         by_patient[row.patient_id].append(row)
-    by_label: dict[Label, list[str]] = defaultdict(list)
+    by_label: dict[str, list[str]] = defaultdict(list)
     for patient, images in sorted(by_patient.items()):
         votes = Counter(r.label for r in images)
-        by_label[max(votes, key=lambda lab: (votes[lab], lab.index))].append(patient)
+        # ties: the later class name (binary: Positive, as before)
+        by_label[max(votes, key=lambda lab: (votes[lab], lab))].append(patient)
     rng = np.random.default_rng(seed)
     split_of_patient: dict[str, Split] = {}
-    for label in sorted(by_label, key=lambda lab: lab.index):
+    for label in sorted(by_label):
         patients = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
         n = len(patients)
         n_val = round(fractions[1] * n)

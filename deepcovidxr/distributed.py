@@ -9,6 +9,9 @@ member. Under mixed_float16 the loss is scaled (``LossScaleOptimizer``), as comp
 Gradients are all-reduced every step, so every worker ends with the same weights. Worker 0 (the
 chief) writes the member; the others write nothing unless ``DEEPCOVIDXR_WORKER_COPIES`` names a
 folder (used by the tests to compare workers).
+
+Three or more classes: a softmax head, categorical cross-entropy on one-hot labels, and the
+macro one-vs-rest validation AUC (scikit-learn's), as ``training``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import TrainConfig
 from deepcovidxr.errors import UsageError
-from deepcovidxr.layout import RunPaths, Split
+from deepcovidxr.layout import RunPaths
 from deepcovidxr.schedule import (
     PLATEAU_FACTOR,
     Schedule,
     learning_rate_of,
+    macro_auc_or_nan,
     phase_optimizer,
     set_learning_rate,
     set_precision,
@@ -59,8 +63,12 @@ def _chief_decides(strategy, chief_says: bool) -> bool:
 
 
 def _validation_loss(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Unweighted binary cross-entropy, as fit's val_loss (Keras clips at its epsilon)."""
+    """Unweighted cross-entropy, as fit's val_loss (Keras clips at its epsilon): binary for one
+    score per image, categorical for (images, classes) scores against class indices."""
     p = np.clip(scores.astype(np.float64), 1e-7, 1 - 1e-7)
+    if p.ndim == 2:
+        p = p / p.sum(axis=1, keepdims=True)  # as Keras' categorical cross-entropy renormalises
+        return float(-np.mean(np.log(p[np.arange(len(p)), np.asarray(labels).astype(int)])))
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
@@ -68,9 +76,11 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     import keras
     import tensorflow as tf
 
+    from deepcovidxr import classes as class_names
     from deepcovidxr import metrics
-    from deepcovidxr.data import list_split, make_dataset
-    from deepcovidxr.models import build_member, save_member, set_backbone_trainable
+    from deepcovidxr.data import make_dataset
+    from deepcovidxr.models import build_member, head_for, save_member, set_backbone_trainable
+    from deepcovidxr.training import training_splits
 
     if "TF_CONFIG" not in os.environ:
         raise UsageError("--multi-worker needs TF_CONFIG (cluster workers and this task's index); see the README")
@@ -86,10 +96,10 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
-    train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
-    if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
-        raise UsageError(f"{config.path}: Train and Validation each need Positive and Negative images")
-    schedule = Schedule.for_member(config, hp, train_files.labels)
+    classes, train_files, val_files = training_splits(config.path)
+    binary = class_names.is_binary(classes)
+    outputs, activation = head_for(classes)
+    schedule = Schedule.for_member(config, hp, train_files.labels, classes)
     global_batch = config.batch_size * workers
     steps = max(1, math.ceil(len(train_files) / global_batch))
 
@@ -120,7 +130,14 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     )
 
     with strategy.scope():
-        model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
+        model = build_member(
+            member.backbone,
+            member.size,
+            dropout=hp.dropout_rate,
+            weights=config.weights,
+            outputs=outputs,
+            activation=activation,
+        )
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Batch statistics over the global batch: moving averages then stay identical on
@@ -156,8 +173,12 @@ def train_member_multiworker(config: TrainConfig) -> Path:
         records: dict[str, list[float]] = {"loss": [], "val_auc": [], "val_loss": [], "learning_rate": []}
         for epoch in range(schedule.epochs):
             losses = [float(train_step(distributed)) for _ in range(steps)]
-            scores = np.concatenate([np.asarray(model(x, training=False), np.float32)[:, 0] for x, _ in val_ds])
-            auc = metrics.auc_or_nan(val_files.labels, scores)
+            scores = np.concatenate([np.asarray(model(x, training=False), np.float32) for x, _ in val_ds])
+            if binary:
+                scores = scores[:, 0]
+                auc = metrics.auc_or_nan(val_files.labels, scores)
+            else:
+                auc = macro_auc_or_nan(val_files.labels, scores, len(classes))
             val_loss = _validation_loss(val_files.labels, scores)
             rate = learning_rate_of(optimizer)
             epoch_numbers = {"loss": np.mean(losses), "val_auc": auc, "val_loss": val_loss, "learning_rate": rate}
@@ -190,6 +211,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
                 "history": history,
                 "hyperparameters": hp.as_dict(),
                 "global_batch": global_batch,
+                "classes": list(classes),
                 "class_weight": schedule.class_weight,
                 "schedule": schedule.as_dict(),
             },
@@ -208,5 +230,6 @@ def train_member_multiworker(config: TrainConfig) -> Path:
                 "engine": "MultiWorkerMirroredStrategy custom loop",
                 "history": history,
             },
+            classes=classes,
         )
     return paths.final

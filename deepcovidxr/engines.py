@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -65,7 +66,8 @@ _ALTERNATIVE = {"onnxruntime": "openvino (or keras)", "openvino": "onnxruntime (
 
 
 class Runner(Protocol):
-    """One member on one engine: float32 NHWC preprocessed batch (n, s, s, 3) -> scores (n,)."""
+    """One member on one engine: float32 NHWC preprocessed batch (n, s, s, 3) -> scores: (n,) for
+    a one-unit (sigmoid) head, (n, K) for a K-unit (softmax) head (:mod:`deepcovidxr.classes`)."""
 
     member: Member
     engine: str
@@ -125,15 +127,26 @@ def require(module: str, pip_name: str, purpose: str, alternative: str | None = 
         ) from error
 
 
-def _input_spec(size: int):
+def _input_spec(size: int, channels: int = 3):
     import tensorflow as tf
 
     # Batch left as None: every engine then accepts any batch size, and a short last batch is not padded.
-    return [tf.TensorSpec((None, size, size, 3), tf.float32, name=INPUT_NAME)]
+    return [tf.TensorSpec((None, size, size, channels), tf.float32, name=INPUT_NAME)]
 
 
 def _model_size(model) -> int:
     return int(model.input_shape[1])
+
+
+def _model_spec(model):
+    """The model's own input shape with a free batch dimension (members: (s, s, 3); the U-Net: (256, 256, 1))."""
+    return _input_spec(_model_size(model), int(model.input_shape[-1]))
+
+
+def head_scores(output: np.ndarray) -> np.ndarray:
+    """A head's output (n, units) -> (n,) for one unit (sigmoid), (n, K) for K units (softmax)."""
+    output = np.asarray(output, np.float32)
+    return output[:, 0] if output.ndim == 2 and output.shape[1] == 1 else output
 
 
 # ------------------------------------------------------------------------------------- converters
@@ -151,7 +164,7 @@ def to_onnx(model, destination: Path) -> Path:
             # tf2onnx's numpy-2 shim (applied by Keras) probes deprecated numpy aliases.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            model.export(str(raw), format="onnx", input_signature=_input_spec(_model_size(model)), verbose=False)
+            model.export(str(raw), format="onnx", input_signature=_model_spec(model), verbose=False)
         proto = onnx.load(str(raw))
     _name_onnx_io(proto)
     with atomic_path(destination) as tmp:
@@ -202,7 +215,7 @@ def to_tflite(model, destination: Path) -> Path:
     """Keras member -> TFLite flatbuffer (Keras' LiteRT exporter, variable batch), atomically."""
     destination = Path(destination)
     with atomic_path(destination) as tmp:
-        model.export(str(tmp), format="litert", input_signature=_input_spec(_model_size(model)), verbose=False)
+        model.export(str(tmp), format="litert", input_signature=_model_spec(model), verbose=False)
     return destination
 
 
@@ -212,9 +225,7 @@ def to_saved_model(model, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".part", dir=destination.parent))
     try:
-        model.export(
-            str(scratch), format="tf_saved_model", input_signature=_input_spec(_model_size(model)), verbose=False
-        )
+        model.export(str(scratch), format="tf_saved_model", input_signature=_model_spec(model), verbose=False)
         replace_folder(scratch, destination)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -356,66 +367,128 @@ def _cached(entry: CacheEntry, build: Callable[[CacheEntry], dict | None], stats
 
 
 class _Checked:
-    """Input checks shared by the runners: a clear error beats a runtime's shape complaint."""
+    """Input checks shared by the runners: a clear error beats a runtime's shape complaint.
 
-    member: Member
+    ``member`` is the ensemble member the runner scores (its output goes through :func:`head_scores`);
+    None for another model (the lung U-Net), whose output is returned as it is."""
+
+    member: Member | None
+    name: str
     engine: str
     precision: str
     stats: dict
+    shape: tuple[int, ...]  # one input image: (s, s, 3) for a member
+    output_tail: tuple[int, ...]  # one output row: (units,) for a member
+
+    def _setup(
+        self, member: Member | None, name: str, engine: str, precision: str, stats: dict, shape, tail, head=None
+    ) -> None:
+        self.member, self.name, self.engine, self.precision, self.stats = member, name, engine, precision, stats
+        self.head = member is not None if head is None else head
+        self.shape = tuple(int(d) if isinstance(d, int) else -1 for d in shape)
+        self.output_tail = tuple(int(d) if isinstance(d, int) else -1 for d in tail)
 
     def _batch(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
-        size = self.member.size
-        if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
-            raise UsageError(
-                f"{self.member.short_name}: expected a float32 batch (n, {size}, {size}, 3), got shape {batch.shape}"
-            )
+        if batch.ndim != 1 + len(self.shape) or tuple(batch.shape[1:]) != self.shape:
+            wanted = ", ".join(str(d) for d in self.shape)
+            raise UsageError(f"{self.name}: expected a float32 batch (n, {wanted}), got shape {batch.shape}")
         return np.ascontiguousarray(batch, dtype=np.float32)
 
+    def _empty(self) -> np.ndarray:
+        return self._finish(np.zeros((0, *(max(d, 1) for d in self.output_tail)), np.float32))
+
+    def _finish(self, output) -> np.ndarray:
+        return head_scores(output) if self.head else np.asarray(output, np.float32)
+
+    @property
+    def units(self) -> int:
+        """Units of a member's head: 1 (sigmoid, scores (n,)) or K (softmax, scores (n, K))."""
+        return self.output_tail[0] if self.output_tail else 1
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.member.short_name} {self.engine}/{self.precision}>"
+        return f"<{type(self).__name__} {self.name} {self.engine}/{self.precision}>"
+
+
+def _member_name(member: Member | None, fallback: str) -> str:
+    return member.short_name if member is not None else fallback
 
 
 class KerasRunner(_Checked):
-    def __init__(self, member: Member, model) -> None:
+    """``head``: the output is a member's head ((n,) for one unit, (n, K) for K); default: when ``member`` is given."""
+
+    def __init__(self, member: Member | None, model, name: str = "model", head: bool | None = None) -> None:
         import tensorflow as tf
 
-        self.member, self.engine, self.precision, self.stats = member, "keras", "fp32", {}
+        shape, tail = model.input_shape[1:], model.output_shape[1:]
+        self._setup(member, _member_name(member, name), "keras", "fp32", {}, shape, tail, head)
         self.model = model
-        # One trace for every batch size (the signature's batch is None).
+        # One trace for every batch size (the signature's batch is None): a short last batch is not padded.
         self._forward = tf.function(
-            lambda x: model(x, training=False), input_signature=_input_spec(member.size), autograph=False
+            lambda x: model(x, training=False), input_signature=_model_spec(model), autograph=False
         )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = self._batch(batch)
         if not len(batch):
-            return np.zeros(0, np.float32)
-        return np.asarray(self._forward(batch))[:, 0]
+            return self._empty()
+        return self._finish(self._forward(batch))
 
 
 class OnnxRuntimeRunner(_Checked):
-    def __init__(self, member: Member, path: Path, precision: str, stats: dict, threads: int | None) -> None:
+    def __init__(
+        self, member: Member | None, path: Path, precision: str, stats: dict, threads: int | None, name: str = "model"
+    ) -> None:
         ort = require("onnxruntime", "onnxruntime", "engine 'onnxruntime'", _ALTERNATIVE["onnxruntime"])
-        self.member, self.engine, self.precision, self.stats, self.path = member, "onnxruntime", precision, stats, path
+        self.path = path
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
+        start = time.perf_counter()
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        stats["session_seconds"] = time.perf_counter() - start
+        inputs, outputs = self.session.get_inputs()[0], self.session.get_outputs()[0]
+        self._input, self._output = inputs.name, outputs.name
+        self._setup(
+            member, _member_name(member, name), "onnxruntime", precision, stats, inputs.shape[1:], outputs.shape[1:]
+        )
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = self._batch(batch)
         if not len(batch):
-            return np.zeros(0, np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0][:, 0]
+            return self._empty()
+        return self._finish(self.session.run([self._output], {self._input: batch})[0])
+
+
+_CORE: Any = None
+_CORE_LOCK = threading.Lock()
+
+
+def openvino_core(ov=None):
+    """One OpenVINO Core per process (the Core is thread-safe: members compile in parallel threads)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            ov = ov or require("openvino", "openvino", "engine 'openvino'", _ALTERNATIVE["openvino"])
+            _CORE = ov.Core()
+        return _CORE
 
 
 class OpenVinoRunner(_Checked):
-    def __init__(self, member: Member, path: Path, precision: str, stats: dict, threads: int | None) -> None:
+    def __init__(
+        self,
+        member: Member | None,
+        path: Path,
+        precision: str,
+        stats: dict,
+        threads: int | None,
+        name: str = "model",
+        blob_cache: Path | None = None,
+    ) -> None:
         ov = require("openvino", "openvino", "engine 'openvino'", _ALTERNATIVE["openvino"])
-        self.member, self.engine, self.precision, self.stats, self.path = member, "openvino", precision, stats, path
-        core = ov.Core()
+        self.path = path
+        core = openvino_core(ov)
         config: dict[str, Any] = {}
         if precision == "bf16":
             _check_bf16(core)
@@ -426,18 +499,28 @@ class OpenVinoRunner(_Checked):
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        if blob_cache is not None:
+            # OpenVINO's own compiled-model cache (keyed by the model, the device, this config and the
+            # OpenVINO version, checked by OpenVINO): a warm start imports the compiled graph instead of
+            # compiling it again.
+            config["CACHE_DIR"] = str(blob_cache)
+        start = time.perf_counter()
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        stats["compile_seconds"] = time.perf_counter() - start
         self.request = self.compiled.create_infer_request()
         hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.stats["inference_precision"] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        stats["inference_precision"] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        inputs, outputs = self.compiled.input(0).get_partial_shape(), self.compiled.output(0).get_partial_shape()
+        dims = [[d.get_length() if d.is_static else None for d in shape] for shape in (inputs, outputs)]
+        self._setup(member, _member_name(member, name), "openvino", precision, stats, dims[0][1:], dims[1][1:])
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = self._batch(batch)
         if not len(batch):
-            return np.zeros(0, np.float32)
+            return self._empty()
         self.request.infer({0: batch})
         # Copied: the request's output buffer is reused by the next infer().
-        return np.array(self.request.get_output_tensor(0).data[:, 0], np.float32)
+        return self._finish(np.array(self.request.get_output_tensor(0).data, np.float32))
 
 
 def cpu_supports_bf16(core=None) -> bool:
@@ -471,31 +554,62 @@ def _load_keras(member: Member, member_path: Path):
     return load_member(member_path, member)
 
 
-def _base_key(member_path: Path, member_sha: str, kind: str, precision: str, packages: tuple[str, ...]) -> dict:
+@dataclass(frozen=True)
+class _Source:
+    """What an export is made from: a Keras model file, its digest and how to load it."""
+
+    stem: str
+    path: Path
+    sha256: str
+    load: Callable[[], Any] = field(compare=False)
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+class Calibration:
+    """int8 calibration images given lazily: ``digest`` (part of the cache key) is cheap, and the
+    preprocessed images of a member (``images(member)``, float32 (n, s, s, 3)) are made only when
+    a quantised model has to be built, so a warm cache never prepares them.
+
+    ``make(member)`` returns the images for one member; ``digest`` must change whenever they would
+    (e.g. a digest of the calibration files and of the preprocessing that turns them into views)."""
+
+    def __init__(self, digest: str, count: int, make: Callable[[Member], np.ndarray]) -> None:
+        self.digest, self.count, self._make = digest, count, make
+
+    def images(self, member: Member) -> np.ndarray:
+        return _check_calibration(member, self._make(member))
+
+
+def _calibration_key(calibration: np.ndarray | Calibration) -> dict:
+    if isinstance(calibration, Calibration):
+        return {"calibration_sha256": calibration.digest, "calibration_images": calibration.count}
+    return {"calibration_sha256": array_sha256(calibration), "calibration_images": len(calibration)}
+
+
+def _calibration_images(member: Member, calibration: np.ndarray | Calibration) -> np.ndarray:
+    return calibration.images(member) if isinstance(calibration, Calibration) else calibration
+
+
+def _base_key(source: _Source, kind: str, precision: str, packages: tuple[str, ...]) -> dict:
     return {
         "format": CACHE_FORMAT,
-        "member_file": Path(member_path).name,
-        "member_sha256": member_sha,
+        "member_file": Path(source.path).name,
+        "member_sha256": source.sha256,
         "kind": kind,
         "precision": precision,
         "versions": _versions(packages),
+        **source.extra,
     }
 
 
-def _onnx_fp32(member: Member, member_path: Path, folder: Path, member_sha: str, stats: dict) -> CacheEntry:
+def _onnx_fp32(source: _Source, folder: Path, stats: dict) -> CacheEntry:
     entry = CacheEntry(
-        folder,
-        _stem(member),
-        "onnx",
-        "fp32",
-        _base_key(member_path, member_sha, "onnx", "fp32", _CONVERTER_PACKAGES),
-        (".onnx",),
+        folder, source.stem, "onnx", "fp32", _base_key(source, "onnx", "fp32", _CONVERTER_PACKAGES), (".onnx",)
     )
 
     def build(entry: CacheEntry) -> dict:
         require("tensorflow", "tensorflow", "ONNX export")
-        model = _load_keras(member, member_path)
-        to_onnx(model, entry.path)
+        to_onnx(source.load(), entry.path)
         return {"converter": "keras.Model.export(format='onnx') / tf2onnx"}
 
     return _cached(entry, build, stats)
@@ -507,13 +621,11 @@ def _calibration_batches(calibration: np.ndarray, batch: int = 8):
 
 
 def _onnx_int8(
-    member: Member, member_path: Path, folder: Path, member_sha: str, calibration: np.ndarray, stats: dict
+    member: Member, source: _Source, folder: Path, calibration: np.ndarray | Calibration, stats: dict
 ) -> CacheEntry:
-    fp32 = _onnx_fp32(member, member_path, folder, member_sha, stats)
-    key = _base_key(member_path, member_sha, "onnxruntime", "int8", (*_CONVERTER_PACKAGES, "onnxruntime"))
-    key["calibration_sha256"] = array_sha256(calibration)
-    key["calibration_images"] = len(calibration)
-    entry = CacheEntry(folder, _stem(member), "onnxruntime", "int8", key, (".onnx",))
+    key = _base_key(source, "onnxruntime", "int8", (*_CONVERTER_PACKAGES, "onnxruntime"))
+    key.update(_calibration_key(calibration))
+    entry = CacheEntry(folder, source.stem, "onnxruntime", "int8", key, (".onnx",))
 
     def build(entry: CacheEntry) -> dict:
         require("onnxruntime", "onnxruntime", "int8 quantisation", "engine openvino with nncf")
@@ -525,9 +637,12 @@ def _onnx_int8(
             quantize_static,
         )
 
+        fp32 = _onnx_fp32(source, folder, stats)  # needed only to build: a valid int8 entry is used alone
+        images = _calibration_images(member, calibration)
+
         class Reader(CalibrationDataReader):
             def __init__(self) -> None:
-                self.batches = _calibration_batches(calibration)
+                self.batches = _calibration_batches(images)
 
             def get_next(self) -> dict | None:
                 batch = next(self.batches, None)
@@ -552,14 +667,14 @@ def _onnx_int8(
     return _cached(entry, build, stats)
 
 
-def _openvino_ir(member: Member, member_path: Path, folder: Path, member_sha: str, stats: dict) -> CacheEntry:
-    fp32 = _onnx_fp32(member, member_path, folder, member_sha, stats)
-    key = _base_key(member_path, member_sha, "openvino", "fp32", (*_CONVERTER_PACKAGES, "openvino"))
-    entry = CacheEntry(folder, _stem(member), "openvino", "fp32", key, (".xml", ".bin"))
+def _openvino_ir(source: _Source, folder: Path, stats: dict) -> CacheEntry:
+    key = _base_key(source, "openvino", "fp32", (*_CONVERTER_PACKAGES, "openvino"))
+    entry = CacheEntry(folder, source.stem, "openvino", "fp32", key, (".xml", ".bin"))
 
     def build(entry: CacheEntry) -> dict:
         import openvino as ov
 
+        fp32 = _onnx_fp32(source, folder, stats)  # needed only to build: a valid IR is used alone
         _save_ir(ov, ov.convert_model(str(fp32.path)), entry)
         return {"converter": "openvino.convert_model(onnx), weights kept fp32"}
 
@@ -576,27 +691,27 @@ def _save_ir(ov, model, entry: CacheEntry) -> None:
 
 
 def _openvino_int8(
-    member: Member, member_path: Path, folder: Path, member_sha: str, calibration: np.ndarray, stats: dict
+    member: Member, source: _Source, folder: Path, calibration: np.ndarray | Calibration, stats: dict
 ) -> CacheEntry:
     try:
         import nncf  # noqa: F401
     except ImportError:
         # Without NNCF, OpenVINO runs ONNX Runtime's statically quantised ONNX (QDQ is read natively).
         log.info("nncf not installed: OpenVINO int8 runs ONNX Runtime's quantised ONNX model")
-        return _onnx_int8(member, member_path, folder, member_sha, calibration, stats)
-    ir = _openvino_ir(member, member_path, folder, member_sha, stats)
-    key = _base_key(member_path, member_sha, "openvino", "int8", (*_CONVERTER_PACKAGES, "openvino", "nncf"))
-    key["calibration_sha256"] = array_sha256(calibration)
-    key["calibration_images"] = len(calibration)
-    entry = CacheEntry(folder, _stem(member), "openvino", "int8", key, (".xml", ".bin"))
+        return _onnx_int8(member, source, folder, calibration, stats)
+    key = _base_key(source, "openvino", "int8", (*_CONVERTER_PACKAGES, "openvino", "nncf"))
+    key.update(_calibration_key(calibration))
+    entry = CacheEntry(folder, source.stem, "openvino", "int8", key, (".xml", ".bin"))
 
     def build(entry: CacheEntry) -> dict:
         import nncf
         import openvino as ov
 
+        ir = _openvino_ir(source, folder, stats)
+        images = _calibration_images(member, calibration)
         # One image per calibration item: NNCF's subset_size counts items.
-        dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
-        quantized = nncf.quantize(ov.Core().read_model(str(ir.path)), dataset, subset_size=len(calibration))
+        dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
+        quantized = nncf.quantize(ov.Core().read_model(str(ir.path)), dataset, subset_size=len(images))
         _save_ir(ov, quantized, entry)
         return {"quantizer": "nncf.quantize (default preset, fast bias correction)"}
 
@@ -623,35 +738,20 @@ def _check_calibration(member: Member, calibration: np.ndarray | None) -> np.nda
     return calibration
 
 
-def open_member(
-    member: Member,
-    member_path: Path,
-    engine: str = "keras",
-    precision: str = "fp32",
-    cache_dir: Path | None = None,
-    calibration: np.ndarray | None = None,
-    threads: int | None = None,
-) -> Runner:
-    """A :class:`Runner` for ``member`` (weights in ``member_path``) on ``engine`` at ``precision``.
-
-    ``calibration``: preprocessed float32 (n, s, s, 3) images for int8, never the images being
-    predicted (quantisation ranges fitted on the test images would leak them into the scores).
-    ``cache_dir``: where exports are cached (default ``<member folder>/.engine_cache``).
-    ``threads``: intra-op threads for ONNX Runtime / OpenVINO (default: the runtime's choice).
-    ``runner.stats`` says what was built on this call (``built``, ``build_seconds``).
-    """
+def check_engine(engine: str, precision: str, calibration: object | None = None) -> None:
+    """Refuse an engine/precision pair this install or this CPU cannot run, before anything is
+    loaded or exported: unknown names, Keras at reduced precision, ONNX Runtime bf16, a runtime that
+    is not importable, bf16 on a CPU without it, int8 without calibration images. Each error names
+    the alternative; nothing falls back silently."""
     if engine not in ENGINES:
         raise UsageError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    member_path = Path(member_path)
-    if not member_path.is_file():
-        raise MissingInputError(f"member weights not found: {member_path}")
     if engine == "keras":
         if precision != "fp32":
             better = "openvino" if precision == "bf16" else "onnxruntime or openvino (with calibration images)"
             raise UsageError(f"engine keras runs fp32 only here; for {precision} use engine {better}")
-        return KerasRunner(member, _load_keras(member, member_path))
+        return
     if engine == "onnxruntime" and precision == "bf16":
         raise UsageError(
             "ONNX Runtime's CPU provider has no bf16 convolution kernels; for bf16 use engine openvino "
@@ -661,25 +761,110 @@ def open_member(
     pip_name, module = _RUNTIME[engine]
     require(module, pip_name, f"engine {engine!r}", _ALTERNATIVE[engine])
     if engine == "openvino" and precision == "bf16":
-        import openvino as ov
+        _check_bf16(openvino_core())
+    if precision == "int8" and calibration is None:
+        raise UsageError(
+            "int8 needs calibration images: a few dozen preprocessed images from data that is not being "
+            "predicted (e.g. the Validation split), as float32 (n, size, size, 3)"
+        )
 
-        _check_bf16(ov.Core())
-    if precision == "int8":
+
+def default_precision(engine: str) -> str:
+    """What ``auto`` means: bf16 on OpenVINO when the CPU has native bf16 (avx512_bf16/AMX), else
+    fp32 (Keras and ONNX Runtime run members in fp32; int8 is never chosen without calibration images)."""
+    if engine == "openvino" and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _blob_cache(folder: Path) -> Path:
+    blobs = folder / "openvino_compiled"
+    blobs.mkdir(exist_ok=True)
+    return blobs
+
+
+def open_member(
+    member: Member,
+    member_path: Path,
+    engine: str = "keras",
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+    calibration: np.ndarray | Calibration | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """A :class:`Runner` for ``member`` (weights in ``member_path``) on ``engine`` at ``precision``.
+
+    ``calibration``: preprocessed float32 (n, s, s, 3) images for int8 (or a lazy
+    :class:`Calibration`), never the images being predicted (quantisation ranges fitted on the
+    test images would leak them into the scores).
+    ``cache_dir``: where exports are cached (default ``<member folder>/.engine_cache``).
+    ``threads``: intra-op threads for ONNX Runtime / OpenVINO (default: the runtime's choice).
+    ``runner.stats`` says what was built on this call (``built``, ``build_seconds``) and how long
+    opening took (``open_seconds``).
+    """
+    check_engine(engine, precision, calibration)
+    member_path = Path(member_path)
+    if not member_path.is_file():
+        raise MissingInputError(f"member weights not found: {member_path}")
+    started = time.perf_counter()
+    if engine == "keras":
+        runner = KerasRunner(member, _load_keras(member, member_path))
+        runner.stats["open_seconds"] = time.perf_counter() - started
+        return runner
+    if precision == "int8" and not isinstance(calibration, Calibration):
         calibration = _check_calibration(member, calibration)
     folder = _cache_folder(member_path, cache_dir)
-    member_sha = file_sha256(member_path)
+    source = _Source(_stem(member), member_path, file_sha256(member_path), lambda: _load_keras(member, member_path))
+    runner = _open(source, folder, engine, precision, calibration, threads, member, member.short_name)
+    runner.stats["open_seconds"] = time.perf_counter() - started
+    return runner
+
+
+def _open(source: _Source, folder: Path, engine: str, precision: str, calibration, threads, member, name) -> Runner:
     stats: dict = {}
     if engine == "onnxruntime":
         if precision == "int8":
-            entry = _onnx_int8(member, member_path, folder, member_sha, calibration, stats)
+            entry = _onnx_int8(member, source, folder, calibration, stats)
         else:
-            entry = _onnx_fp32(member, member_path, folder, member_sha, stats)
-        return OnnxRuntimeRunner(member, entry.path, precision, stats, threads)
+            entry = _onnx_fp32(source, folder, stats)
+        return OnnxRuntimeRunner(member, entry.path, precision, stats, threads, name)
     if precision == "int8":
-        entry = _openvino_int8(member, member_path, folder, member_sha, calibration, stats)
+        entry = _openvino_int8(member, source, folder, calibration, stats)
     else:  # fp32 and bf16 share the fp32 IR; bf16 is a compile-time hint of the CPU plugin
-        entry = _openvino_ir(member, member_path, folder, member_sha, stats)
-    return OpenVinoRunner(member, entry.path, precision, stats, threads)
+        entry = _openvino_ir(source, folder, stats)
+    return OpenVinoRunner(member, entry.path, precision, stats, threads, name, _blob_cache(folder))
+
+
+def open_model(
+    path: Path,
+    load: Callable[[], Any],
+    engine: str,
+    precision: str,
+    cache_dir: Path,
+    extra_key: dict | None = None,
+    threads: int | None = None,
+    name: str | None = None,
+) -> Runner:
+    """Another Keras model file than a member (the lung U-Net) on ``engine`` at fp32 or bf16, exported
+    and cached like a member (key: the file's sha256 plus ``extra_key``, e.g. its sidecar's digest).
+    ``load()`` builds the Keras model (only when the engine is keras or the cache misses). The runner
+    returns the model's raw output."""
+    if precision == "int8":
+        raise UsageError("open_model runs fp32 or bf16 (int8 needs member calibration)")
+    check_engine(engine, precision)
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"model weights not found: {path}")
+    started = time.perf_counter()
+    name = name or path.name
+    if engine == "keras":
+        runner: Runner = KerasRunner(None, load(), name)
+    else:
+        stem = path.name.split(".")[0]
+        source = _Source(stem, path, file_sha256(path), load, dict(extra_key or {}))
+        runner = _open(source, _cache_folder(path, cache_dir), engine, precision, None, threads, None, name)
+    runner.stats["open_seconds"] = time.perf_counter() - started
+    return runner
 
 
 __all__ = [
@@ -687,11 +872,16 @@ __all__ = [
     "ENGINES",
     "PRECISIONS",
     "CacheEntry",
+    "Calibration",
     "Runner",
+    "check_engine",
     "convert",
     "cpu_supports_bf16",
+    "default_precision",
     "file_sha256",
+    "head_scores",
     "open_member",
+    "open_model",
     "to_onnx",
     "to_saved_model",
     "to_tflite",

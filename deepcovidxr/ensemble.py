@@ -9,6 +9,12 @@ search, seeded and vectorised; which split it is given is the caller's choice (i
 Weight files: the original's ``ensemble_weights.pickle`` (a float64 numpy array of 24 in canonical order)
 is read through :mod:`deepcovidxr.safe_pickle`, never ``pickle.load``; ``ensemble_weights.json`` maps
 member short names to weights and may name a subset of the members.
+
+Multi-class ensembles (three or more classes, :mod:`deepcovidxr.classes`): member scores are
+``(images, members, classes)`` probability vectors, every rule returns ``(images, classes)`` rows
+summing to 1 (see :func:`combine_rule`), the weight search maximises the macro one-vs-rest ROC AUC
+(:func:`dirichlet_search`) and the weights JSON records the class names (``classes``; a binary
+file stays exactly as before, without the key).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from deepcovidxr import classes as class_names
 from deepcovidxr import layout, safe_pickle
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import UsageError
@@ -99,8 +106,8 @@ def published_weights() -> dict[str, float]:
 
 def _member_scores(scores: Any) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64)
-    if s.ndim != 2:
-        raise ValueError(f"member scores must be 2-D (images, members), got shape {s.shape}")
+    if s.ndim not in (2, 3):
+        raise ValueError(f"member scores must be (images, members) or (images, members, classes), got shape {s.shape}")
     if not np.isfinite(s).all():
         raise ValueError("member scores contain NaN or infinity")
     return s
@@ -110,21 +117,37 @@ def combine(scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Weighted sum of member sigmoids: ``scores`` (images, members) times ``weights`` (members,).
 
     This is the published combination rule; the result is cut at 0.5 by the caller. The weights are used
-    as given (they are validated to sum to 1 when loaded or saved, not here).
+    as given (they are validated to sum to 1 when loaded or saved, not here). Multi-class scores
+    (images, members, classes) give the weighted mean of the members' probability vectors
+    (``sum_m w_m p_m / sum_m w_m``: the same as the sum for weights summing to 1, and rows that sum
+    to 1 whatever the weights' total), shape (images, classes).
     """
     s = _member_scores(scores)
     w = np.asarray(weights, dtype=np.float64)
     if w.shape != (s.shape[1],):
         raise ValueError(f"{s.shape[1]} member columns but weights of shape {w.shape}")
-    return s @ w
+    if s.ndim == 2:
+        return s @ w
+    total = w.sum()
+    if not total > 0:
+        raise ValueError("weights sum to zero")
+    return np.einsum("imk,m->ik", s, w) / total
 
 
 def combine_rule(scores: np.ndarray, method: str, weights: np.ndarray | None = None) -> np.ndarray:
-    """Combine member scores (images, members) into one score per image.
+    """Combine member scores into one score per image (binary) or one probability row per image
+    (multi-class).
 
-    ``weighted``: :func:`combine` (needs ``weights``); ``mean``: unweighted soft average; ``vote``: fraction
-    of members calling the image positive (score >= 0.5, a hard majority vote when cut at 0.5); ``max``:
-    the most confident member.
+    Binary, scores (images, members) -> (images,): ``weighted``: :func:`combine` (needs
+    ``weights``); ``mean``: unweighted soft average; ``vote``: fraction of members calling the image
+    positive (score >= 0.5, a hard majority vote when cut at 0.5); ``max``: the most confident member.
+
+    Multi-class, scores (images, members, classes) -> (images, classes), every row summing to 1, the
+    call being the row's argmax: ``weighted``: weighted mean of the members' probability vectors;
+    ``mean``: their unweighted mean; ``vote``: the fraction of members whose argmax is each class (a
+    member's tie goes to the first class in sorted order, as ``numpy.argmax``); ``max``: each class's
+    highest probability over the members, the row then divided by its sum (so the class one member
+    is most sure of wins; the values are a ranking score more than a calibrated probability).
     """
     if method == "weighted":
         if weights is None:
@@ -134,9 +157,18 @@ def combine_rule(scores: np.ndarray, method: str, weights: np.ndarray | None = N
     if method == "mean":
         return s.mean(axis=1)
     if method == "vote":
-        return (s >= 0.5).mean(axis=1)
+        if s.ndim == 2:
+            return (s >= 0.5).mean(axis=1)
+        calls = s.argmax(axis=2)  # (images, members)
+        counts = (calls[:, :, None] == np.arange(s.shape[2])).sum(axis=1)
+        return counts / s.shape[1]
     if method == "max":
-        return s.max(axis=1)
+        if s.ndim == 2:
+            return s.max(axis=1)
+        top = s.max(axis=1)
+        total = top.sum(axis=1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, top / np.where(total > 0, total, 1.0), 1.0 / s.shape[2])
     raise ValueError(f"unknown combination method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -188,11 +220,21 @@ def dirichlet_search(scores: np.ndarray, labels: Any, draws: int = 10000, seed: 
     their sum, which is how the draws are generated, in fixed blocks, so a seed gives the same sequence of
     candidates for any data. The first draw reaching the best AUC wins. Give it the Validation split:
     fitting on Test and reporting on Test is optimistic (SPEC bug 1).
+
+    Multi-class scores (images, members, classes) with class-index labels: the same draws, each
+    candidate scored by the macro one-vs-rest ROC AUC of the weighted mean of the members'
+    probability vectors (per class, the AUC of that class's column against "this class or not",
+    then the unweighted mean over classes). Chosen over log-loss because it is the figure the
+    evaluation reports, it keeps the binary search's meaning (a rank objective, one AUC per class,
+    the same vectorised Mann-Whitney count) and, like the binary AUC, it cannot be improved by
+    merely sharpening or flattening the probabilities. Every class must occur in the labels.
     """
     s = _member_scores(scores)
     y = np.asarray(labels)
     if y.shape != (s.shape[0],):
         raise ValueError(f"{s.shape[0]} images of scores but labels of shape {y.shape}")
+    if s.ndim == 3:
+        return _multiclass_search(s, y, draws, seed)
     if not np.isin(np.unique(y), (0, 1)).all():
         raise ValueError("labels must be 0/1 (1 = COVID-positive)")
     if draws < 1:
@@ -220,6 +262,59 @@ def dirichlet_search(scores: np.ndarray, labels: Any, draws: int = 10000, seed: 
         auc,
         member_aucs.max(),
         int(member_aucs.argmax()),
+    )
+    return SearchResult(weights=best_weights, auc=auc, draws=draws)
+
+
+def macro_ovr_auc(labels: Any, probabilities: Any) -> float:
+    """Macro one-vs-rest ROC AUC of (images, classes) probabilities against class-index labels
+    (every class must occur), with :func:`fast_auc` (equal to scikit-learn's
+    ``roc_auc_score(multi_class="ovr", average="macro")``)."""
+    y = np.asarray(labels).astype(np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    return float(np.mean([fast_auc(y == k, p[:, k]) for k in range(p.shape[1])]))
+
+
+def _multiclass_search(s: np.ndarray, y: np.ndarray, draws: int, seed: int) -> SearchResult:
+    n_images, n_members, n_classes = s.shape
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise ValueError("multi-class labels must be class indices")
+    y = y.astype(np.int64)
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be class indices 0..{n_classes - 1}")
+    absent = sorted(set(range(n_classes)) - set(np.unique(y).tolist()))
+    if absent:
+        raise UsageError(f"the weight search needs every class among the labels; class indices {absent} have no image")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _AUC_CELLS // n_images)
+    best_auc, best_weights = -math.inf, np.full(n_members, 1.0 / n_members)
+    one_vs_rest = [y == k for k in range(n_classes)]
+    for block_start in range(0, draws, _DRAW_BLOCK):
+        block = rng.standard_exponential((min(_DRAW_BLOCK, draws - block_start), n_members))
+        block /= block.sum(axis=1, keepdims=True)
+        for start in range(0, block.shape[0], chunk):
+            candidates = block[start : start + chunk]
+            # Column k of the weighted mean is linear in the weights: (images, members) @ (members, c).
+            aucs = np.mean(
+                [np.atleast_1d(fast_auc(one_vs_rest[k], s[:, :, k] @ candidates.T)) for k in range(n_classes)],
+                axis=0,
+            )
+            index = int(np.argmax(aucs))
+            if aucs[index] > best_auc:
+                best_auc, best_weights = float(aucs[index]), candidates[index].copy()
+    combined = combine(s, best_weights)
+    auc = float(roc_auc_score(y, combined, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    member_aucs = [macro_ovr_auc(y, s[:, m, :]) for m in range(n_members)]
+    logger.info(
+        "Dirichlet search (%d draws, seed %d): ensemble macro one-vs-rest AUC %.4f; best single member %.4f "
+        "(column %d)",
+        draws,
+        seed,
+        auc,
+        max(member_aucs),
+        int(np.argmax(member_aucs)),
     )
     return SearchResult(weights=best_weights, auc=auc, draws=draws)
 
@@ -319,6 +414,50 @@ def load_rule(path: Path) -> str:
     return rule
 
 
+def load_classes(path: Path) -> tuple[str, ...]:
+    """The class names the weights were fitted for: the JSON's ``classes`` (for a pickle, those
+    of the JSON written beside it when it holds the same weights); files without the key (the
+    authors', binary ones, flat mappings) are binary."""
+    path = Path(path)
+    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
+    if not source.is_file():
+        return class_names.BINARY
+    try:
+        payload = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
+    recorded = payload.get("classes") if isinstance(payload, dict) else None
+    if recorded is None:
+        return class_names.BINARY
+    if not isinstance(recorded, list) or len(recorded) < 2 or not all(isinstance(c, str) for c in recorded):
+        raise UsageError(f"{source}: 'classes' must be a list of at least two class names")
+    if source != path and load_weights(source) != load_weights(path):
+        return class_names.BINARY  # a pickle that is not the one its neighbour describes
+    return tuple(recorded)
+
+
+def load_calibration(path: Path) -> dict[str, Any] | None:
+    """The Validation fit stored with the weights (``calibration`` in the JSON; for a pickle, that of
+    the JSON beside it when it holds the same weights), or None: the authors' files and weights
+    written before calibration existed have none."""
+    path = Path(path)
+    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
+    if not source.is_file():
+        return None
+    try:
+        payload = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
+    stored = payload.get("calibration") if isinstance(payload, dict) else None
+    if stored is None or (source != path and load_weights(source) != load_weights(path)):
+        return None
+    if not isinstance(stored, dict) or "calibration" not in stored or "operating_points" not in stored:
+        raise UsageError(
+            f"{source}: 'calibration' must hold 'calibration' and 'operating_points' (as ensemble.py writes it)"
+        )
+    return stored
+
+
 def load_weights(path: Path) -> dict[str, float]:
     """Read ensemble weights as ``{member short name: weight}`` in canonical order.
 
@@ -357,13 +496,22 @@ def weight_vector(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.nda
     return tuple(valid), np.array(list(valid.values()), dtype=np.float64)
 
 
-def save_weights(weights: Mapping[str, float], folder: Path, rule: str = "weighted") -> tuple[Path, Path]:
+def save_weights(
+    weights: Mapping[str, float],
+    folder: Path,
+    rule: str = "weighted",
+    classes: tuple[str, ...] | None = None,
+    calibration: Mapping[str, Any] | None = None,
+) -> tuple[Path, Path]:
     """Write ``ensemble_weights.pickle`` and ``ensemble_weights.json`` into ``folder``, atomically.
 
     The pickle is what the original reads: a float64 array in canonical order, over the members present
     only (no zeros are invented for absent members, so for a subset it is not a drop-in 24-member file and
     the JSON, which names the members, is the source of truth). Invalid weights raise ValueError before
-    anything is written.
+    anything is written. ``classes`` (multi-class ensembles) is recorded in the JSON as ``classes``;
+    a binary ensemble's JSON is written without it, exactly as before. ``calibration``
+    (:meth:`deepcovidxr.calibration.ValidationFit.to_dict`: the score -> probability map and the
+    operating points, fitted on Validation) travels in the same JSON, after the weights.
     """
     folder = Path(folder)
     names, vector = weight_vector(weights)
@@ -374,7 +522,13 @@ def save_weights(weights: Mapping[str, float], folder: Path, rule: str = "weight
         raise UsageError(f"unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
     # The rule travels with the weights: every later stage applies it (mean/vote/max ignore the
     # values but keep the members).
-    write_json(json_path, {"rule": rule, "weights": dict(zip(names, vector.tolist(), strict=True))})
+    payload: dict[str, Any] = {"rule": rule}
+    if classes is not None and not class_names.is_binary(classes):
+        payload["classes"] = list(classes)
+    payload["weights"] = dict(zip(names, vector.tolist(), strict=True))
+    if calibration is not None:
+        payload["calibration"] = dict(calibration)
+    write_json(json_path, payload)
     if len(names) != len(MEMBER_NAMES):
         logger.warning(
             "%d of %d members weighted: %s names them, the pickle alone does not",

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcovidxr import classes as class_names
 from deepcovidxr import ensemble, shipped
 from deepcovidxr.atomic import write_text
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.layout import DataTree, Label, Member, Split, ensemble_members
+from deepcovidxr.layout import DataTree, Member, Split, ensemble_members
 from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, score_members
 
 log = logging.getLogger(__name__)
@@ -27,27 +28,68 @@ POSITIVE, NEGATIVE = "COVID-19 Positive", "COVID-19 Negative"
 THRESHOLD = 0.5
 
 
+# Multi-class evaluation: every member's probability of every class, beside predictions.csv.
+MEMBER_PROBABILITIES_CSV = "member_probabilities.csv"
+
+
 @dataclass(frozen=True)
 class Ensemble:
-    """The members to run (with their files) and their weights, in canonical order."""
+    """The members to run (with their files) and their weights, in canonical order, and the
+    classes they were trained on (one list for all: :func:`deepcovidxr.classes.common`)."""
 
     members: list[tuple[Member, Path]]
     weights: np.ndarray
     rule: str = "weighted"  # stored with the weights (ensemble.load_rule)
+    classes: tuple[str, ...] = class_names.BINARY
+    # The Validation fit stored with the weights (ensemble.load_calibration): None for the authors'
+    # weights and files written before calibration existed.
+    calibration: dict | None = None
 
     @property
     def names(self) -> list[str]:
         return [m.short_name for m, _ in self.members]
 
+    @property
+    def binary(self) -> bool:
+        return class_names.is_binary(self.classes)
+
+    @property
+    def rule_weights(self) -> np.ndarray:
+        """The weights the rule gives the members: the stored ones for ``weighted``, equal weights for
+        mean / vote / max (which ignore the stored values)."""
+        if self.rule == "weighted":
+            return self.weights
+        return np.full(len(self.members), 1.0 / len(self.members))
+
     def combine(self, scores: np.ndarray) -> np.ndarray:
-        """Member scores (images, members) -> one score per image by the ensemble's rule."""
+        """Member scores by the ensemble's rule: binary (images, members) -> one score per image;
+        multi-class (images, members, classes) -> (images, classes) rows summing to 1."""
         return ensemble.combine_rule(scores, self.rule, self.weights)
 
 
-def decision(score: float) -> list:
+def member_columns(names: list[str], classes: tuple[str, ...]) -> list[str]:
+    """Column names of every member's probability of every class: ``<member>.p_<class>``."""
+    return [f"{name}.{class_names.probability_column(c)}" for name in names for c in classes]
+
+
+def class_rows(
+    names: list[str], labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...]
+) -> tuple[list[str], list[list]]:
+    """The multi-class predictions table: ``Filenames``, ``Predictions`` (the argmax class),
+    ``Actual`` (the folder's class), one ``p_<class>`` column per class (rows sum to 1)."""
+    header = ["Filenames", "Predictions", "Actual", *(class_names.probability_column(c) for c in classes)]
+    calls = probabilities.argmax(axis=1)
+    rows = [
+        [name, classes[int(call)], classes[int(label)], *(f"{v:.6f}" for v in row)]
+        for name, label, call, row in zip(names, labels, calls, probabilities, strict=True)
+    ]
+    return header, rows
+
+
+def decision(score: float, threshold: float = THRESHOLD) -> list:
     """The original's three result columns for one ensemble score: the score, the binary call at
-    THRESHOLD and its label."""
-    positive = score >= THRESHOLD
+    ``threshold`` (the original's 0.5 unless an operating point is chosen) and its label."""
+    positive = score >= threshold
     return [f"{score:.6f}", int(positive), POSITIVE if positive else NEGATIVE]
 
 
@@ -72,7 +114,15 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     rule = ensemble.load_rule(source)
     if rule != "weighted":
         log.info("ensemble rule %s (stored with %s)", rule, source)
-    return Ensemble([(m, Path(weights_dir) / m.legacy_filename) for m in chosen], weights, rule)
+    members = [(m, Path(weights_dir) / m.legacy_filename) for m in chosen]
+    trained_on = class_names.common(members)
+    fitted_for = ensemble.load_classes(source)
+    if fitted_for != trained_on:
+        raise UsageError(
+            f"{source}: the ensemble weights were fitted for classes {list(fitted_for)}, but the members in "
+            f"{weights_dir} were trained on {list(trained_on)}"
+        )
+    return Ensemble(members, weights, rule, trained_on, ensemble.load_calibration(source))
 
 
 def views_of(members: list[tuple[Member, Path]]) -> tuple:
@@ -102,37 +152,58 @@ def load_member_file(path: Path, member: Member):
 
 @dataclass(frozen=True)
 class SplitImages:
-    names: list[str]  # "<Label>/<file>", the same in every view
-    labels: np.ndarray
+    names: list[str]  # "<class>/<file>", the same in every view
+    labels: np.ndarray  # class indices into ``classes`` (binary: 1 = Positive)
+    classes: tuple[str, ...] = class_names.BINARY
+
+
+def tree_classes(view_dir: Path, split: Split, expected: tuple[str, ...]) -> tuple[str, ...]:
+    """The classes of one view of the tree (:func:`deepcovidxr.classes.discover`), which must be
+    the members' classes. A binary tree whose split holds only one of Negative/ and Positive/ (a
+    positives-only cohort, say) is still read, as before multi-class."""
+    split_dir = Path(view_dir) / split.value
+    try:
+        found = class_names.discover(view_dir)
+    except (UsageError, MissingInputError):
+        present = class_names.folder_classes(split_dir) if split_dir.is_dir() else ()
+        if class_names.is_binary(expected) and present and set(present) <= set(class_names.BINARY):
+            return class_names.BINARY
+        raise
+    if found != tuple(expected):
+        raise UsageError(f"{view_dir}: the tree's classes {list(found)} are not the members' classes {list(expected)}")
+    return found
 
 
 def load_split(
-    root: Path, split: Split, members: list[tuple[Member, Path]], store_folder: Path
+    root: Path,
+    split: Split,
+    members: list[tuple[Member, Path]],
+    store_folder: Path,
+    classes: tuple[str, ...] | None = None,
 ) -> tuple[SplitImages, ViewStore]:
     """Read one split of the tree for every view the members need, pairing views by relative
     path (never by position); a file missing from or extra in a view is an error naming it.
-    Listing and decoding are the training pipeline's (hidden files skipped, ``read_view``)."""
+    Listing and decoding are the training pipeline's (hidden files skipped, ``read_view``).
+    The class folders are the tree's (:func:`tree_classes`), checked against ``classes`` (default:
+    the members' common classes); labels are class indices."""
     from deepcovidxr.data import IMAGE_SUFFIXES
     from deepcovidxr.imageio import list_images, read_view
 
+    expected = tuple(classes) if classes is not None else class_names.common(members)
     tree = DataTree(root)
     views = views_of(members)
     listing: dict[tuple, list[str]] = {}
     for size, crop in views:
         folder = tree.split_dir(size, crop, split)
-        names = (
-            sorted(
-                p.relative_to(folder).as_posix()
-                for label in Label
-                if (folder / label.value).is_dir()
-                for p in list_images(folder / label.value, IMAGE_SUFFIXES)
-            )
-            if folder.is_dir()
-            else None
-        )
-        if names is None:
+        if not folder.is_dir():
             raise MissingInputError(f"missing folder {folder}")
-        listing[(size, crop)] = names
+        tree_classes(tree.view_dir(size, crop), split, expected)
+        listing[(size, crop)] = sorted(
+            p.relative_to(folder).as_posix()
+            for name in expected
+            if (folder / name).is_dir()
+            for p in list_images(folder / name, IMAGE_SUFFIXES)
+        )
     reference_view, reference = next(iter(listing.items()))
     for view, names in listing.items():
         if names != reference:
@@ -148,14 +219,86 @@ def load_split(
         folder = tree.split_dir(size, crop, split)
         for index, name in enumerate(reference):
             array[index] = read_view(folder / name, size)
-    labels = np.array([Label(n.split("/")[0]).index for n in reference], np.float64)
-    return SplitImages(reference, labels), store
+    index_of = {name: index for index, name in enumerate(expected)}
+    dtype = np.float64 if class_names.is_binary(expected) else np.int64  # binary: as before
+    labels = np.array([index_of[n.split("/")[0]] for n in reference], dtype)
+    return SplitImages(reference, labels, expected), store
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """How a stage runs its members (``--engine``, ``--precision``, ``--engine-cache``) and, for
+    int8, the dataset split whose images calibrate it (never the split being scored)."""
+
+    engine: str = "keras"
+    precision: str = "fp32"
+    cache: Path | None = None
+    calibration_root: Path | None = None
+    calibration_split: Split = Split.TRAIN
+
+    @classmethod
+    def of(cls, config, calibration_split: Split) -> EngineChoice:
+        return cls(config.engine, config.precision, config.engine_cache, config.calibration, calibration_split)
+
+    def opener(self, members: list[tuple[Member, Path]]):
+        from deepcovidxr.predictor import member_opener
+
+        calibration = None
+        if self.calibration_root is not None:
+            calibration = tree_calibration(self.calibration_root, self.calibration_split, members)
+        return member_opener(self.engine, self.precision, self.cache, calibration)
+
+
+CALIBRATION_IMAGES = 64  # int8 calibration: the first files of the split, in sorted order
+
+
+def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]]):
+    """int8 calibration from one split of a dataset tree, made lazily per member view (a warm
+    cache never reads the images); the digest covers the files' names and bytes."""
+    import hashlib
+
+    from deepcovidxr.data import IMAGE_SUFFIXES
+    from deepcovidxr.engines import Calibration, file_sha256
+    from deepcovidxr.imageio import list_images, read_view
+    from deepcovidxr.preprocess import to_model_input
+
+    tree = DataTree(root)
+    chosen: dict[tuple, list[Path]] = {}
+    digest = hashlib.sha256(f"tree-v1\0{split.value}\0".encode())
+    for size, crop in views_of(members):
+        folder = tree.split_dir(size, crop, split)
+        if not folder.is_dir():
+            raise MissingInputError(f"--calibration {root}: missing folder {folder}")
+        files = sorted(list_images(folder, IMAGE_SUFFIXES))[:CALIBRATION_IMAGES]
+        if not files:
+            raise MissingInputError(f"--calibration {root}: no images in {folder}")
+        chosen[(size, crop)] = files
+        for path in files:
+            digest.update(f"{size}/{crop.value}/{path.relative_to(folder).as_posix()}\0{file_sha256(path)}".encode())
+
+    def make(member: Member):
+        return np.stack([to_model_input(read_view(p, member.size)) for p in chosen[(member.size, member.crop)]])
+
+    return Calibration(digest.hexdigest(), sum(map(len, chosen.values())), make)
 
 
 def score_split(
-    root: Path, split: Split, chosen: Ensemble, scratch: Path, batch_size: int, tta: int = 0, seed: int = 0
+    root: Path,
+    split: Split,
+    chosen: Ensemble,
+    scratch: Path,
+    batch_size: int,
+    tta: int = 0,
+    seed: int = 0,
+    engine: EngineChoice | None = None,
 ) -> tuple[SplitImages, np.ndarray]:
-    images, store = load_split(root, split, chosen.members, scratch)
+    """Every image of one split scored by every member (model-major), on ``engine`` (default:
+    Keras fp32)."""
+    engine = engine or EngineChoice()
+    if engine.calibration_root is not None and engine.calibration_split == split:
+        raise UsageError(f"int8 calibration must not use the {split.value} split it scores")
+    opener = engine.opener(chosen.members)  # checks the engine/precision pair before any work
+    images, store = load_split(root, split, chosen.members, scratch, chosen.classes)
     try:
         seeds = np.array([image_seed(n, seed) for n in images.names], np.int64)
         scores, _ = score_members(
@@ -165,7 +308,7 @@ def score_split(
             batch_size,
             tta,
             seeds,
-            loader=MemberLoader(chosen.members, load_member_file),
+            loader=MemberLoader(chosen.members, opener, ahead=2),
         )
     finally:
         store.close()
@@ -179,7 +322,8 @@ def score_split(
 
 
 def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[Member, Path]]:
-    """Canonical-order members whose files are in ``folder`` (or the chosen subset, all required)."""
+    """Canonical-order members whose files are in ``folder`` (or the chosen subset, all required),
+    all trained on the same classes (else a UsageError naming them)."""
     wanted = [Member.parse(s) for s in subset] if subset else list(ensemble_members())
     found = [(m, Path(folder) / m.legacy_filename) for m in wanted if (Path(folder) / m.legacy_filename).is_file()]
     missing = [m.legacy_filename for m in wanted if not (Path(folder) / m.legacy_filename).is_file()]
@@ -189,4 +333,5 @@ def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[
         raise MissingInputError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
     if missing:
         log.warning("%d of 24 members have no file in %s; ensembling the %d present", len(missing), folder, len(found))
+    class_names.common(found)  # one task: members trained on different classes are one error
     return found

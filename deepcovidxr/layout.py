@@ -67,13 +67,21 @@ class DataTree:
         return self.view_dir(size, crop) / Split(split).value
 
     def class_dir(self, size: int, crop: CropMode | str, split: Split | str, label: Label | str) -> Path:
-        return self.split_dir(size, crop, split) / Label(label).value
+        """The folder of one class: ``Negative``/``Positive`` (any spelling :meth:`Label.parse`
+        does not need: the enum or its value) or, in a multi-class tree, the class name itself."""
+        name = label.value if isinstance(label, Label) else str(label)
+        return self.split_dir(size, crop, split) / name
 
-    def leaf_dirs(self, sizes: tuple[int, ...] = SIZES, splits: tuple[Split, ...] = tuple(Split)) -> Iterator[Path]:
+    def leaf_dirs(
+        self,
+        sizes: tuple[int, ...] = SIZES,
+        splits: tuple[Split, ...] = tuple(Split),
+        classes: tuple[str, ...] = tuple(label.value for label in Label),
+    ) -> Iterator[Path]:
         for size in sizes:
             for crop in CropMode:
                 for split in splits:
-                    for label in Label:
+                    for label in classes:
                         yield self.class_dir(size, crop, split, label)
 
     def missing(self, sizes: tuple[int, ...] = SIZES, splits: tuple[Split, ...] = tuple(Split)) -> list[Path]:
@@ -134,6 +142,18 @@ def gradcam_names(relative: Path) -> tuple[Path, Path, Path]:
     stem = image_stem(relative)
     folder = Path(GRADCAM_FOLDER)
     return folder / f"{stem}_gradCAM.png", folder / f"{stem}_heatmap.npy", folder / f"{stem}_heatmap.png"
+
+
+LIME_FOLDER = "lime_img"  # visSample.py --method lime
+LIME_REPORT = "lime_report.csv"
+
+
+def lime_names(relative: Path) -> tuple[Path, Path]:
+    """LIME outputs of one input under ``lime_img/``: the figure and the signed per-pixel weight
+    map (.npy, float32 at the display size), named like :func:`gradcam_names`."""
+    stem = image_stem(relative)
+    folder = Path(LIME_FOLDER)
+    return folder / f"{stem}_lime.png", folder / f"{stem}_lime_weights.npy"
 
 
 def collisions(outputs: dict[str, list[Path]]) -> dict[str, str]:
@@ -232,6 +252,9 @@ ENSEMBLE_WEIGHTS_PICKLE = "ensemble_weights.pickle"
 ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_INFO = "predictions_info.json"
+REPORT_HTML = "report.html"  # evaluate.py and predict.py: the page a reader opens (report_page)
+REFERRAL_PNG = "Referral_Curve.png"  # AUC/accuracy as the most uncertain images are referred
+CALIBRATION_FIT_PNG = "Calibration_Fitted.png"  # reliability before/after the stored calibration
 RESULTS_FOLDER = "Results"  # evaluate.py, as the original
 ENSEMBLE_RESULTS_FOLDER = "Ensemble_Results"  # ensemble.py, as the original
 
@@ -416,6 +439,18 @@ class EvaluationPaths:
     @property
     def plots(self) -> PlotPaths:
         return plot_paths(self.folder)
+
+    @property
+    def referral(self) -> Path:
+        return self.folder / REFERRAL_PNG
+
+    @property
+    def calibration_fit(self) -> Path:
+        return self.folder / CALIBRATION_FIT_PNG
+
+    @property
+    def report(self) -> Path:
+        return self.folder / REPORT_HTML
 
     @property
     def scratch(self) -> Path:

@@ -14,6 +14,12 @@ Conventions used throughout:
 * a ratio whose denominator is zero (e.g. PPV when nothing is predicted positive) is NaN, never an error,
   so one degenerate subgroup cannot abort a whole evaluation.
 
+Multi-class trees (three or more classes, :mod:`deepcovidxr.classes`) take labels as class indices
+and (cases, classes) probability rows: :func:`multiclass_metrics` gives per-class one-vs-rest
+sensitivity, specificity, precision, F1 and AUC (standard definitions, scikit-learn's where it has
+them), their macro and support-weighted means, accuracy, the confusion matrix and a seeded
+bootstrap interval of the macro AUC.
+
 Only numpy and scikit-learn are imported; nothing here draws.
 """
 
@@ -240,3 +246,149 @@ def calibration_bins(y_true: Any, scores: Any, n_bins: int = 10) -> tuple[np.nda
         mean_score = np.bincount(index, weights=s, minlength=n_bins) / counts
         observed = np.bincount(index, weights=y, minlength=n_bins) / counts
     return mean_score, observed, counts
+
+
+# ---------------------------------------------------------------------------------------- multi-class
+
+MULTICLASS_RATES = ("sensitivity", "specificity", "precision", "f1", "auc")
+
+
+def _as_multiclass_problem(y_true: Any, probabilities: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate class-index labels (0..K-1) and finite (cases, K) probabilities."""
+    y = np.asarray(y_true)
+    p = np.asarray(probabilities, dtype=np.float64)
+    if y.ndim != 1 or p.ndim != 2:
+        raise ValueError(f"labels must be 1-D and probabilities 2-D (cases, classes), got {y.shape} and {p.shape}")
+    if p.shape != (y.size, n_classes):
+        raise ValueError(f"probabilities of shape {p.shape} do not match {y.size} cases of {n_classes} classes")
+    if y.size == 0:
+        raise ValueError("no cases: labels and probabilities are empty")
+    if not np.isfinite(p).all():
+        raise ValueError("probabilities contain NaN or infinity")
+    if not np.all(np.equal(np.mod(y, 1), 0)) or y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be class indices 0..{n_classes - 1}, got values {np.unique(y)[:10].tolist()}")
+    return y.astype(np.int64), p
+
+
+def predicted_classes(probabilities: Any) -> np.ndarray:
+    """The call for each row: the class of highest probability (a tie goes to the first class in
+    the sorted order, as ``numpy.argmax``)."""
+    return np.asarray(probabilities, dtype=np.float64).argmax(axis=1)
+
+
+def confusion_counts(y_true: Any, y_pred: Any, n_classes: int) -> np.ndarray:
+    """(K, K) integer counts, rows the actual class, columns the predicted one (scikit-learn's
+    ``confusion_matrix`` with ``labels=range(K)``)."""
+    y, pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def ovr_auc(y_true: Any, probabilities: Any) -> np.ndarray:
+    """One-vs-rest ROC AUC of each class (its probability column against "this class or not"),
+    NaN for a class with no case or every case (undefined)."""
+    y = np.asarray(y_true, np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    return np.array([auc_or_nan((y == k).astype(np.int64), p[:, k]) for k in range(p.shape[1])])
+
+
+def bootstrap_macro_auc_ci(
+    y_true: Any, probabilities: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the macro one-vs-rest AUC, resampling cases with
+    replacement (``default_rng(seed)``, the same resampling scheme as :func:`bootstrap_auc_ci`).
+    A resample missing a class (its AUC undefined) is skipped; ``(nan, nan)`` when none is usable
+    or when a class is absent from the data."""
+    y = np.asarray(y_true, np.int64)
+    p = np.asarray(probabilities, dtype=np.float64)
+    n_classes = p.shape[1]
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    present = np.bincount(y, minlength=n_classes)
+    if (present == 0).any() or (present == y.size).any():
+        logger.warning("bootstrap macro AUC CI undefined: class counts %s", present.tolist())
+        return (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    n = y.size
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    values: list[np.ndarray] = []
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        drawn = rng.integers(0, n, size=(rows, n))
+        flat = (drawn + (np.arange(rows) * n)[:, None]).ravel()
+        counts = np.bincount(flat, minlength=rows * n).reshape(rows, n)
+        per_class = np.stack(
+            [auc_with_case_weights((y == k).astype(np.int64), p[:, k], counts) for k in range(n_classes)]
+        )
+        values.append(per_class.mean(axis=0))  # NaN when any class is missing from the resample
+    macro = np.concatenate(values)
+    macro = macro[np.isfinite(macro)]
+    if macro.size < n_boot:
+        logger.info("bootstrap macro AUC: skipped %d of %d resamples missing a class", n_boot - macro.size, n_boot)
+    if macro.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(macro, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
+def multiclass_metrics(
+    y_true: Any, probabilities: Any, class_names: tuple[str, ...] | list[str], n_boot: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """Everything a multi-class results table needs, as plain JSON-serialisable values.
+
+    The call is the argmax of each probability row (:func:`predicted_classes`). Per class, one
+    against the rest: ``sensitivity`` = recall = TP / (TP + FN), ``specificity`` = TN / (TN + FP),
+    ``precision`` (PPV) = TP / (TP + FP), ``f1`` = 2TP / (2TP + FP + FN) (scikit-learn's
+    ``precision_recall_fscore_support`` for the first, third and fourth), ``auc`` = one-vs-rest ROC
+    AUC of the class's probability, and ``support`` (cases of the class). A zero denominator (a
+    class never predicted, or absent) is NaN, not scikit-learn's 0 (undefined is not zero).
+
+    Keys: ``n``, ``classes``, ``counts`` ({class: cases}), ``accuracy``, ``per_class``
+    ({class: {sensitivity, specificity, precision, f1, auc, support}}), ``macro`` (unweighted
+    mean of each rate over the classes; NaN when any class's value is NaN), ``weighted`` (the mean
+    weighted by support, scikit-learn's ``average="weighted"``), ``macro_auc_ci95`` ([low, high],
+    seeded bootstrap of the macro AUC, ``n_boot`` resamples; [nan, nan] with ``n_boot`` 0) and
+    ``confusion_matrix`` (rows actual, columns predicted, counts).
+    """
+    names = tuple(class_names)
+    n_classes = len(names)
+    y, p = _as_multiclass_problem(y_true, probabilities, n_classes)
+    matrix = confusion_counts(y, predicted_classes(p), n_classes)
+    tp = np.diag(matrix)
+    fp = matrix.sum(axis=0) - tp
+    fn = matrix.sum(axis=1) - tp
+    tn = y.size - tp - fp - fn
+    aucs = ovr_auc(y, p)
+    support = matrix.sum(axis=1)
+    per_class: dict[str, dict[str, float | int]] = {}
+    for k, name in enumerate(names):
+        per_class[name] = {
+            "sensitivity": _ratio(tp[k], tp[k] + fn[k]),
+            "specificity": _ratio(tn[k], tn[k] + fp[k]),
+            "precision": _ratio(tp[k], tp[k] + fp[k]),
+            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
+            "auc": float(aucs[k]),
+            "support": int(support[k]),
+        }
+    weights = support / support.sum()
+    macro, weighted = {}, {}
+    for rate in MULTICLASS_RATES:
+        values = np.array([per_class[name][rate] for name in names], np.float64)
+        macro[rate] = float(values.mean())
+        # A class without cases has weight 0; leave it out rather than let its NaN spoil the sum.
+        used = weights > 0
+        weighted[rate] = float(np.sum(values[used] * weights[used]))
+    low, high = bootstrap_macro_auc_ci(y, p, n_boot=n_boot, seed=seed) if n_boot else (math.nan, math.nan)
+    return {
+        "n": int(y.size),
+        "classes": list(names),
+        "counts": {name: int(support[k]) for k, name in enumerate(names)},
+        "accuracy": _ratio(int(tp.sum()), y.size),
+        "per_class": per_class,
+        "macro": macro,
+        "weighted": weighted,
+        "macro_auc_ci95": [low, high],
+        "confusion_matrix": matrix.tolist(),
+    }

@@ -1,12 +1,14 @@
 """Ensemble members: build, freeze, save and load.
 
 A member is ``backbone -> GlobalAveragePooling2D -> Dropout(p) -> Dense(1, sigmoid, name 'last')``
+(the binary task; ``Dense(n, softmax)`` for n >= 3 classes, see :mod:`deepcovidxr.classes`)
 as one flat Keras graph (the layout of the authors' files, and what Grad-CAM needs). Every
 backbone is fed the original's input (see :mod:`deepcovidxr.preprocess`); a backbone's own
 built-in rescaling/normalisation (EfficientNet's) is turned into the identity so it never
 applies twice.
 
-Member files are Keras full-model HDF5 (``<Prefix>_<size>_up_<crop>.h5``) with a JSON sidecar.
+Member files are Keras full-model HDF5 (``<Prefix>_<size>_up_<crop>.h5``) with a JSON sidecar
+(its ``classes`` name the head's outputs; the authors' files have none and are binary).
 Loading never deserialises a file's model config: the architecture is rebuilt from the backbone
 table and the weights are copied layer by layer with shape checks, which is how the authors'
 Keras 2.3 / TF 2.0 files, NIH checkpoints and our own files all load.
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr import __version__, backbones
+from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import MissingInputError
 from deepcovidxr.layout import Member
@@ -29,6 +32,14 @@ from deepcovidxr.legacy_h5 import LegacyWeightsError, copy_weights_in_order, rea
 log = logging.getLogger(__name__)
 
 HEAD_LAYERS = ("gap", "dropout", "last")
+ACTIVATIONS = ("sigmoid", "softmax")
+
+
+def head_for(classes) -> tuple[int, str]:
+    """(units, activation) of a member's head for a task: (1, sigmoid) for Negative/Positive,
+    (n, softmax) for n >= 3 classes."""
+    classes = tuple(classes)
+    return class_names.outputs(classes), "sigmoid" if class_names.is_binary(classes) else "softmax"
 
 
 class WeightsUnavailableError(MissingInputError):
@@ -51,8 +62,16 @@ def _neutralise_preprocessing(model) -> None:
             )
 
 
-def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | Path | None = None, outputs: int = 1):
-    """A member with ``outputs`` sigmoid units (1 for COVID, 14 for NIH pretraining).
+def build_member(
+    backbone: str,
+    size: int,
+    dropout: float = 0.3,
+    weights: str | Path | None = None,
+    outputs: int = 1,
+    activation: str = "sigmoid",
+):
+    """A member with ``outputs`` units: sigmoid (1 for COVID, 14 for NIH pretraining) or
+    ``activation="softmax"`` (one unit per class of a multi-class task; :func:`head_for`).
 
     ``weights``: None or ``"none"`` (random), ``"imagenet"`` (downloaded by Keras, or found in
     ``~/.keras/models``), or a file: a keras.applications ImageNet no-top weights file, an NIH
@@ -61,6 +80,8 @@ def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | 
     """
     import keras
 
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"head activation {activation!r} is not one of {ACTIVATIONS}")
     spec = backbones.get(backbone)
     weights = None if weights is None or str(weights).lower() == "none" else weights
     keras_weights = "imagenet" if weights == "imagenet" else None
@@ -88,7 +109,7 @@ def build_member(backbone: str, size: int, dropout: float = 0.3, weights: str | 
         settle_batchnorm_faster(base)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    output = keras.layers.Dense(outputs, activation="sigmoid", name="last", dtype="float32")(x)
+    output = keras.layers.Dense(outputs, activation=activation, name="last", dtype="float32")(x)
     model = keras.Model(inputs, output, name=f"{spec.short}_{size}")
     if file_weights is not None:
         swapped = load_weights_file(model, file_weights, swap_head=True)
@@ -166,8 +187,10 @@ def sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def save_member(model, path: Path, member: Member | None = None, info: dict | None = None) -> Path:
-    """Write a full-model HDF5 atomically, plus a JSON sidecar describing it."""
+def save_member(model, path: Path, member: Member | None = None, info: dict | None = None, classes=None) -> Path:
+    """Write a full-model HDF5 atomically, plus a JSON sidecar describing it. ``classes`` (the
+    head's outputs in order) are recorded as ``"classes"``; a one-output member given none is
+    the binary task (Negative, Positive)."""
     import keras
 
     path = Path(path)
@@ -184,13 +207,22 @@ def save_member(model, path: Path, member: Member | None = None, info: dict | No
         "keras_version": keras.__version__,
         **(info or {}),
     }
+    if classes is None and meta["outputs"] == 1:
+        classes = class_names.BINARY
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if class_names.outputs(classes) != meta["outputs"]:
+            raise ValueError(f"{path.name}: {meta['outputs']} outputs cannot name the classes {classes}")
+        meta["classes"] = classes
     write_json(sidecar(path), meta)
     return path
 
 
 def load_member(path: Path, member: Member | None = None):
-    """Rebuild the member named by the file (``ResNet50_331_up_crop.h5``) or its sidecar and copy
-    the file's weights into it. Raises :class:`LegacyWeightsError` naming file and layer."""
+    """Rebuild the member named by the file (``ResNet50_331_up_crop.h5``) or its sidecar, with the
+    head its sidecar's classes call for (:func:`deepcovidxr.classes.member_classes`: none recorded
+    is the binary sigmoid head), and copy the file's weights into it. Raises
+    :class:`LegacyWeightsError` naming file and layer."""
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"member weights not found: {path}")
@@ -198,7 +230,8 @@ def load_member(path: Path, member: Member | None = None):
         meta_path = sidecar(path)
         recorded = json.loads(meta_path.read_text()).get("member") if meta_path.is_file() else None
         member = Member.parse(recorded or path.name)
-    model = build_member(member.backbone, member.size, dropout=0.0)
+    outputs, activation = head_for(class_names.member_classes(path))
+    model = build_member(member.backbone, member.size, dropout=0.0, outputs=outputs, activation=activation)
     load_weights_file(model, path)
     return model
 
@@ -207,6 +240,7 @@ __all__ = [
     "LegacyWeightsError",
     "WeightsUnavailableError",
     "build_member",
+    "head_for",
     "load_member",
     "save_member",
     "set_backbone_trainable",

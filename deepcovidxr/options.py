@@ -13,6 +13,13 @@ from deepcovidxr.config import at_least, exists, option
 
 INFERENCE_PRECISIONS = ("auto", "float32", "mixed")
 TRAINING_PRECISIONS = ("float32", "mixed")
+# The members' engines and precisions (deepcovidxr.engines.ENGINES / PRECISIONS; not imported here:
+# engines needs numpy, and --help stays instant). "auto": the engine's default (engines.default_precision).
+ENGINES = ("keras", "onnxruntime", "openvino")
+DEFAULT_ENGINE = "openvino"
+ENGINE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+# predict.py's --precision before the engines (the U-Net's Keras compute policy): old spellings keep working.
+PRECISION_ALIASES = {"float32": "fp32", "mixed": "bf16", "bfloat16": "bf16"}
 
 
 def default_workers() -> int:
@@ -22,6 +29,10 @@ def default_workers() -> int:
 def _precision(text: str) -> str:
     # "bfloat16" was this flag's spelling of mixed precision before the flags were merged.
     return "mixed" if text == "bfloat16" else text
+
+
+def _engine_precision(text: str) -> str:
+    return PRECISION_ALIASES.get(str(text), str(text))
 
 
 def seed(default: int = 0) -> Any:
@@ -57,6 +68,53 @@ def inference_precision() -> Any:
         default="auto",
         parse=_precision,
         choices=INFERENCE_PRECISIONS,
+    )
+
+
+def engine(default: str = DEFAULT_ENGINE) -> Any:
+    return option(
+        "--engine",
+        help="what runs the members (and, on onnxruntime/openvino, the lung U-Net): openvino (default: fastest "
+        "measured on CPU, bf16 on CPUs with avx512_bf16/AMX), onnxruntime, or keras (TensorFlow, as trained). "
+        "Exports are built on first use and cached (--engine-cache)",
+        default=default,
+        choices=ENGINES,
+    )
+
+
+def engine_precision() -> Any:
+    return option(
+        "--precision",
+        help="members' precision: auto = the engine's default (openvino: bf16 on CPUs with native bf16, else "
+        "fp32; onnxruntime and keras: fp32), fp32, bf16 (openvino on avx512_bf16/AMX CPUs), int8 (onnxruntime "
+        "or openvino, calibrated on --calibration images). The U-Net runs at fp32 or bf16 alike (int8: the "
+        "engine's default). Older spellings: float32 = fp32, mixed or bfloat16 = bf16",
+        default="auto",
+        parse=_engine_precision,
+        choices=ENGINE_PRECISIONS,
+    )
+
+
+def calibration(
+    what: str = "folder of chest X-rays (not the ones predicted: refused if it is or overlaps the input) on which "
+    "int8 members are calibrated; each is cropped and viewed like an input",
+) -> Any:
+    return option(
+        "--calibration",
+        help=f"{what}. Needed by --precision int8",
+        default=None,
+        check=exists,
+        show_default=False,
+    )
+
+
+def engine_cache() -> Any:
+    return option(
+        "--engine-cache",
+        help="folder for the exported members and U-Net (default: <members folder>/.engine_cache); entries are "
+        "keyed by the model file's sha256, engine, precision and versions, and rebuilt when stale",
+        default=None,
+        show_default=False,
     )
 
 

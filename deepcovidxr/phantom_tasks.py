@@ -3,6 +3,8 @@
 :func:`write_view_tree` writes a training-ready ``<size>/<view>/{Train,Validation,Test}/{Negative,
 Positive}`` tree of phantoms (odd indices positive) without the U-Net: the crop view is cut from
 each phantom's true lung mask with crop_img.py's box rules (8 px padding at 256 scale, squared).
+:func:`write_class_view_tree` writes the three-class variant (``{Diffuse,LowerZone,Normal}``:
+class ``index % 3`` in sorted order, :data:`deepcovidxr.synthetic.PHANTOM_CLASSES`) the same way.
 :func:`gradcam_pointing` measures where a trained member's Grad-CAM peak falls against the true
 opacity masks.
 """
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr.lungs.segment import PAD, UNET_SIZE, Box, square_box
-from deepcovidxr.synthetic import Phantom, make_phantom
+from deepcovidxr.synthetic import PHANTOM_CLASSES, Phantom, class_phantom, make_phantom
 
 PHANTOM_SIDE = 256
 
@@ -30,6 +32,24 @@ def phantom_for_index(index: int, seed: int = 0, opacity_boost: float = 0.0) -> 
         boosted = image.astype(np.float32) + opacity_boost * (phantom.opacity_mask > 0)
         image = np.clip(boosted, 0, 255).astype(np.uint8)
     return phantom, image
+
+
+def class_phantom_for_index(
+    index: int, seed: int = 0, opacity_boost: float = 0.0, classes: tuple[str, ...] = tuple(PHANTOM_CLASSES)
+) -> tuple[str, Phantom, np.ndarray]:
+    """(class name, phantom, image) behind ``<class>/phantom_<index>.png`` of a class view tree:
+    class ``classes[index % len(classes)]``, the same anatomy seed as :func:`phantom_for_index`."""
+    name = classes[index % len(classes)]
+    phantom = class_phantom(seed * 100_000 + index, name, height=PHANTOM_SIDE, width=PHANTOM_SIDE)
+    return name, phantom, _boosted(phantom, opacity_boost)
+
+
+def _boosted(phantom: Phantom, opacity_boost: float) -> np.ndarray:
+    image = phantom.image
+    if opacity_boost:
+        boosted = image.astype(np.float32) + opacity_boost * (phantom.opacity_mask > 0)
+        image = np.clip(boosted, 0, 255).astype(np.uint8)
+    return image
 
 
 def true_crop_box(lung_mask: np.ndarray) -> Box:
@@ -70,6 +90,34 @@ def write_view_tree(
         split = Split.TRAIN if index < bounds[0] else Split.VALIDATION if index < bounds[1] else Split.TEST
         label = Label.POSITIVE if phantom.label else Label.NEGATIVE
         write_gray(tree.class_dir(size, view, split, label) / f"phantom_{index:04d}.png", lanczos_resize(image, size))
+    return tree.view_dir(size, view)
+
+
+def write_class_view_tree(
+    root: Path,
+    count: int,
+    size: int,
+    seed: int = 0,
+    splits: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    opacity_boost: float = 0.0,
+    view: str = "uncrop",
+    classes: tuple[str, ...] = tuple(PHANTOM_CLASSES),
+) -> Path:
+    """The multi-class :func:`write_view_tree`: ``root/<size>/<view>/<split>/<class>/phantom_<i>.png``
+    with class ``classes[i % len(classes)]`` (``Diffuse``, ``LowerZone``, ``Normal``); returns the
+    view folder. Each split holds every class when it has at least ``len(classes)`` images."""
+    from deepcovidxr.imageio import write_gray
+    from deepcovidxr.layout import DataTree, Split
+    from deepcovidxr.preprocess import lanczos_resize
+
+    tree = DataTree(root)
+    bounds = [round(f * count) for f in (splits[0], splits[0] + splits[1])]
+    for index in range(count):
+        name, phantom, image = class_phantom_for_index(index, seed, opacity_boost, classes)
+        if view == "crop":
+            image = true_crop_box(phantom.lung_mask).crop(image)
+        split = Split.TRAIN if index < bounds[0] else Split.VALIDATION if index < bounds[1] else Split.TEST
+        write_gray(tree.split_dir(size, view, split) / name / f"phantom_{index:04d}.png", lanczos_resize(image, size))
     return tree.view_dir(size, view)
 
 

@@ -4,9 +4,11 @@
    (``views.make_views``), in memory, never in the input tree. The views go into on-disk arrays
    (numpy memmaps in a scratch folder under the output), so memory does not grow with the folder.
    Meanwhile the first member is being built in a background thread.
-2. Members run one at a time over all images (model-major): each member is built and its
-   weights copied once, while the next member is built in the background; a member's graph is
-   traced once (fixed batch shape, the last batch padded). Scores: an (images x members) array.
+2. Members run one at a time over all images (model-major), on Keras, ONNX Runtime or OpenVINO
+   (:func:`member_opener`): each member is opened once while the next ones open in background
+   threads; a short last batch runs at its own size (every engine takes a free batch dimension).
+   Scores: (images, members), or (images, members, K) for K-unit (softmax) heads. Nothing is
+   opened when there is nothing to score.
 3. The weighted sum (or another rule) gives the ensemble score; rows go to a CSV.
 
 The same code serves one image and a folder, so an image scores the same either way.
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Member
 from deepcovidxr.views import View
 
@@ -59,17 +62,29 @@ class ViewStore:
 
 
 class MemberLoader:
-    """Builds members one ahead of use in a background thread (Keras model building is mostly
-    Python, so it overlaps with TensorFlow kernels that release the GIL). ``start()`` begins
-    building the first member early, e.g. while images are still being cropped."""
+    """Opens members ahead of use in background threads: ``ahead`` at a time (Keras model building
+    is mostly Python and overlaps with kernels that release the GIL; ONNX Runtime sessions and
+    OpenVINO compilation release it too). ``start()`` begins opening the first members early, e.g.
+    while images are still being cropped; nothing is opened before ``start()`` or iteration, so a
+    run with nothing to score never opens a member. ``load(path, member)`` returns what
+    :func:`member_scores` takes (an engine runner, see :func:`member_opener`, or a Keras model)."""
 
-    def __init__(self, paths: list[tuple[Member, Path]], load: Callable[[Path, Member], object]) -> None:
+    def __init__(
+        self, paths: list[tuple[Member, Path]], load: Callable[[Path, Member], object], ahead: int = 1
+    ) -> None:
         self.paths = paths
         self.load = load
+        self.ahead = max(1, ahead)
         self.timings: dict[str, float] = {}
         self._results: list[object] = [None] * len(paths)
         self._ready = [threading.Event() for _ in paths]
         self._started: float | None = None
+        self._lock = threading.Lock()
+        self._launched = 0
+
+    @property
+    def started(self) -> bool:
+        return self._started is not None
 
     def _build(self, index: int) -> None:
         member, path = self.paths[index]
@@ -79,14 +94,18 @@ class MemberLoader:
             self._results[index] = error
         self._ready[index].set()
 
-    def _launch(self, index: int) -> None:
-        if index < len(self.paths):
-            threading.Thread(target=self._build, args=(index,), daemon=True).start()
+    def _launch_until(self, stop: int) -> None:
+        with self._lock:
+            while self._launched < min(stop, len(self.paths)):
+                threading.Thread(target=self._build, args=(self._launched,), daemon=True).start()
+                self._launched += 1
 
     def start(self) -> MemberLoader:
-        if self._started is None:
-            self._started = time.perf_counter()
-            self._launch(0)
+        """Begin opening the first ``ahead`` members (idempotent, thread-safe)."""
+        with self._lock:
+            if self._started is None:
+                self._started = time.perf_counter()
+        self._launch_until(self.ahead)
         return self
 
     def __iter__(self) -> Iterator[tuple[Member, object]]:
@@ -95,12 +114,37 @@ class MemberLoader:
             self._ready[index].wait()
             if index == 0:
                 self.timings["first_member_ready_s"] = time.perf_counter() - self._started
-            self._launch(index + 1)
+            self._launch_until(index + 1 + self.ahead)
             model, self._results[index] = self._results[index], None
             if isinstance(model, BaseException):
                 raise model
             yield member, model
         self.timings["all_members_s"] = time.perf_counter() - self._started
+
+
+def member_opener(
+    engine: str = "keras",
+    precision: str = "fp32",
+    cache_dir: Path | None = None,
+    calibration=None,
+    threads: int | None = None,
+) -> Callable[[Path, Member], object]:
+    """The ``load(path, member)`` of a :class:`MemberLoader` on ``engine`` at ``precision``
+    (:func:`deepcovidxr.engines.open_member`; ``precision`` "auto" -> the engine's default). The
+    engine/precision pair is checked here, before anything is loaded: a missing runtime or a CPU
+    without bf16 is a UsageError naming the alternative, never a fallback. ``calibration``: int8
+    images (an array, or :class:`deepcovidxr.engines.Calibration`), never the predicted ones."""
+    from deepcovidxr import engines
+
+    if precision == "auto":
+        precision = engines.default_precision(engine)
+    engines.check_engine(engine, precision, calibration)
+
+    def load(path: Path, member: Member):
+        return engines.open_member(member, path, engine, precision, cache_dir, calibration, threads)
+
+    load.engine, load.precision = engine, precision  # type: ignore[attr-defined]
+    return load
 
 
 def image_seed(name: str, seed: int = 0) -> int:
@@ -126,46 +170,90 @@ def _compiled_forward(model):
     return forward
 
 
+def _runner(model):
+    """An engine runner as it is; a Keras model wrapped once in a :class:`deepcovidxr.engines.KerasRunner`
+    (one trace with a free batch dimension, kept on the model so later calls do not retrace)."""
+    if hasattr(model, "engine") and hasattr(model, "predict") and hasattr(model, "output_tail"):
+        return model
+    runner = getattr(model, "_deepcovidxr_runner", None)
+    if runner is None:
+        from deepcovidxr.engines import KerasRunner
+
+        runner = KerasRunner(None, model, getattr(model, "name", "model"), head=True)
+        object.__setattr__(model, "_deepcovidxr_runner", runner)
+    return runner
+
+
 def member_scores(
-    model, images: np.ndarray, batch_size: int, tta: int = 0, seeds: np.ndarray | None = None
+    model,
+    images: np.ndarray,
+    batch_size: int,
+    tta: int = 0,
+    seeds: np.ndarray | None = None,
+    shapes: list | None = None,
+    variance: list | None = None,
 ) -> np.ndarray:
-    """Sigmoid scores of one member for (n, s, s) uint8 images (a memmap is fine).
+    """Scores of one member for (n, s, s) uint8 images (a memmap is fine): (n,) for a one-unit
+    (sigmoid) head, (n, K) for a K-unit (softmax) head. ``model`` is an engine runner
+    (:func:`deepcovidxr.engines.open_member`) or a Keras model.
 
-    With ``tta`` > 0 the score is the mean over ``tta`` passes of the training augmentation,
-    each image drawing from its own seed (``seeds``, one int per image) and the pass number, so
-    every member sees the same augmented images and an image's score does not depend on which
-    other images share its batch.
+    Batches of ``batch_size``; a short last batch runs at its own size (never padded). Without TTA
+    the input path is numpy only (:func:`deepcovidxr.preprocess.normalise`), so a non-Keras engine
+    needs no TensorFlow. With ``tta`` > 0 the score is the mean over ``tta`` passes of the training
+    augmentation, each image drawing from its own seed (``seeds``, one int per image) and the pass
+    number, so every member sees the same augmented images and an image's score does not depend on
+    which other images share its batch. ``shapes``, if given, collects the batch shapes run;
+    ``variance``, if given, receives the per-image variance over the TTA passes (zeros without TTA),
+    the test-time-augmentation part of the uncertainty.
     """
-    import tensorflow as tf
+    from deepcovidxr.preprocess import normalise
 
-    from deepcovidxr.data import augment, to_rgb_normalised
-
-    forward = _compiled_forward(model)
-
-    def augment_each(batch, batch_seeds):
-        return tf.map_fn(
-            lambda pair: augment(pair[0][None], pair[1])[0], (batch, batch_seeds), fn_output_signature=tf.float32
-        )
-
+    runner = _runner(model)
     seeds = np.zeros(len(images), np.int64) if seeds is None else np.asarray(seeds, np.int64)
     passes = max(1, tta)
-    total = np.zeros(len(images), np.float64)
+    total: np.ndarray | None = None
+    squares: np.ndarray | None = None
     for start in range(0, len(images), batch_size):
         chunk = np.asarray(images[start : start + batch_size], np.float32)[..., None]
         chunk_seeds = seeds[start : start + batch_size]
         count = len(chunk)
-        if count < batch_size:  # one batch shape, one trace
-            chunk = np.concatenate([chunk, np.zeros((batch_size - count, *chunk.shape[1:]), np.float32)])
-            chunk_seeds = np.concatenate([chunk_seeds, np.zeros(batch_size - count, np.int64)])
-        batch = tf.constant(chunk)
         for index in range(passes):
-            if tta:
-                pass_seeds = tf.constant(np.stack([chunk_seeds, np.full(batch_size, index)], axis=1), tf.int32)
-                view = augment_each(batch, pass_seeds)
-            else:
-                view = batch
-            total[start : start + count] += np.asarray(forward(to_rgb_normalised(view)), np.float64)[:count, 0]
-    return total / passes
+            view = _augmented(chunk, chunk_seeds, index) if tta else chunk
+            batch = normalise(np.repeat(view, 3, axis=-1)).astype(np.float32, copy=False)
+            if shapes is not None:
+                shapes.append(batch.shape)
+            output = np.asarray(runner.predict(batch), np.float64)
+            if total is None:
+                total = np.zeros((len(images), *output.shape[1:]), np.float64)
+                squares = np.zeros_like(total)
+            total[start : start + count] += output
+            squares[start : start + count] += output**2
+    if total is None:  # no images: the head's width is that of the runner
+        units = getattr(runner, "units", 1)
+        empty = np.zeros((0,) if units == 1 else (0, units), np.float64)
+        if variance is not None:
+            variance.append(empty)
+        return empty
+    mean = total / passes
+    if variance is not None:
+        variance.append(np.maximum(squares / passes - mean**2, 0.0))
+    return mean
+
+
+def _augmented(chunk: np.ndarray, chunk_seeds: np.ndarray, index: int) -> np.ndarray:
+    """One TTA pass: the training augmentation of each (s, s, 1) image from (its seed, pass)."""
+    import tensorflow as tf
+
+    from deepcovidxr.data import augment
+
+    seeds = tf.constant(np.stack([chunk_seeds, np.full(len(chunk), index)], axis=1), tf.int32)
+    return np.asarray(
+        tf.map_fn(
+            lambda pair: augment(pair[0][None], pair[1])[0],
+            (tf.constant(chunk), seeds),
+            fn_output_signature=tf.float32,
+        )
+    )
 
 
 def score_members(
@@ -176,22 +264,33 @@ def score_members(
     tta: int = 0,
     seeds: np.ndarray | None = None,
     loader: MemberLoader | None = None,
+    tta_variance: list | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Model-major: (count x members) scores, each member built once and freed after use."""
+    """Model-major: (count, members) scores for one-unit heads, (count, members, K) for K-unit
+    heads; each member opened once (by ``loader``, default Keras fp32) and freed after use. With
+    nothing to score (``count`` 0) no member is opened. ``tta_variance``, if given, receives the
+    (count, members[, K]) variance over the TTA passes."""
     import gc
 
-    from deepcovidxr.models import load_member
-
-    loader = loader or MemberLoader(members, lambda path, member: load_member(path, member))
-    scores = np.zeros((count, len(members)), np.float64)
+    if count == 0:
+        return np.zeros((0, len(members)), np.float64), {}
+    loader = loader or MemberLoader(members, member_opener("keras", "fp32"))
+    columns: list[np.ndarray] = []
+    variances: list[np.ndarray] = []
     forward_seconds: dict[str, float] = {}
     with tqdm(total=len(members), desc="members", unit="model") as bar:
-        for column, (member, model) in enumerate(loader):
+        for member, model in loader:
             started = time.perf_counter()
             images = store.arrays[(member.size, member.crop)][:count]
-            scores[:, column] = member_scores(model, images, batch_size, tta, seeds)
+            columns.append(member_scores(model, images, batch_size, tta, seeds, variance=variances))
             forward_seconds[member.short_name] = time.perf_counter() - started
             del model
             gc.collect()
             bar.update()
+    widths = {column.shape[1:] for column in columns}
+    if len(widths) > 1:
+        raise UsageError(f"members have heads of different widths {sorted(widths)}; use members of one task")
+    scores = np.stack(columns, axis=1)
+    if tta_variance is not None:
+        tta_variance.append(np.stack(variances, axis=1))
     return scores, {**loader.timings, **{f"forward_{k}_s": v for k, v in forward_seconds.items()}}

@@ -7,6 +7,10 @@ stopping and the learning-rate plateau rule watch the validation AUC, the class 
 skip rule for a finished member. ``EpochRule`` is the per-phase bookkeeping (best checkpoint by
 validation AUC, early stopping, plateau cut) as plain Python, so both loops take the same
 decisions from the same numbers; Keras ``fit`` runs it through ``ScheduleCallback``.
+
+The validation AUC is the binary AUC for Negative/Positive and the macro one-vs-rest AUC (the
+mean of each class's AUC against the rest) for three or more classes; the loss is binary or
+categorical cross-entropy to match the head (sigmoid or softmax).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deepcovidxr import classes as class_names
 from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import PHASES, Member, RunPaths
 
@@ -55,19 +60,42 @@ def make_optimizer(name: str, learning_rate: float, momentum: float):
     raise UsageError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def compile_member(model, learning_rate: float, momentum: float, optimizer: str = "sgd") -> None:
+def compile_member(
+    model, learning_rate: float, momentum: float, optimizer: str = "sgd", classes=class_names.BINARY
+) -> None:
+    """Binary task: binary cross-entropy, accuracy, AUC, precision, recall. Three or more
+    classes (one-hot labels, softmax head): categorical cross-entropy, accuracy and ``auc``, the
+    macro one-vs-rest AUC (Keras' AUC over one label per class, averaged)."""
     import keras
 
-    model.compile(
-        optimizer=make_optimizer(optimizer, learning_rate, momentum),
-        loss="binary_crossentropy",
-        metrics=[
+    classes = tuple(classes)
+    if class_names.is_binary(classes):
+        loss = "binary_crossentropy"
+        metrics = [
             keras.metrics.BinaryAccuracy(name="acc"),
             keras.metrics.AUC(name="auc"),
             keras.metrics.Precision(name="precision"),
             keras.metrics.Recall(name="recall"),
-        ],
-    )
+        ]
+    else:
+        loss = "categorical_crossentropy"
+        metrics = [
+            keras.metrics.CategoricalAccuracy(name="acc"),
+            keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(classes)),
+        ]
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate, momentum), loss=loss, metrics=metrics)
+
+
+def macro_auc_or_nan(labels: np.ndarray, scores: np.ndarray, n_classes: int) -> float:
+    """The validation AUC of a multi-class member: scikit-learn's macro one-vs-rest ROC AUC of
+    ``scores`` (images, classes) against class indices; NaN when a class has no image (or every
+    image is of one class)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < n_classes or not np.all(np.isfinite(scores)):
+        return float("nan")
+    return float(roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=list(range(n_classes))))
 
 
 def phase_optimizer(name: str, learning_rate: float, momentum: float, policy: str):
@@ -84,7 +112,11 @@ def phase_optimizer(name: str, learning_rate: float, momentum: float, policy: st
 
 def checkpoint_score(val_auc: float | None, val_loss: float | None) -> float:
     """What "best epoch" means: the highest validation AUC; where the validation set holds a
-    single class (tiny subsets) AUC is undefined and the lowest validation loss decides."""
+    single class (tiny subsets) AUC is undefined and the lowest validation loss decides. An
+    epoch whose validation loss is NaN or infinite (diverged: NaN scores, which Keras' AUC still
+    counts as a finite 0 or 0.5) is never the best."""
+    if val_loss is not None and not np.isfinite(float(val_loss)):
+        return -np.inf
     auc = np.nan if val_auc is None else float(val_auc)
     if np.isfinite(auc):
         return auc
@@ -92,17 +124,24 @@ def checkpoint_score(val_auc: float | None, val_loss: float | None) -> float:
 
 
 def weighted_loss(labels, predictions, weights, global_batch: int):
-    """Binary cross-entropy weighted per sample, summed and divided by the global batch: what
-    Keras fit minimises with sample weights ("sum over batch size"), and the right scale for
-    gradients all-reduced by summation across replicas."""
+    """Binary cross-entropy (one output) or categorical cross-entropy (one-hot labels, a softmax
+    head) weighted per sample, summed and divided by the global batch: what Keras fit minimises
+    with sample weights ("sum over batch size"), and the right scale for gradients all-reduced by
+    summation across replicas."""
     import keras
     import tensorflow as tf
 
     # Keras's own loss object, given the weights as fit gives them: the same clipping and weighting.
+    sample_weight = None if weights is None else tf.cast(weights, tf.float32)
+    if predictions.shape[-1] is not None and predictions.shape[-1] > 1:
+        per_example = keras.losses.CategoricalCrossentropy(reduction="none")(
+            tf.cast(labels, tf.float32), tf.cast(predictions, tf.float32), sample_weight=sample_weight
+        )
+        return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
     per_example = keras.losses.BinaryCrossentropy(reduction="none")(
         tf.reshape(labels, (-1, 1)),
         tf.cast(predictions, tf.float32),
-        sample_weight=None if weights is None else tf.cast(weights, tf.float32),
+        sample_weight=sample_weight,
     )
     return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
 
@@ -163,9 +202,10 @@ class Schedule:
     class_weight: dict[int, float] | None = None
 
     @classmethod
-    def for_member(cls, config, hp, train_labels: np.ndarray) -> Schedule:
-        """From a TrainConfig, its resolved hyperparameters and the training labels."""
-        from deepcovidxr.data import class_weights
+    def for_member(cls, config, hp, train_labels: np.ndarray, classes=class_names.BINARY) -> Schedule:
+        """From a TrainConfig, its resolved hyperparameters, the training labels and the task's
+        classes (``--class-weight``: balanced or explicit, one weight per class)."""
+        from deepcovidxr.data import resolve_class_weights
 
         # From random weights a head fitted on a frozen random backbone learns nothing and
         # leaves phase 2 a badly scaled head: the whole network trains from the start.
@@ -177,7 +217,7 @@ class Schedule:
             learning_rate=hp.learning_rate,
             momentum=hp.momentum,
             warmup=config.warmup,
-            class_weight=class_weights(train_labels) if config.class_weight else None,
+            class_weight=resolve_class_weights(config.class_weight, train_labels, classes),
         )
 
     @staticmethod
@@ -194,13 +234,20 @@ class Schedule:
 
     def weigh(self, dataset):
         """(images, labels) -> (images, labels, class weight of each label) when class weights
-        are on; both loops train on this, so the weighting is one mechanism."""
+        are on; both loops train on this, so the weighting is one mechanism. Labels are 0/1
+        (binary) or one-hot rows (the class is the row's argmax)."""
         import tensorflow as tf
 
         if self.class_weight is None:
             return dataset
-        table = tf.constant([self.class_weight[0], self.class_weight[1]], tf.float32)
-        return dataset.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
+        table = tf.constant([self.class_weight[i] for i in range(len(self.class_weight))], tf.float32)
+
+        def index(y):
+            if y.shape.rank is not None and y.shape.rank >= 2:
+                return tf.argmax(y, axis=-1, output_type=tf.int32)
+            return tf.cast(y, tf.int32)
+
+        return dataset.map(lambda x, y: (x, y, tf.gather(table, index(y))))
 
     def as_dict(self) -> dict:
         return {
@@ -223,9 +270,10 @@ def learning_rate_of(optimizer) -> float:
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
-def schedule_callback(rule: EpochRule, path: Path, member: Member | None, info: dict):
-    """Keras fit's side of :class:`EpochRule`: saves the best epoch as a member file (atomic),
-    cuts the learning rate, stops; logs the learning rate every epoch, warm-up included."""
+def schedule_callback(rule: EpochRule, path: Path, member: Member | None, info: dict, classes=None):
+    """Keras fit's side of :class:`EpochRule`: saves the best epoch as a member file (atomic,
+    its sidecar naming ``classes``), cuts the learning rate, stops; logs the learning rate every
+    epoch, warm-up included."""
     import keras
 
     from deepcovidxr.models import save_member
@@ -237,7 +285,7 @@ def schedule_callback(rule: EpochRule, path: Path, member: Member | None, info: 
             decision = rule.update(epoch, logs.get("val_auc"), logs.get("val_loss"))
             if decision.checkpoint:
                 auc = float(logs.get("val_auc", np.nan))
-                save_member(self.model, path, member, {**info, "val_auc": auc, "epoch": epoch + 1})
+                save_member(self.model, path, member, {**info, "val_auc": auc, "epoch": epoch + 1}, classes=classes)
             if decision.cut:
                 set_learning_rate(self.model.optimizer, logs["learning_rate"] * PLATEAU_FACTOR)
             if decision.stop:
@@ -246,8 +294,8 @@ def schedule_callback(rule: EpochRule, path: Path, member: Member | None, info: 
     return ScheduleCallback()
 
 
-def best_checkpoint(path: Path, member: Member | None, info: dict):
+def best_checkpoint(path: Path, member: Member | None, info: dict, classes=None):
     """A callback that only keeps the best epoch (by :func:`checkpoint_score`) as a member file;
     for loops whose stopping is Keras's own (tuner trials, NIH pretraining)."""
     never = sys.maxsize  # a warm-up that never ends: no plateau cut, no stop
-    return schedule_callback(EpochRule(patience=never, warmup=never), path, member, info)
+    return schedule_callback(EpochRule(patience=never, warmup=never), path, member, info, classes)

@@ -13,6 +13,12 @@ like opacities in the lower lung zones (clipped to the lung fields); its ``opaci
 them. For one seed the positive and the negative phantom share the same anatomy, size and noise:
 they differ only where the opacities were added (and a few pixels around them, from the blur).
 
+A second pathology, *diffuse* (``make_phantom(..., pathology="diffuse")``), is a bilateral,
+widespread hazy opacity over both lungs, upper zones included, denser towards the hila, with a
+fine reticular mottle (:func:`diffuse_opacities`). :func:`write_class_set` writes a seeded
+three-class set (``Diffuse``, ``LowerZone``, ``Normal``: :data:`PHANTOM_CLASSES`, sorted as the
+class folders sort) for the multi-class task.
+
 These images are synthetic. They exercise code paths; they say nothing about clinical accuracy.
 """
 
@@ -33,6 +39,9 @@ DEFAULT_SIZE_RANGE: tuple[int, int] = (320, 560)
 ASPECT_RANGE: tuple[float, float] = (0.8, 1.25)  # width / height
 MIN_SIDE = 64
 LABEL_NAMES = {0: "Negative", 1: "Positive"}
+PATHOLOGIES = ("lower_zone", "diffuse")
+# the three-class phantom task: class folder name -> pathology (None: no opacity); sorted names
+PHANTOM_CLASSES: dict[str, str | None] = {"Diffuse": "diffuse", "LowerZone": "lower_zone", "Normal": None}
 _LOW = 4  # low-frequency layers are rendered at 1/_LOW resolution and upsampled
 
 
@@ -42,13 +51,15 @@ class Phantom:
 
     ``image`` is uint8 (H, W); ``lung_mask`` (both lung fields) and ``opacity_mask`` (the added
     opacities, a subset of the lung mask, all zero for negatives) are uint8 {0, 255} of the same
-    shape and aligned with the image. ``label`` is 1 for positive, 0 for negative.
+    shape and aligned with the image. ``label`` is 1 for positive, 0 for negative; ``pathology``
+    names a positive's opacities (``"lower_zone"`` or ``"diffuse"``), None for a negative.
     """
 
     image: np.ndarray
     lung_mask: np.ndarray
     opacity_mask: np.ndarray
     label: int
+    pathology: str | None = None
 
 
 @dataclass(frozen=True)
@@ -408,6 +419,34 @@ def lower_zone_opacities(rng: np.random.Generator, lung_mask: np.ndarray, lung_s
     return field
 
 
+def diffuse_opacities(rng: np.random.Generator, lung_mask: np.ndarray, lung_soft: np.ndarray) -> np.ndarray:
+    """Soft field in 0..1: a bilateral, widespread hazy opacity over most of both lungs (upper
+    zones included), patchy at low frequency, denser towards the hila and finely mottled (an
+    interstitial / ground-glass look); zero outside the lungs."""
+    h, w = lung_mask.shape
+    inside = lung_mask > 0
+    hs, ws = h // _LOW + 1, w // _LOW + 1
+    patches = _smooth_noise(rng, hs, ws, int(rng.integers(5, 9)))
+    patches = np.clip(0.8 + 0.28 * patches, 0.4, 1.25)
+    cols = np.flatnonzero(inside.any(axis=0))
+    rows = np.flatnonzero(inside.any(axis=1))
+    x0, x1, y0, y1 = cols[0] / _LOW, (cols[-1] + 1) / _LOW, rows[0] / _LOW, (rows[-1] + 1) / _LOW
+    yy, xx = np.mgrid[0:hs, 0:ws].astype(np.float32)
+    centre_x, half = (x0 + x1) / 2, max(1.0, (x1 - x0) / 2)
+    medial = np.clip(1.0 - np.abs(xx - centre_x) / half, 0.0, 1.0)  # 1 at the midline, 0 laterally
+    hilar_row = y0 + _uniform(rng, 0.4, 0.55) * (y1 - y0)
+    vertical = np.exp(-0.5 * ((yy - hilar_row) / (0.45 * (y1 - y0) + 1e-6)) ** 2)
+    weight = (0.7 + 0.3 * medial) * (0.75 + 0.25 * vertical)
+    field = _upsample((patches * weight).astype(np.float32), h, w)
+    reticular = _blur(rng.standard_normal((h, w)).astype(np.float32), 0.004 * w + 0.8)
+    reticular /= float(reticular.std()) + 1e-6
+    field = np.clip(field * (1.0 + 0.18 * reticular), 0.0, None) * lung_soft * inside
+    level = float(np.quantile(field[inside], 0.9)) if inside.any() else 0.0
+    if level <= 1e-6:
+        return np.zeros((h, w), np.float32)
+    return np.minimum(field / level, 1.0).astype(np.float32)
+
+
 def make_phantom(
     seed: int,
     positive: bool,
@@ -415,6 +454,7 @@ def make_phantom(
     width: int | None = None,
     *,
     size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
+    pathology: str = "lower_zone",
 ) -> Phantom:
     """Deterministic for a given (seed, positive, height, width); height/width None -> drawn from seed.
 
@@ -422,9 +462,13 @@ def make_phantom(
     an aspect (width / height) in 0.8-1.25; with one given the other is drawn to match. The
     anatomy, size, rotation and noise depend on the seed only, so ``make_phantom(s, True)`` is
     ``make_phantom(s, False)`` plus opacities. ``seed`` must be a non-negative integer.
+    ``pathology`` (positives only): ``"lower_zone"`` (the default: 1-3 lower-zone blobs) or
+    ``"diffuse"`` (bilateral widespread haze).
     """
     if int(seed) < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
+    if pathology not in PATHOLOGIES:
+        raise ValueError(f"pathology must be one of {PATHOLOGIES}, got {pathology!r}")
     anatomy_seq, lesion_seq = np.random.SeedSequence(int(seed)).spawn(2)
     rng = np.random.default_rng(anatomy_seq)
     h, w = _draw_size(rng, height, width, size_range)
@@ -454,11 +498,15 @@ def make_phantom(
     opacity = np.zeros((h, w), np.float32)
     if positive:
         lesion_rng = np.random.default_rng(lesion_seq)
-        opacity = lower_zone_opacities(lesion_rng, lung_mask, lung_soft)
-        image += _uniform(lesion_rng, 0.26, 0.34) * opacity
+        if pathology == "diffuse":
+            opacity = diffuse_opacities(lesion_rng, lung_mask, lung_soft)
+            image += _uniform(lesion_rng, 0.2, 0.27) * opacity
+        else:
+            opacity = lower_zone_opacities(lesion_rng, lung_mask, lung_soft)
+            image += _uniform(lesion_rng, 0.26, 0.34) * opacity
     opacity_mask = (opacity >= 0.3) & (lung_mask > 0)
     if positive and not opacity_mask.any():  # cannot happen with two real lung fields; keep the contract anyway
-        raise RuntimeError(f"seed {seed}: no room for an opacity in the lower lung zones")
+        raise RuntimeError(f"seed {seed}: no room for an opacity ({pathology}) in the lungs")
 
     image = image * shade_mult + shade_add + mottle
     image = np.clip(image, 0.0, 1.0) ** gamma
@@ -470,6 +518,7 @@ def make_phantom(
         lung_mask=(lung_mask > 0).astype(np.uint8) * 255,
         opacity_mask=opacity_mask.astype(np.uint8) * 255,
         label=int(bool(positive)),
+        pathology=pathology if positive else None,
     )
 
 
@@ -546,6 +595,70 @@ def write_phantom_set(
         _write_png(output / "masks" / name, phantom.lung_mask)
         _write_png(output / "opacities" / name, phantom.opacity_mask)
         writer.writerow([f"images/{name}", LABEL_NAMES[phantom.label], f"patient_{int(patient_of[i]):04d}"])
+    labels_csv = output / "labels.csv"
+    write_text(labels_csv, rows.getvalue())
+    return labels_csv
+
+
+def class_phantom(seed: int, name: str, **kwargs) -> Phantom:
+    """The phantom of one class of :data:`PHANTOM_CLASSES` (``Normal``: a negative)."""
+    if name not in PHANTOM_CLASSES:
+        raise ValueError(f"unknown phantom class {name!r}; choose one of {sorted(PHANTOM_CLASSES)}")
+    pathology = PHANTOM_CLASSES[name]
+    return make_phantom(seed, pathology is not None, pathology=pathology or "lower_zone", **kwargs)
+
+
+def write_class_set(
+    output: Path,
+    count: int,
+    seed: int = 0,
+    classes: tuple[str, ...] = tuple(PHANTOM_CLASSES),
+    patients: int | None = None,
+    size_range: tuple[int, int] = DEFAULT_SIZE_RANGE,
+) -> Path:
+    """The multi-class :func:`write_phantom_set`: the same files and ``labels.csv`` columns
+    (file,label,patient_id), ``label`` the class name (``Diffuse``, ``LowerZone``, ``Normal``).
+    Classes are as balanced as ``count`` allows (counts differ by at most one), shuffled by the
+    seed; with ``patients``, a patient's images share one class. Deterministic for a seed."""
+    output = Path(output)
+    count = int(count)
+    classes = tuple(classes)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ValueError(f"need two or more distinct classes, got {classes}")
+    for name in classes:
+        if name not in PHANTOM_CLASSES:
+            raise ValueError(f"unknown phantom class {name!r}; choose from {sorted(PHANTOM_CLASSES)}")
+    if patients is not None and int(patients) < 1:
+        raise ValueError(f"patients must be >= 1, got {patients}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    rng = np.random.default_rng(int(seed))
+    if patients is None:
+        patient_of = np.arange(count)
+        labels = np.arange(count) % len(classes)
+        rng.shuffle(labels)
+    else:
+        n_patients = min(int(patients), count)
+        patient_of = np.arange(count) % max(n_patients, 1)
+        rng.shuffle(patient_of)
+        patient_labels = np.arange(n_patients) % len(classes)
+        rng.shuffle(patient_labels)
+        labels = patient_labels[patient_of] if count else np.zeros(0, dtype=np.int64)
+    image_seeds = rng.integers(0, 2**63 - 1, size=count, dtype=np.int64)
+
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["file", "label", "patient_id"])
+    for i in range(count):
+        name = f"phantom_{i:04d}.png"
+        label = classes[int(labels[i])]
+        phantom = class_phantom(int(image_seeds[i]), label, size_range=size_range)
+        _write_png(output / "images" / name, phantom.image)
+        _write_png(output / "masks" / name, phantom.lung_mask)
+        _write_png(output / "opacities" / name, phantom.opacity_mask)
+        writer.writerow([f"images/{name}", label, f"patient_{int(patient_of[i]):04d}"])
     labels_csv = output / "labels.csv"
     write_text(labels_csv, rows.getvalue())
     return labels_csv

@@ -5,6 +5,10 @@ best-validation-AUC checkpoint, early stopping (patience 5, then 10), learning r
 flat epochs. SGD with Nesterov momentum in both phases. The final member is written directly as
 ``<output>/<Prefix>_<size>_up_<crop>.h5`` with its curves, CSV log, TensorBoard logs and the run's
 config. A finished member is skipped on a rerun; a finished phase 1 is not repeated.
+
+The classes are the tree's class folders (:func:`deepcovidxr.classes.discover`): Negative/Positive
+trains the original's sigmoid member; three or more classes a softmax member (categorical
+cross-entropy, macro one-vs-rest validation AUC), its sidecar naming the classes.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ def distribution_strategy():
     return tf.distribute.get_strategy()
 
 
-def phase_callbacks(phase: str, paths: RunPaths, member: Member, info: dict, rule: EpochRule) -> list:
+def phase_callbacks(
+    phase: str, paths: RunPaths, member: Member, info: dict, rule: EpochRule, classes: tuple[str, ...] | None = None
+) -> list:
     """Fresh instances for every phase (``rule`` too): nothing (counters, best scores) carries
     over. The schedule's rule (checkpoint, plateau, stopping) runs first so the CSV log sees the
     epoch's learning rate."""
@@ -44,7 +50,7 @@ def phase_callbacks(phase: str, paths: RunPaths, member: Member, info: dict, rul
 
     paths.plots(phase).mkdir(parents=True, exist_ok=True)
     return [
-        schedule_callback(rule, paths.checkpoint(phase), member, {**info, "phase": phase}),
+        schedule_callback(rule, paths.checkpoint(phase), member, {**info, "phase": phase}, classes),
         keras.callbacks.CSVLogger(str(paths.history(phase))),
         keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard / phase), write_graph=False, profile_batch=0),
     ]
@@ -64,8 +70,8 @@ def train_member(config: TrainConfig) -> Path:
 def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     import keras
 
-    from deepcovidxr.data import list_split, make_dataset
-    from deepcovidxr.models import build_member, set_backbone_trainable, sidecar
+    from deepcovidxr.data import make_dataset
+    from deepcovidxr.models import build_member, head_for, set_backbone_trainable, sidecar
     from deepcovidxr.reports import plot_training_curves
 
     member = config.member
@@ -74,10 +80,9 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
-    train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
-    if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
-        raise UsageError(f"{config.path}: Train and Validation each need Positive and Negative images")
-    schedule = Schedule.for_member(config, hp, train_files.labels)
+    classes, train_files, val_files = training_splits(config.path)
+    outputs, activation = head_for(classes)
+    schedule = Schedule.for_member(config, hp, train_files.labels, classes)
     strategy = distribution_strategy()
     global_batch = config.batch_size * strategy.num_replicas_in_sync
     train_ds = make_dataset(
@@ -103,11 +108,13 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
         "initial_weights": str(config.weights),
         "warmup_epochs": config.warmup,
         "seed": config.seed,
+        **class_counts(classes, train_files, val_files),
     }
     run_config = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
         "member": member.short_name,
         **info,
+        "classes": list(classes),
         "class_weight": schedule.class_weight,
         "schedule": schedule.as_dict(),
         "started": time.strftime("%FT%T"),
@@ -135,13 +142,27 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
                     log.info("phase 1 already done (%s); going on to phase 2", done)
                     histories[phase] = _read_history(paths.history(phase))
                     continue
-                model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=config.weights)
+                model = build_member(
+                    member.backbone,
+                    member.size,
+                    dropout=hp.dropout_rate,
+                    weights=config.weights,
+                    outputs=outputs,
+                    activation=activation,
+                )
                 set_backbone_trainable(model, False)
             else:
                 initial = paths.checkpoint("initial") if "initial" in schedule.phases else None
-                model = build_member(member.backbone, member.size, dropout=hp.dropout_rate, weights=initial)
+                model = build_member(
+                    member.backbone,
+                    member.size,
+                    dropout=hp.dropout_rate,
+                    weights=initial,
+                    outputs=outputs,
+                    activation=activation,
+                )
                 set_backbone_trainable(model, True)
-            compile_member(model, schedule.learning_rate, schedule.momentum, schedule.optimizer)
+            compile_member(model, schedule.learning_rate, schedule.momentum, schedule.optimizer, classes)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, schedule.epochs)
         rule = schedule.rule(phase)
@@ -149,7 +170,7 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
             train_ds,
             validation_data=val_ds,
             epochs=schedule.epochs,
-            callbacks=phase_callbacks(phase, paths, member, info, rule),
+            callbacks=phase_callbacks(phase, paths, member, info, rule, classes),
             verbose=2,
         )
         histories[phase] = history.history
@@ -178,6 +199,45 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
         tmp.write_bytes(paths.checkpoint("final").read_bytes())
     log.info("wrote %s", paths.final)
     return paths.final
+
+
+def training_splits(view_dir: Path):
+    """(classes, Train files, Validation files) of a view folder: the class folders must agree
+    between the splits and every class needs images in Train and in Validation (a
+    :class:`UsageError` naming what is missing otherwise)."""
+    from deepcovidxr import classes as class_names
+    from deepcovidxr.data import list_split
+
+    classes = class_names.discover(view_dir)
+    train_files = list_split(view_dir, Split.TRAIN, classes)
+    val_files = list_split(view_dir, Split.VALIDATION, classes)
+    if class_names.is_binary(classes):
+        if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
+            raise UsageError(f"{view_dir}: Train and Validation each need Positive and Negative images")
+    else:
+        empty = [
+            f"{split}/{name}"
+            for split, files in (("Train", train_files), ("Validation", val_files))
+            for name in files.missing_classes()
+        ]
+        if empty:
+            raise UsageError(
+                f"{view_dir}: every class needs images in Train and Validation; none in {', '.join(empty)}"
+            )
+    return classes, train_files, val_files
+
+
+def class_counts(classes: tuple[str, ...], train_files, val_files) -> dict:
+    """What the run config and the member's sidecar record of the task: the classes, and for
+    three or more the images per class of Train and Validation."""
+    from deepcovidxr import classes as class_names
+
+    if class_names.is_binary(classes):
+        return {}
+    return {
+        "train_counts": {name: int(n) for name, n in zip(classes, train_files.counts, strict=True)},
+        "validation_counts": {name: int(n) for name, n in zip(classes, val_files.counts, strict=True)},
+    }
 
 
 def _best_epoch(history: dict, epoch: int) -> dict:

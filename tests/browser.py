@@ -58,6 +58,8 @@ def _headless(browser: str, *args: str, timeout: int = 120) -> subprocess.Comple
             ],
             capture_output=True,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=timeout,
             check=False,
         )

@@ -38,6 +38,8 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
         cwd=REPO,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=timeout,
     )
 

@@ -47,7 +47,12 @@ def write_imlab_unet(directory: Path) -> tuple[Path, Path, Path]:
     and the legacy model's own output for it."""
     model, probe, expected = directory / "trained_model.hdf5", directory / "probe.npy", directory / "expected.npy"
     done = subprocess.run(
-        [sys.executable, "-c", IMLAB_UNET, model, probe, expected], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", IMLAB_UNET, model, probe, expected],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
     )
     if done.returncode != 0:
         raise RuntimeError(f"tf-keras writer failed:\n{done.stderr[-3000:]}")
@@ -99,6 +104,8 @@ def write_legacy_member(constructor: str, size: int, path: Path) -> tuple[Path, 
         [sys.executable, "-c", LEGACY_MEMBER, constructor, str(size), str(path)],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=600,
     )
     if done.returncode != 0:

@@ -33,7 +33,15 @@ def test_every_script_help_is_instant_and_imports_no_tensorflow(stem: str) -> No
         "    code = done.code\n"
         "print('TF' if 'tensorflow' in sys.modules or 'keras' in sys.modules else 'NO-TF', code)\n"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().endswith("NO-TF 0"), done.stdout[-300:]
     assert "--config" in done.stdout and "not a medical device" in done.stdout

@@ -83,6 +83,7 @@ def test_broken_files_get_error_rows_and_a_nonzero_exit(cropped) -> None:
         "x1",
         "y1",
         "lung_fraction",
+        "input_check",
         "window",
         "error",
     ]

@@ -165,3 +165,21 @@ def test_fused_map_sums_weights_and_replaces_for_the_max_rule(tmp_path) -> None:
     maps.add(0, left, left, (1.0, 1.0), cropped=True, replace=True)  # only the crop box, the rest cleared
     replaced = maps.fused(0, "positive", (100, 50))
     assert replaced[60:].max() == 0 and replaced[:40, :20].mean() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fused_maps_of_a_multi_class_ensemble_are_kept_per_class(tmp_path) -> None:
+    """Multi-class: one sum per class name; a member adds only the classes it is given (vote,
+    max), the others keep their sums."""
+    from deepcovidxr.stages.vis_sample import _Maps
+
+    classes = ("Alpha", "Beta", "Gamma")
+    maps = _Maps(tmp_path / "maps", 1, classes)
+    maps.shapes[0], maps.boxes[0] = (64, 64), (0, 0, 64, 64)
+    left, right = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)
+    left[:, :4], right[:, 4:] = 1.0, 1.0
+    maps.add_maps(0, {"Alpha": left, "Beta": right, "Gamma": left}, dict.fromkeys(classes, 0.5), cropped=False)
+    maps.add_maps(0, {"Beta": left}, {"Beta": 0.5}, cropped=False)  # e.g. a member voting Beta
+    alpha, beta = maps.fused(0, "Alpha", (64, 64)), maps.fused(0, "Beta", (64, 64))
+    assert alpha[:, :28].mean() == pytest.approx(1.0) and alpha[:, 36:].max() == 0
+    assert beta.min() == pytest.approx(1.0, abs=1e-6)  # left from one member, right from the other
+    assert sorted(p.name for p in (tmp_path / "maps").glob("class_*.npy")) == [f"class_{i}.npy" for i in range(3)]

@@ -78,7 +78,7 @@ def test_predict_folder_reports_every_file(folder_run, messy_images: Path) -> No
     assert set(rows) == {"a.png", "sub/b.png", "sub/c.dcm", "broken.png"}
     header = next(csv.reader((out / "predictions.csv").open()))
     assert header[:6] == ["Filenames", "Scores", "Binary pred", "Predictions", "crop_status", "error"]
-    assert header[6:] == list(MEMBERS)
+    assert header[6:] == [*MEMBERS, "Probability", "uncertainty", "input_check"]
     assert rows["broken.png"]["crop_status"] == "error" and rows["broken.png"]["error"]
     for name in ("a.png", "sub/b.png", "sub/c.dcm"):
         row = rows[name]

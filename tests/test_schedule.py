@@ -68,7 +68,9 @@ def _train(view: Path, output: Path, *flags: str, multi_worker: bool, spy: Path 
     if spy is not None:
         env["SPY_OUT"] = str(spy)
         command = [sys.executable, "-c", SPY, *args, *flags]
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=600
+    )
 
 
 @pytest.fixture(scope="module")

@@ -218,3 +218,65 @@ def test_write_phantom_set_label_fractions(tmp_path: Path) -> None:
     assert read_rows(empty) == []
     with pytest.raises(ValueError):
         write_phantom_set(tmp_path / "bad", count=2, positive_fraction=1.5)
+
+
+# ---- the diffuse pathology and the three-class set ----------------------------------------------------
+
+
+def test_diffuse_opacities_are_bilateral_widespread_and_seeded(negatives: list[Phantom]) -> None:
+    for seed, neg in zip(SEEDS, negatives, strict=True):
+        p = make_phantom(seed, positive=True, pathology="diffuse")
+        assert p.label == 1 and p.pathology == "diffuse"
+        np.testing.assert_array_equal(p.image, make_phantom(seed, positive=True, pathology="diffuse").image)
+        np.testing.assert_array_equal(p.lung_mask, neg.lung_mask)  # the same anatomy as the negative
+        lung, opacity = p.lung_mask > 0, p.opacity_mask > 0
+        assert not (opacity & ~lung).any()
+        assert opacity.sum() > 0.5 * lung.sum(), "widespread, not focal"
+        y0, y1, x0, x1 = lung_box(lung)
+        assert opacity[y0 : y0 + (y1 - y0) // 3].any(), "upper zones too"
+        middle = (x0 + x1) // 2
+        left, right = opacity[:, :middle].sum(), opacity[:, middle:].sum()
+        assert min(left, right) > 0.25 * opacity.sum(), "both lungs"
+        gain = p.image[opacity].astype(np.float64).mean() - neg.image[opacity].mean()
+        assert gain > 15, f"diffuse gain {gain:.1f} gray levels is too faint"
+        near_lungs = cv2.dilate(p.lung_mask, np.ones((15, 15), np.uint8)) > 0
+        np.testing.assert_array_equal(neg.image[~near_lungs], p.image[~near_lungs])
+    # the default pathology is unchanged: lower-zone opacities
+    assert make_phantom(0, positive=True).pathology == "lower_zone"
+    np.testing.assert_array_equal(
+        make_phantom(0, positive=True).image, make_phantom(0, positive=True, pathology="lower_zone").image
+    )
+    with pytest.raises(ValueError, match="pathology"):
+        make_phantom(0, positive=True, pathology="cavity")
+
+
+def test_write_class_set(tmp_path: Path) -> None:
+    from deepcovidxr.synthetic import PHANTOM_CLASSES, write_class_set
+
+    assert list(PHANTOM_CLASSES) == sorted(PHANTOM_CLASSES) == ["Diffuse", "LowerZone", "Normal"]
+    labels_csv = write_class_set(tmp_path / "set", count=7, seed=5, size_range=(80, 96))
+    rows = read_rows(labels_csv)
+    assert [r["file"] for r in rows] == [f"images/phantom_{i:04d}.png" for i in range(7)]
+    assert sorted(r["label"] for r in rows) == ["Diffuse"] * 3 + ["LowerZone"] * 2 + ["Normal"] * 2
+    for row in rows:
+        name = Path(row["file"]).name
+        mask = cv2.imread(str(tmp_path / "set" / "masks" / name), cv2.IMREAD_UNCHANGED) > 0
+        opacity = cv2.imread(str(tmp_path / "set" / "opacities" / name), cv2.IMREAD_UNCHANGED) > 0
+        if row["label"] == "Normal":
+            assert not opacity.any()
+        elif row["label"] == "Diffuse":
+            assert opacity.sum() > 0.5 * mask.sum()
+        else:
+            assert 0 < opacity.sum() < 0.35 * mask.sum()
+    again = write_class_set(tmp_path / "again", count=7, seed=5, size_range=(80, 96))
+    assert again.read_bytes() == labels_csv.read_bytes()
+    for i in range(7):
+        name = f"images/phantom_{i:04d}.png"
+        assert (tmp_path / "set" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    grouped = read_rows(write_class_set(tmp_path / "patients", count=8, seed=1, patients=4, size_range=(64, 72)))
+    by_patient: dict[str, set[str]] = {}
+    for row in grouped:
+        by_patient.setdefault(row["patient_id"], set()).add(row["label"])
+    assert len(by_patient) == 4 and all(len(labels) == 1 for labels in by_patient.values())
+    with pytest.raises(ValueError, match="unknown phantom class"):
+        write_class_set(tmp_path / "bad", count=2, classes=("Normal", "Cavity"))

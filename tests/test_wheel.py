@@ -59,6 +59,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(root / "dist")],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         check=False,
     )
@@ -70,6 +72,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         [*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheels[0])],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         check=False,
     )
@@ -84,7 +88,15 @@ def test_installed_wheel_finds_and_loads_the_shipped_weights(installed: Path, tm
     # PYTHONPATH comes before the editable install's finder, so the wheel's copy is imported.
     env.update(PYTHONPATH=str(installed), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", PROBE],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
@@ -116,6 +128,8 @@ def test_installed_entry_point_crops_with_the_shipped_unet(installed: Path, tmp_
         env=env,
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=300,
         check=False,
     )

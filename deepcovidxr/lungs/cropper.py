@@ -1,7 +1,10 @@
 """One U-Net instance, batched: gray images in, square lung boxes out.
 
 Decoding and box geometry are numpy/OpenCV work that threads can share; the U-Net runs on the
-caller's thread in fixed-size batches (the last one padded) so the graph is traced once.
+caller's thread in fixed-size batches. On Keras the last batch is padded so the graph is traced
+once; on ONNX Runtime / OpenVINO (``engine=``) the U-Net is exported once, cached like the members
+(:func:`deepcovidxr.engines.open_model`), takes any batch size, and TensorFlow is not imported
+at all on a warm cache.
 """
 
 from __future__ import annotations
@@ -21,6 +24,14 @@ log = logging.getLogger(__name__)
 
 # Package data, not a path from the repository root: an installed wheel has no checkout around it.
 DEFAULT_UNET = shipped.unet_weights()
+
+
+def default_cache_dir() -> Path:
+    """Where an exported U-Net is cached when no cache folder is given: ``$DEEPCOVIDXR_CACHE``, else
+    ``$XDG_CACHE_HOME/deepcovidxr`` (``~/.cache/deepcovidxr``); the package data may be read-only."""
+    if os.environ.get("DEEPCOVIDXR_CACHE"):
+        return Path(os.environ["DEEPCOVIDXR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepcovidxr"
 
 
 def default_unet_path() -> Path:
@@ -54,19 +65,58 @@ def locate(gray: np.ndarray, probability256: np.ndarray) -> CropResult:
     return CropResult(segment.square_box(tight, width, height), tight, lung, probability256)
 
 
+def export_friendly(model):
+    """The same U-Net with each ``UpSampling2D`` (Keras exports it as reshape/tile through 5-D
+    transposes, which ONNX Runtime and OpenVINO run 2-4x slower than the convolutions around it)
+    replaced by a nearest ``Resizing`` to twice the size, which exports as one ONNX ``Resize``.
+    The same function: an integer 2x nearest resize repeats each pixel, as UpSampling2D does."""
+    import keras
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.UpSampling2D) and tuple(layer.size) == (2, 2):
+            height, width = layer.input.shape[1:3]
+            return keras.layers.Resizing(
+                2 * height, 2 * width, interpolation="nearest", name=layer.name, dtype=layer.dtype_policy
+            )
+        return layer.__class__.from_config(layer.get_config())
+
+    friendly = keras.models.clone_model(model, clone_function=clone)
+    friendly.set_weights(model.get_weights())
+    return friendly
+
+
 class LungCropper:
     """Holds one U-Net; ``probabilities`` runs it, ``crop`` does the whole job for a batch."""
 
     def __init__(
-        self, unet_path: Path | None = None, batch_size: int = 16, precision: str = "auto", fold: bool = True
+        self,
+        unet_path: Path | None = None,
+        batch_size: int = 16,
+        precision: str = "auto",
+        fold: bool = True,
+        engine: str = "keras",
+        cache_dir: Path | None = None,
     ) -> None:
+        """``precision``: auto | float32 | mixed (Keras compute policy; "bfloat16" is an old spelling
+        of mixed); on another ``engine``, fp32 | bf16 (the engines' names; float32/mixed accepted)."""
+        self.path = Path(unet_path) if unet_path else default_unet_path()
+        self.batch_size = batch_size
+        self.runner = None
+        if engine != "keras":
+            self._open_engine(engine, precision, fold, cache_dir)
+            return
         from deepcovidxr.lungs.unet import load_unet
 
-        self.path = Path(unet_path) if unet_path else default_unet_path()
         # "mixed" is the configs' spelling; "bfloat16" the library's older one.
-        dtype = {"auto": None, "float32": "float32", "mixed": "mixed_bfloat16", "bfloat16": "mixed_bfloat16"}[precision]
+        dtype = {
+            "auto": None,
+            "float32": "float32",
+            "fp32": "float32",
+            "mixed": "mixed_bfloat16",
+            "bfloat16": "mixed_bfloat16",
+            "bf16": "mixed_bfloat16",
+        }[precision]
         self.model, self.meta = load_unet(self.path, dtype, fold=fold)
-        self.batch_size = batch_size
         log.info(
             "lung U-Net: %s (%s architecture, %s)",
             self.path,
@@ -74,12 +124,46 @@ class LungCropper:
             self.meta.get("inference_dtype"),
         )
 
+    def _open_engine(self, engine: str, precision: str, fold: bool, cache_dir: Path | None) -> None:
+        import json
+
+        from deepcovidxr import engines
+
+        precision = {"auto": engines.default_precision(engine), "float32": "fp32", "mixed": "bf16"}.get(
+            precision, precision
+        )
+        sidecar = self.path.with_name(self.path.name.removesuffix(".weights.h5") + ".json")
+        meta = {"architecture": "light"} if self.path.name.endswith(".weights.h5") else {"architecture": "imlab"}
+        if self.path.name.endswith(".weights.h5") and sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+        path, folded = self.path, fold
+
+        def load():
+            from deepcovidxr.lungs.unet import load_unet
+
+            return export_friendly(load_unet(path, "float32", fold=folded)[0])
+
+        extra = {
+            "model": "lung U-Net",
+            "sidecar_sha256": engines.file_sha256(sidecar) if sidecar.is_file() else None,
+            "fold_batch_norm": fold,
+            "keras_dtype": "float32",
+            "upsampling": "resize-nearest",
+        }
+        folder = Path(cache_dir) if cache_dir is not None else Path(default_cache_dir())
+        self.runner = engines.open_model(self.path, load, engine, precision, folder, extra, name="lung U-Net")
+        self.model = None
+        self.meta = {**meta, "engine": engine, "inference_dtype": precision, "batch_norm_folded": fold}
+
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(n, 256, 256, 1) U-Net inputs -> (n, 256, 256) float32 probabilities."""
         results = []
         for start in range(0, len(inputs), self.batch_size):
             batch = inputs[start : start + self.batch_size]
             count = len(batch)
+            if self.runner is not None:  # any batch size: a short last batch is not padded
+                results.append(self.runner.predict(np.asarray(batch, np.float32))[..., 0])
+                continue
             if count < self.batch_size:
                 batch = np.concatenate([batch, np.zeros((self.batch_size - count, *batch.shape[1:]), batch.dtype)])
             output = self.model.predict_on_batch(batch)

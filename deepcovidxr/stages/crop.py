@@ -5,6 +5,7 @@ mask with --save-masks, one row per input in crop_report.csv and a QC montage.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import CropConfig
 from deepcovidxr.cropping import crop_columns, segment_files
 from deepcovidxr.imageio import iter_input_files, write_gray
+from deepcovidxr.input_check import OK
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
@@ -23,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 # window: how the file's values became 8-bit (imageio.ReadInfo.window), e.g. a DICOM's header
-# window, or "robust (...)" when that window missed the pixels.
-REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "window", "error"]
+# window, or "robust (...)" when that window missed the pixels. input_check: "ok" or why the image
+# does not look like a frontal chest film (input_check.VALUES); flagged images are still cropped.
+REPORT_COLUMNS = ["file", "status", "x0", "y0", "x1", "y1", "lung_fraction", "input_check", "window", "error"]
 
 
 def crop_outputs(relative: Path, config: CropConfig) -> list[Path]:
@@ -94,4 +97,7 @@ def run(config: CropConfig, cropper: LungCropper | None = None) -> StageResult:
     for status in (segment.CropStatus.FALLBACK.value, segment.CropStatus.ONE_LUNG.value):
         if counts.get(status):
             log.warning("crop: %d image(s) with status %s; see %s", counts[status], status, path)
+    flagged = Counter(r["input_check"] for r in report.rows.values() if r.get("input_check") not in ("", OK))
+    for value, count in sorted(flagged.items()):
+        log.warning("crop: %d image(s) flagged by the input check as %s; see %s", count, value, path)
     return StageResult(path, counts)

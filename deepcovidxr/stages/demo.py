@@ -26,7 +26,7 @@ from deepcovidxr.imageio import read_gray
 from deepcovidxr.layout import CropMode, DataTree, Member
 from deepcovidxr.reports import write_view_strip
 from deepcovidxr.stages import build_dataset
-from deepcovidxr.synthetic import write_phantom_set
+from deepcovidxr.synthetic import write_class_set, write_phantom_set
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,9 @@ def run(config: DemoConfig) -> DemoResult:
 
     output = config.output
     phantoms = output / "phantoms"
-    labels = write_phantom_set(phantoms, config.count, seed=config.seed, patients=max(3, config.count * 2 // 3))
-    log.info("demo 1/7: %d synthetic phantoms in %s", config.count, phantoms)
+    write = write_class_set if config.classes == 3 else write_phantom_set
+    labels = write(phantoms, config.count, seed=config.seed, patients=max(3, config.count * 2 // 3))
+    log.info("demo 1/7: %d synthetic phantoms (%d classes) in %s", config.count, config.classes, phantoms)
     dataset = output / "dataset"
     sizes = tuple(sorted({Member.parse(m).size for m in config.members}))
     built = build_dataset.run(
@@ -232,9 +233,21 @@ def run(config: DemoConfig) -> DemoResult:
                         "AUC with 95 % CI, sensitivity, specificity, PPV, NPV, "
                         "F1 at 0.5 and at the Youden threshold, Brier score",
                     ),
-                    (str(results.plots.confusion), "confusion matrix at 0.5"),
-                    (str(results.plots.calibration), "calibration"),
-                    (str(evaluated), "per-image scores, labels and member scores"),
+                    (str(results.report), "the evaluation report: metrics with intervals, figures, images"),
+                    *(
+                        [
+                            (str(results.plots.confusion), "confusion matrix at 0.5"),
+                            (str(results.plots.calibration), "calibration of the raw ensemble score"),
+                            (str(results.calibration_fit), "calibration before/after the Validation fit"),
+                        ]
+                        if config.classes == 2
+                        else [
+                            (str(results.plots.roc), "one-vs-rest ROC curves of every class"),
+                            (str(results.plots.confusion), "row-normalised confusion matrix"),
+                        ]
+                    ),
+                    (str(results.referral), "AUC and accuracy as the most uncertain images are referred"),
+                    (str(evaluated), "per-image predictions, labels and probabilities"),
                 ],
             ),
             ("Prediction on raw files", [(str(predicted.report), "one row per input file, crop status and errors")]),

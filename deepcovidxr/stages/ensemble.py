@@ -1,5 +1,12 @@
 """ensemble.py: member weights fitted on Validation (or a fixed rule), every member and the
 ensemble reported on Test; the weights file records the rule.
+
+Multi-class members (three or more classes): the weighted rule's search maximises the macro
+one-vs-rest AUC on Validation (:func:`deepcovidxr.ensemble.dirichlet_search`), the weights JSON
+records the classes, ``member_auc.csv`` holds macro AUCs (``member, test_macro_auc, weight``),
+``ensemble_predictions.csv`` holds ``Filenames, Predictions, Actual, p_<class>...`` (class names,
+rows summing to 1), ``individual_predictions.csv`` every member's ``<member>.p_<class>``, and the
+figures are the one-vs-rest ROC curves and the row-normalised confusion matrix.
 """
 
 from __future__ import annotations
@@ -9,11 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, ensemble, layout
+from deepcovidxr import DISCLAIMER, calibration, ensemble, layout
+from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import EnsembleConfig
 from deepcovidxr.errors import UsageError
-from deepcovidxr.inference import THRESHOLD, Ensemble, available_members, score_split, write_csv
+from deepcovidxr.inference import (
+    THRESHOLD,
+    EngineChoice,
+    Ensemble,
+    available_members,
+    class_rows,
+    member_columns,
+    score_split,
+    write_csv,
+)
 from deepcovidxr.layout import Split
 
 log = logging.getLogger(__name__)
@@ -30,19 +47,50 @@ def run(config: EnsembleConfig) -> Path:
     names = [m.short_name for m, _ in members]
     out = layout.EnsemblePaths(Path(config.output))
     results, scratch = out.folder, out.scratch
-    candidate = Ensemble(members, np.full(len(members), 1.0 / len(members)))
-    validation, val_scores = score_split(config.data, Split.VALIDATION, candidate, scratch, config.batch_size)
+    classes = class_names.common(members)
+    candidate = Ensemble(members, np.full(len(members), 1.0 / len(members)), classes=classes)
+    engine = EngineChoice.of(config, Split.TRAIN)
+    validation, val_scores = score_split(
+        config.data, Split.VALIDATION, candidate, scratch, config.batch_size, engine=engine
+    )
     if config.method == "weighted":
         search = ensemble.dirichlet_search(val_scores, validation.labels, draws=config.draws, seed=config.seed)
         weights = np.asarray(search.weights, np.float64)
-        log.info("Dirichlet search (%d draws, seed %d): validation AUC %.4f", config.draws, config.seed, search.auc)
+        log.info(
+            "Dirichlet search (%d draws, seed %d): validation %sAUC %.4f",
+            config.draws,
+            config.seed,
+            "" if candidate.binary else "macro one-vs-rest ",
+            search.auc,
+        )
     else:
         weights = candidate.weights
+    fitted = None
+    if candidate.binary:
+        # Calibration and operating points from Validation only, like the weights: Test is scored
+        # after both are written, and nothing fitted reads it.
+        val_combined = ensemble.combine_rule(
+            val_scores, config.method, weights if config.method == "weighted" else None
+        )
+        fitted = calibration.fit_from_split(val_combined, validation.labels, method=config.calibrate)
+        log.info(
+            "calibration (%s) on Validation: ECE %.3f -> %.3f; thresholds %s",
+            config.calibrate,
+            fitted.validation["ece_raw"],
+            fitted.validation["ece_calibrated"],
+            ", ".join(f"{k} {v:.4f}" for k, v in fitted.operating_points.items()),
+        )
     pickle_path, json_path = ensemble.save_weights(
-        dict(zip(names, weights.tolist(), strict=True)), results, rule=config.method
+        dict(zip(names, weights.tolist(), strict=True)),
+        results,
+        rule=config.method,
+        classes=classes,
+        calibration=fitted.to_dict() if fitted else None,
     )
-    test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size)
+    test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size, engine=engine)
     combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
+    if not candidate.binary:
+        return _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path)
     member_rows = [
         [name, f"{metrics.auc_or_nan(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"]
         for i, name in enumerate(names)
@@ -74,10 +122,54 @@ def run(config: EnsembleConfig) -> Path:
             "draws": config.draws,
             "seed": config.seed,
             "weights": dict(zip(names, weights.tolist(), strict=True)),
+            "calibration": {
+                **fitted.to_dict(),
+                "test": calibration.held_out_report(fitted, combined, test.labels, seed=config.seed),
+            },
             "test": summary,
         },
     )
     for name, auc, _ in member_rows:
         print(f"{name}\t{auc}")
     log.info("ensemble weights: %s and %s", pickle_path, json_path)
+    return json_path
+
+
+def _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path) -> Path:
+    from deepcovidxr import metrics, plots
+
+    results = out.folder
+    summary = metrics.multiclass_metrics(test.labels, combined, classes, seed=config.seed)
+    member_rows = [
+        [name, f"{float(metrics.ovr_auc(test.labels, test_scores[:, i, :]).mean()):.6f}", f"{weights[i]:.6f}"]
+        for i, name in enumerate(names)
+    ]
+    member_rows.append([f"ensemble ({config.method})", f"{summary['macro']['auc']:.6f}", "1.000000"])
+    write_csv(out.member_auc, ["member", "test_macro_auc", "weight"], member_rows)
+    header, rows = class_rows(test.names, test.labels, combined, classes)
+    write_csv(out.ensemble_predictions, header, rows)
+    write_csv(
+        out.individual_predictions,
+        ["Filenames", *member_columns(names, classes)],
+        [[n, *(f"{v:.6f}" for v in row.ravel())] for n, row in zip(test.names, test_scores, strict=True)],
+    )
+    plots.multiclass_evaluation_plots(results, test.labels, combined, classes, f"Ensemble ({config.method}) on Test")
+    write_json(
+        out.summary,
+        {
+            "disclaimer": DISCLAIMER,
+            "method": config.method,
+            "classes": list(classes),
+            "fitted_on": "Validation",
+            "fit_objective": "macro one-vs-rest ROC AUC" if config.method == "weighted" else None,
+            "reported_on": "Test",
+            "draws": config.draws,
+            "seed": config.seed,
+            "weights": dict(zip(names, weights.tolist(), strict=True)),
+            "test": summary,
+        },
+    )
+    for name, auc, _ in member_rows:
+        print(f"{name}\t{auc}")
+    log.info("ensemble weights: %s", json_path)
     return json_path

@@ -1,5 +1,12 @@
 """evaluate.py: the ensemble on the Test split of a dataset tree: predictions, metrics with
 bootstrap intervals, figures (also as TensorBoard images).
+
+Binary ensembles write what they always did. Multi-class ensembles (three or more classes) write
+``Results/predictions.csv`` (``Filenames``, ``Predictions`` and ``Actual`` as class names, one
+``p_<class>`` column per class, rows summing to 1; no member columns), every member's probability
+of every class in ``Results/member_probabilities.csv`` (``Filenames``, ``<member>.p_<class>``),
+``Results/metrics.json`` (:func:`deepcovidxr.metrics.multiclass_metrics`, plus each member's macro
+AUC) and the one-vs-rest ROC curves and the row-normalised confusion matrix.
 """
 
 from __future__ import annotations
@@ -7,13 +14,34 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from deepcovidxr import DISCLAIMER, layout
+import numpy as np
+
+from deepcovidxr import DISCLAIMER, calibration, layout, trust
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import EvaluateConfig
-from deepcovidxr.inference import THRESHOLD, decision, resolve_ensemble, score_split, write_csv
-from deepcovidxr.layout import Split
+from deepcovidxr.inference import (
+    MEMBER_PROBABILITIES_CSV,
+    THRESHOLD,
+    EngineChoice,
+    Ensemble,
+    SplitImages,
+    class_rows,
+    decision,
+    member_columns,
+    resolve_ensemble,
+    score_split,
+    views_of,
+    write_csv,
+)
+from deepcovidxr.layout import DataTree, Split
+from deepcovidxr.report_page import ImageRow, write_report
 
 log = logging.getLogger(__name__)
+
+UNCERTAINTY_NOTE = (
+    "uncertainty: weighted standard deviation of the member scores around the ensemble score "
+    "(weights of the combination rule)"
+)
 
 
 def run(config: EvaluateConfig) -> Path:
@@ -23,27 +51,153 @@ def run(config: EvaluateConfig) -> Path:
     out = layout.EvaluationPaths(Path(config.output))
     results = out.folder
     images, scores = score_split(
-        config.image, Split.TEST, chosen, out.scratch, config.batch_size, config.tta, config.seed
+        config.image,
+        Split.TEST,
+        chosen,
+        out.scratch,
+        config.batch_size,
+        config.tta,
+        config.seed,
+        engine=EngineChoice.of(config, Split.VALIDATION),
     )
+    if not chosen.binary:
+        return _multiclass(config, chosen, out, images, scores)
     combined = chosen.combine(scores)
+    spread = trust.image_uncertainty(chosen, scores)
+    probs = trust.probabilities(chosen, combined)
     rows = []
-    for name, label, score, member_row in zip(images.names, images.labels, combined, scores, strict=True):
+    for index, (name, label, score, member_row) in enumerate(
+        zip(images.names, images.labels, combined, scores, strict=True)
+    ):
         rows.append(
             [
                 name,
                 *decision(float(score)),
                 int(label),
                 *(f"{s:.6f}" for s in member_row),
+                "" if probs is None else f"{probs[index]:.6f}",
+                f"{spread[index]:.6f}",
             ]
         )
+    # The original's columns first (members included), then ours: scripts that read columns by
+    # position keep working.
     path = write_csv(
         out.predictions,
-        ["Filenames", "Scores", "Binary prediction", "Predictions", "Actual", *chosen.names],
+        [
+            "Filenames",
+            "Scores",
+            "Binary prediction",
+            "Predictions",
+            "Actual",
+            *chosen.names,
+            "Probability",
+            "uncertainty",
+        ],
         rows,
     )
     summary = metrics.evaluate(images.labels, combined, n_boot=config.bootstrap, seed=config.seed)
     summary["member_auc"] = {
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
+    }
+    fit = trust.stored_fit(chosen)
+    held_out = (
+        None
+        if fit is None
+        else calibration.held_out_report(fit, combined, images.labels, n_boot=config.bootstrap, seed=config.seed)
+    )
+    referral = trust.referral(images.labels, combined, spread)
+    write_json(
+        out.metrics,
+        {
+            "disclaimer": DISCLAIMER,
+            "split": "Test",
+            "tta": config.tta,
+            "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
+            "ensemble_rule": chosen.rule,
+            **summary,
+            "uncertainty": UNCERTAINTY_NOTE,
+            "referral": referral,
+            "calibration": held_out
+            if held_out is not None
+            else "none stored with the ensemble weights (rerun ensemble.py to fit one on Validation)",
+        },
+    )
+    figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
+    figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
+    from deepcovidxr.tensorboard_images import write_images
+
+    # The same figures in TensorBoard, beside the members' training curves (tensorboard --logdir).
+    write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
+    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
+    log.info(
+        "Test: AUC %.4f (95%% CI %.4f-%.4f), sensitivity %.3f, specificity %.3f at 0.5; %s",
+        summary["auc"],
+        *summary["auc_ci95"],
+        summary["at_0.5"]["sensitivity"],
+        summary["at_0.5"]["specificity"],
+        path,
+    )
+    return path
+
+
+def _report(config, chosen, out, images, combined, spread, metric_rows, figures) -> None:
+    """report.html in Results/: what was run, the metrics with intervals, the figures, and the Test
+    images with thumbnails (highest scores and most uncertain first)."""
+    folder = DataTree(config.image).split_dir(*views_of(chosen.members)[0], Split.TEST)
+    rows = []
+    for index, name in enumerate(images.names):
+        if chosen.binary:
+            score, prediction = float(combined[index]), decision(float(combined[index]))[2]
+        else:
+            best = int(np.argmax(combined[index]))
+            score, prediction = float(combined[index, best]), chosen.classes[best]
+        actual = images.classes[int(images.labels[index])]
+        rows.append(
+            ImageRow(
+                name,
+                folder / name,
+                score=score,
+                uncertainty=float(spread[index]),
+                label=actual,
+                prediction=prediction,
+            )
+        )
+    write_report(
+        out.folder,
+        "deepcovidxr evaluation on Test",
+        config=config.options(),
+        members=chosen.names,
+        engine=f"{config.engine} {config.precision}",
+        metrics=metric_rows,
+        figures=trust.figures_of(figures),
+        images=rows,
+    )
+
+
+def _multiclass(
+    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores
+) -> Path:
+    from deepcovidxr import metrics, plots
+    from deepcovidxr.tensorboard_images import write_images
+
+    results = out.folder
+    combined = chosen.combine(scores)
+    spread = trust.image_uncertainty(chosen, scores)
+    header, rows = class_rows(images.names, images.labels, combined, chosen.classes)
+    path = write_csv(
+        out.predictions, [*header, "uncertainty"], [[*r, f"{u:.6f}"] for r, u in zip(rows, spread, strict=True)]
+    )
+    write_csv(
+        results / MEMBER_PROBABILITIES_CSV,
+        ["Filenames", *member_columns(chosen.names, chosen.classes)],
+        [[n, *(f"{v:.6f}" for v in row.ravel())] for n, row in zip(images.names, scores, strict=True)],
+    )
+    summary = metrics.multiclass_metrics(
+        images.labels, combined, chosen.classes, n_boot=config.bootstrap, seed=config.seed
+    )
+    referral = trust.referral(images.labels, combined, spread)
+    member_auc = {
+        name: float(metrics.ovr_auc(images.labels, scores[:, i, :]).mean()) for i, name in enumerate(chosen.names)
     }
     write_json(
         out.metrics,
@@ -54,19 +208,23 @@ def run(config: EvaluateConfig) -> Path:
             "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
             "ensemble_rule": chosen.rule,
             **summary,
+            "member_macro_auc": member_auc,
+            "uncertainty": UNCERTAINTY_NOTE + "; multi-class: of the predicted class's probability",
+            "referral": referral,
         },
     )
-    figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
-    from deepcovidxr.tensorboard_images import write_images
-
-    # The same figures in TensorBoard, beside the members' training curves (tensorboard --logdir).
+    figures = plots.multiclass_evaluation_plots(results, images.labels, combined, chosen.classes, "Ensemble on Test")
+    figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
+    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, None, referral), figures)
+    low, high = summary["macro_auc_ci95"]
     log.info(
-        "Test: AUC %.4f (95%% CI %.4f-%.4f), sensitivity %.3f, specificity %.3f at 0.5; %s",
-        summary["auc"],
-        *summary["auc_ci95"],
-        summary["at_0.5"]["sensitivity"],
-        summary["at_0.5"]["specificity"],
+        "Test (%d classes): macro AUC %.4f (95%% CI %.4f-%.4f), accuracy %.3f; %s",
+        len(chosen.classes),
+        summary["macro"]["auc"],
+        low,
+        high,
+        summary["accuracy"],
         path,
     )
     return path

@@ -21,16 +21,21 @@ def run(config: TuneConfig) -> Path:
     import keras
     import keras_tuner as kt
 
+    from deepcovidxr.classes import discover
     from deepcovidxr.data import list_split, make_dataset
     from deepcovidxr.layout import infer_crop
-    from deepcovidxr.models import build_member, set_backbone_trainable
+    from deepcovidxr.models import build_member, head_for, set_backbone_trainable
     from deepcovidxr.schedule import PLATEAU_PATIENCE, best_checkpoint, compile_member
 
     member = Member(config.model, config.size, infer_crop(config.path, config.crop))
     paths = TunerPaths(Path(config.output), member)
     stem, root, warmup, params_dir = paths.project, paths.root, paths.warmup, paths.params_dir
     keras.utils.set_random_seed(config.seed)
-    train_files, val_files = list_split(config.path, Split.TRAIN), list_split(config.path, Split.VALIDATION)
+    # the tree's classes: a binary member (sigmoid) or one softmax unit per class, as train.py
+    classes = discover(config.path)
+    train_files = list_split(config.path, Split.TRAIN, classes)
+    val_files = list_split(config.path, Split.VALIDATION, classes)
+    head = dict(zip(("outputs", "activation"), head_for(classes), strict=True))
     train_ds = make_dataset(
         train_files, config.size, config.batch_size, training=True, seed=config.seed, cache=config.cache
     )
@@ -40,16 +45,18 @@ def run(config: TuneConfig) -> Path:
         log.info("warm-up checkpoint %s exists; reusing it", warmup)
     else:
         defaults = hyperparams.Hyperparameters()
-        model = build_member(member.backbone, member.size, dropout=defaults.dropout_rate, weights=config.weights)
+        model = build_member(
+            member.backbone, member.size, dropout=defaults.dropout_rate, weights=config.weights, **head
+        )
         set_backbone_trainable(model, False)
-        compile_member(model, defaults.learning_rate, defaults.momentum)
+        compile_member(model, defaults.learning_rate, defaults.momentum, classes=classes)
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=config.warmup_epochs,
             verbose=2,
             callbacks=[
-                best_checkpoint(warmup, member, {"tuner": "warm-up, frozen backbone"}),
+                best_checkpoint(warmup, member, {"tuner": "warm-up, frozen backbone"}, classes),
                 keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=5, min_delta=1e-3),
                 keras.callbacks.ReduceLROnPlateau(monitor="val_auc", mode="max", factor=0.1, patience=PLATEAU_PATIENCE),
             ],
@@ -64,9 +71,9 @@ def run(config: TuneConfig) -> Path:
                 name: hp.Float(name, low, high, sampling=sampling, default=default)
                 for name, (low, high, sampling, default) in SEARCH_SPACE.items()
             }
-            model = build_member(member.backbone, member.size, dropout=values["dropout_rate"], weights=warmup)
+            model = build_member(member.backbone, member.size, dropout=values["dropout_rate"], weights=warmup, **head)
             set_backbone_trainable(model, True)
-            compile_member(model, values["learning_rate"], values["momentum"])
+            compile_member(model, values["learning_rate"], values["momentum"], classes=classes)
             return model
 
     tuner = kt.BayesianOptimization(

@@ -2,6 +2,10 @@
 coordinates, written under the names of ``layout.gradcam_names`` (figure: input, heatmap,
 overlay; the raw heatmap as float32 .npy in [0, 1] and an 8-bit PNG), one report row per input in
 ``gradcam_report.csv``.
+
+``--target``: ``predicted`` (default) or a class of the members (binary: ``positive`` /
+``negative``, today's behaviour; multi-class: a class name, the Grad-CAM of its softmax unit).
+``--method lime`` hands the run to :mod:`deepcovidxr.lime_explain` (LIME of the whole ensemble).
 """
 
 from __future__ import annotations
@@ -13,59 +17,61 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deepcovidxr import classes as class_names
 from deepcovidxr import layout, plots
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import ERROR, BatchReport
 from deepcovidxr.configs import GradcamConfig
-from deepcovidxr.errors import UsageError
-from deepcovidxr.gradcam import TARGETS, member_cams, to_original
+from deepcovidxr.display import display_image, fit_scale, scaled_box
+from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, resolve_target, to_original
 from deepcovidxr.imageio import iter_input_files, write_gray
 from deepcovidxr.inference import THRESHOLD, resolve_ensemble
 from deepcovidxr.layout import CropMode
-from deepcovidxr.lungs import segment
 from deepcovidxr.preprocess import to_model_input
 from deepcovidxr.stages.common import StageResult, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 
-DISPLAY_SIDE = 512  # maps and figures are made at this longest side
-
 
 ACCUMULATOR_SIDE = 256  # fused maps are summed on disk at this longest side (they are smooth)
-REPORT_COLUMNS = ["file", "status", "score", "target", "error"]
+REPORT_COLUMNS = ["file", "status", "score", "target", "input_check", "error"]
 
 
-def _fit(shape: tuple[int, int], side: int) -> float:
-    """The scale that brings an image's longest side down to ``side`` (never up)."""
-    return min(1.0, side / max(shape))
-
-
-def _scaled(shape: tuple[int, int], box: tuple[int, int, int, int], scale: float):
-    height, width = max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-    x0, y0 = min(width - 1, int(box[0] * scale)), min(height - 1, int(box[1] * scale))
-    x1, y1 = max(x0 + 1, min(width, round(box[2] * scale))), max(y0 + 1, min(height, round(box[3] * scale)))
-    return (height, width), (x0, y0, x1, y1)
-
-
-def _display(gray: np.ndarray) -> np.ndarray:
-    scale = _fit(gray.shape, DISPLAY_SIDE)
-    if scale >= 1:
-        return gray
-    return segment.resize_gray(gray, round(gray.shape[1] * scale), round(gray.shape[0] * scale))
+def report_columns(classes: tuple[str, ...]) -> list[str]:
+    """The binary report's columns as before; a multi-class one adds the predicted class (its
+    probability is ``score``) and every class's ensemble probability."""
+    if class_names.is_binary(classes):
+        return REPORT_COLUMNS
+    return [
+        "file",
+        "status",
+        "predicted",
+        "score",
+        "target",
+        *map(class_names.probability_column, classes),
+        "input_check",
+        "error",
+    ]
 
 
 class _Maps:
-    """Per image: the running ensemble-weighted sums of both classes' maps at ACCUMULATOR_SIDE
-    (on-disk memmaps), the crop box and the display image. Members run model-major, so each
-    member's maps are added as it finishes instead of being kept per member."""
+    """Per image: the running ensemble-weighted sums of every class's maps at ACCUMULATOR_SIDE
+    (on-disk memmaps; binary: ``positive`` and ``negative``, multi-class: one per class name), the
+    crop box and the display image. Members run model-major, so each member's maps are added as
+    it finishes instead of being kept per member."""
 
-    def __init__(self, folder: Path, count: int) -> None:
+    def __init__(self, folder: Path, count: int, keys: tuple[str, ...] = tuple(BINARY_KEYS)) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         shape = (max(1, count), ACCUMULATOR_SIDE, ACCUMULATOR_SIDE)
-        self.positive = np.lib.format.open_memmap(folder / "positive.npy", "w+", np.float32, shape)
-        self.negative = np.lib.format.open_memmap(folder / "negative.npy", "w+", np.float32, shape)
+        binary = set(keys) == set(BINARY_KEYS)
+        self.sums = {
+            key: np.lib.format.open_memmap(
+                folder / (f"{key}.npy" if binary else f"class_{i}.npy"), "w+", np.float32, shape
+            )
+            for i, key in enumerate(keys)
+        }
         self.shapes = np.zeros((max(1, count), 2), np.int64)
         self.boxes = np.zeros((max(1, count), 4), np.int64)
 
@@ -74,7 +80,7 @@ class _Maps:
 
     def _frame(self, index: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         shape = tuple(int(v) for v in self.shapes[index])
-        return _scaled(shape, tuple(int(v) for v in self.boxes[index]), _fit(shape, ACCUMULATOR_SIDE))
+        return scaled_box(shape, tuple(int(v) for v in self.boxes[index]), fit_scale(shape, ACCUMULATOR_SIDE))
 
     def add(
         self,
@@ -86,9 +92,22 @@ class _Maps:
         replace: bool = False,
     ) -> None:
         """Add one member's maps with (positive, negative) weights, or replace the sums (max rule)."""
+        self.add_maps(
+            index,
+            {"positive": positive, "negative": negative},
+            dict(zip(BINARY_KEYS, weights, strict=True)),
+            cropped,
+            replace,
+        )
+
+    def add_maps(
+        self, index: int, cams: dict[str, np.ndarray], weights: dict[str, float], cropped: bool, replace: bool = False
+    ) -> None:
+        """Add one member's map of each class in ``cams`` with its weight, or replace those sums."""
         (height, width), box = self._frame(index)
         where = box if cropped else None
-        for total, cam, weight in ((self.positive, positive, weights[0]), (self.negative, negative, weights[1])):
+        for key, cam in cams.items():
+            total, weight = self.sums[key], weights[key]
             placed = weight * to_original(cam, (height, width), where)
             if replace:
                 total[index, :height, :width] = placed
@@ -100,7 +119,7 @@ class _Maps:
         import cv2
 
         (height, width), _ = self._frame(index)
-        summed = np.asarray((self.positive if target == "positive" else self.negative)[index, :height, :width])
+        summed = np.asarray(self.sums[target][index, :height, :width])
         heatmap = cv2.resize(summed, display_shape[::-1], interpolation=cv2.INTER_LINEAR)
         peak = float(heatmap.max())
         return (heatmap / peak if peak > 0 else heatmap).astype(np.float32)
@@ -118,10 +137,15 @@ def run(config: GradcamConfig) -> StageResult:
     from deepcovidxr.reports import QcCollector, QcItem
     from deepcovidxr.stages.common import refuse_collisions
 
-    if config.target not in TARGETS:
-        raise UsageError(f"unknown target {config.target!r}; choose one of {TARGETS}")
+    if config.method == "lime":
+        from deepcovidxr.lime_explain import run as run_lime
+
+        return run_lime(config)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
-    report = BatchReport(config.output / layout.GRADCAM_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
+    classes = tuple(chosen.classes)
+    binary = class_names.is_binary(classes)
+    wanted = resolve_target(config.target, classes)
+    report = BatchReport(config.output / layout.GRADCAM_REPORT, report_columns(classes), overwrite=config.overwrite)
     planned = {}
     for path in iter_input_files(config.path):
         relative = relative_name(path, config.path)
@@ -135,19 +159,21 @@ def run(config: GradcamConfig) -> StageResult:
     log.info("Grad-CAM: %d files, %d to do, %d members", len(planned), len(todo), len(chosen.members))
     views = tuple(dict.fromkeys((m.size, m.crop) for m, _ in chosen.members))
     store = ViewStore(layout.scratch_dir(config.output), len(todo), views)
-    maps = _Maps(store.folder / "maps", len(todo))
+    maps = _Maps(store.folder / "maps", len(todo), tuple(BINARY_KEYS) if binary else classes)
     index_of = {name: i for i, (_, name) in enumerate(todo)}
     cropped: set[int] = set()
-    scores = np.zeros((max(1, len(todo)), len(chosen.members)), np.float64)
+    checks: dict[int, str] = {}
+    scores = np.zeros((max(1, len(todo)), len(chosen.members), *(() if binary else (len(classes),))), np.float64)
     try:
 
-        def handle(item: tuple, gray: np.ndarray, probability: np.ndarray) -> tuple[dict, QcItem]:
+        def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, QcItem]:
             index = index_of[item[1]]
+            checks[index] = check  # reported, not refused: an explanation of a flagged image is still wanted
             result = locate(gray, probability)
             box = result.square
             store.put(index, make_views(gray, box, views))
             maps.shapes[index], maps.boxes[index] = gray.shape, (box.x0, box.y0, box.x1, box.y1)
-            np.save(maps.display_path(index), _display(gray))
+            np.save(maps.display_path(index), display_image(gray))
             cropped.add(index)
             return {"file": item[1], "status": result.status.value}, QcItem.of(item[1], gray, box, result.status.value)
 
@@ -161,7 +187,9 @@ def run(config: GradcamConfig) -> StageResult:
 
         if todo:
             cropper = LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
-            segment_files(todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop")
+            segment_files(
+                todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
+            )
             del cropper
         ready = sorted(cropped)
         weights = chosen.weights / chosen.weights.sum()
@@ -174,6 +202,9 @@ def run(config: GradcamConfig) -> StageResult:
             for start in range(0, len(ready), config.batch_size):
                 batch = ready[start : start + config.batch_size]
                 inputs = np.stack([to_model_input(images[i]) for i in batch])
+                if not binary:
+                    _add_class_maps(maps, scores, column, batch, *class_cams(model, layer, inputs), member, chosen)
+                    continue
                 positive, negative, member_scores = member_cams(model, layer, inputs)
                 for i, pos, neg, score in zip(batch, positive, negative, member_scores, strict=True):
                     scores[i, column] = float(score)
@@ -191,8 +222,11 @@ def run(config: GradcamConfig) -> StageResult:
         combined = chosen.combine(scores[ready]) if ready else np.zeros(0)
         for i, score in zip(ready, combined, strict=True):
             name = todo[i][1]
+            if not binary:
+                _write_class_outputs(config, maps, report, i, name, score, classes, wanted, checks.get(i, ""))
+                continue
             predicted = "positive" if score >= THRESHOLD else "negative"
-            target = predicted if config.target == "predicted" else config.target
+            target = predicted if wanted == PREDICTED else wanted
             display = np.load(maps.display_path(i))
             heatmap = maps.fused(i, target, display.shape)
             figure, raw, small = (config.output / n for n in layout.gradcam_names(Path(name)))
@@ -200,10 +234,83 @@ def run(config: GradcamConfig) -> StageResult:
             with atomic_path(raw) as tmp:
                 np.save(tmp, heatmap)
             write_gray(small, np.round(heatmap * 255).astype(np.uint8))
-            report.add({"file": name, "status": "ok", "score": f"{score:.6f}", "target": target})
+            report.add(
+                {
+                    "file": name,
+                    "status": "ok",
+                    "score": f"{score:.6f}",
+                    "target": target,
+                    "input_check": checks.get(i, ""),
+                }
+            )
     finally:
         store.close()
     path = report.close()
     counts = report.status_counts()
     log.info("Grad-CAM: %s; %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), config.output)
     return StageResult(path, counts)
+
+
+def _add_class_maps(
+    maps: _Maps,
+    scores: np.ndarray,
+    column: int,
+    batch: list[int],
+    cams: np.ndarray,
+    probabilities: np.ndarray,
+    member,
+    chosen,
+) -> None:
+    """One multi-class member's maps of one batch into the sums, by the ensemble's rule: weighted
+    and mean: every class's map with the member's weight; vote: only the map of the class the
+    member votes for; max: each class's map of the member most sure of that class so far (the
+    rule's per-class maximum)."""
+    classes = tuple(chosen.classes)
+    weights = chosen.weights / chosen.weights.sum()
+    crop_view = member.crop is CropMode.CROP
+    for position, i in enumerate(batch):
+        scores[i, column] = probabilities[position]
+        cams_here = {c: cams[k, position] for k, c in enumerate(classes)}
+        if chosen.rule == "max":
+            better = [
+                c for k, c in enumerate(classes) if column == 0 or scores[i, column, k] > scores[i, :column, k].max()
+            ]
+            maps.add_maps(i, {c: cams_here[c] for c in better}, dict.fromkeys(better, 1.0), crop_view, replace=True)
+        elif chosen.rule == "vote":
+            voted = classes[int(np.argmax(probabilities[position]))]
+            maps.add_maps(i, {voted: cams_here[voted]}, {voted: 1.0}, crop_view)
+        else:
+            maps.add_maps(i, cams_here, dict.fromkeys(classes, float(weights[column])), crop_view)
+
+
+def _write_class_outputs(
+    config: GradcamConfig,
+    maps: _Maps,
+    report: BatchReport,
+    i: int,
+    name: str,
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    wanted: str,
+    check: str = "",
+) -> None:
+    predicted = classes[int(np.argmax(probabilities))]
+    target = predicted if wanted == PREDICTED else wanted
+    score = float(probabilities[classes.index(predicted)])
+    display = np.load(maps.display_path(i))
+    heatmap = maps.fused(i, target, display.shape)
+    figure, raw, small = (config.output / n for n in layout.gradcam_names(Path(name)))
+    plots.plot_gradcam(figure, display, heatmap, f"{name} ({predicted})", score, target)
+    with atomic_path(raw) as tmp:
+        np.save(tmp, heatmap)
+    write_gray(small, np.round(heatmap * 255).astype(np.uint8))
+    row = {
+        "file": name,
+        "status": "ok",
+        "predicted": predicted,
+        "score": f"{score:.6f}",
+        "target": target,
+        "input_check": check,
+    }
+    row.update({class_names.probability_column(c): f"{p:.6f}" for c, p in zip(classes, probabilities, strict=True)})
+    report.add(row)
