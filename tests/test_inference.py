@@ -365,3 +365,39 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
     assert rows["broken.png"]["status"] == "error" and result.exit_code == 1
     assert {n for n, r in rows.items() if r["status"] == "ok"} == {"a.png", "sub/b.png", "sub/c.dcm"}
     assert not (tmp_path / ".scratch").exists() or not any((tmp_path / ".scratch").iterdir())
+
+
+def test_predict_report_page_shows_every_picture_when_copied(folder_run, tmp_path: Path) -> None:
+    """predict.py's report.html: disclaimer, the unreadable file listed with its reason, a thumbnail
+    per scored image; every picture loads in headless Chromium from a copy of the folder."""
+    from browser import image_widths
+
+    out, _ = folder_run
+    copied = shutil.copytree(out, tmp_path / "copy")
+    page = copied / "report.html"
+    text = page.read_text()
+    assert "not a medical device" in text and "broken.png" in text
+    widths = image_widths(page)
+    assert len(widths) >= 2 * 3  # the three readable files, in the highest-score and most-uncertain tables
+    assert all(width > 0 for _, width in widths), widths
+    rows = _rows(out / "predictions.csv")
+    assert rows["broken.png"]["Scores"] == "" and rows["a.png"]["input_check"] in {"ok", "not_frontal_chest"}
+
+
+def test_predict_does_not_score_flagged_images_unless_asked(weights_dir: Path, tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "chest.png")
+    Image.fromarray(np.full((400, 400), 128, np.uint8)).save(images / "blank.png")
+    common = ("-w", weights_dir, "-i", images, "-e", weights_dir / "ensemble_weights.json", "--batch-size", "2")
+    done = run_script("predict.py", *common, "-o", tmp_path / "default")
+    assert done.returncode == 0, done.stderr[-3000:]  # a flagged image is not an error
+    rows = _rows(tmp_path / "default" / "predictions.csv")
+    assert rows["blank.png"]["input_check"] == "blank"
+    assert rows["blank.png"]["Scores"] == "" and "input check blank" in rows["blank.png"]["error"]
+    assert rows["chest.png"]["input_check"] == "ok" and rows["chest.png"]["Scores"] != ""
+    done = run_script("predict.py", *common, "-o", tmp_path / "scored", "--score-flagged")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _rows(tmp_path / "scored" / "predictions.csv")
+    assert rows["blank.png"]["input_check"] == "blank" and rows["blank.png"]["Scores"] != ""
+    assert rows["chest.png"]["Scores"] == _rows(tmp_path / "default" / "predictions.csv")["chest.png"]["Scores"]
