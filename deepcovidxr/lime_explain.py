@@ -37,7 +37,7 @@ from tqdm import tqdm
 from deepcovidxr import classes as class_names
 from deepcovidxr import layout
 from deepcovidxr.atomic import atomic_path
-from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.batch import BatchReport
 from deepcovidxr.display import DISPLAY_SIDE, display_image, fit_scale, scaled_box
 from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, resolve_target
 from deepcovidxr.imageio import iter_input_files
@@ -45,7 +45,7 @@ from deepcovidxr.inference import THRESHOLD, Ensemble, resolve_ensemble
 from deepcovidxr.lungs.segment import Box
 from deepcovidxr.metrics import DISCLAIMER
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, relative_name
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -216,10 +216,9 @@ def draw(path: Path, gray: np.ndarray, explanation, label: int, title: str, subt
 def run(config) -> StageResult:
     """The LIME stage: crop in U-Net batches, then one image at a time: LIME over the whole
     ensemble, the figure and weight map written, one report row (``lime_report.csv``)."""
-    from deepcovidxr.cropping import segment_files
-    from deepcovidxr.lungs.cropper import LungCropper, locate
+    from deepcovidxr.lungs.cropper import locate
     from deepcovidxr.models import load_member
-    from deepcovidxr.reports import QcCollector, QcItem
+    from deepcovidxr.reports import QcItem
     from deepcovidxr.stages.common import refuse_collisions
 
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
@@ -262,20 +261,7 @@ def run(config) -> StageResult:
             boxes[item[1]] = Box(x0, y0, x1, y1)
             return {"file": item[1], "status": result.status.value}, QcItem.of(item[1], gray, box, result.status.value)
 
-        def failed(item: tuple, reason: str) -> dict:
-            return {"file": item[1], "status": ERROR, "error": reason}
-
-        class Failures:  # the segment loop's report: here only its failures are final rows
-            def add(self, row: dict) -> None:
-                if row["status"] == ERROR:
-                    report.add(row)
-
-        if todo:
-            cropper = LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
-            segment_files(
-                todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
-            )
-            del cropper
+        crop_for_explanation(todo, config, report, handle)
         ready = [name for _, name in todo if name in boxes]
         models = [load_member(file, member) for member, file in chosen.members] if ready else []
         for name in tqdm(ready, desc="LIME", unit="img"):

@@ -30,3 +30,28 @@ def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> di
     for name, reason in clashes.items():
         report.add({"file": name, "status": ERROR, "error": reason})
     return clashes
+
+
+def crop_for_explanation(todo: list[tuple], config, report: BatchReport, handle) -> None:
+    """The explanation stages' crop (Grad-CAM, LIME): ``todo`` items ``(path, name)`` through the
+    U-Net in batches; ``handle(item, gray, probability, input_check)`` keeps what the stage needs,
+    and only failures become final rows of ``report`` (the explanation writes the others)."""
+    from deepcovidxr.cropping import segment_files
+    from deepcovidxr.lungs.cropper import LungCropper
+    from deepcovidxr.reports import QcCollector
+
+    if not todo:
+        return
+
+    def failed(item: tuple, reason: str) -> dict:
+        return {"file": item[1], "status": ERROR, "error": reason}
+
+    class Failures:
+        def add(self, row: dict) -> None:
+            if row["status"] == ERROR:
+                report.add(row)
+
+    cropper = LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
+    segment_files(
+        todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
+    )

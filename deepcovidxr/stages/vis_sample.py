@@ -20,7 +20,7 @@ from tqdm import tqdm
 from deepcovidxr import classes as class_names
 from deepcovidxr import layout, plots
 from deepcovidxr.atomic import atomic_path
-from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.batch import BatchReport
 from deepcovidxr.configs import GradcamConfig
 from deepcovidxr.display import display_image, fit_scale, scaled_box
 from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, resolve_target, to_original
@@ -28,7 +28,7 @@ from deepcovidxr.imageio import iter_input_files, write_gray
 from deepcovidxr.inference import THRESHOLD, resolve_ensemble
 from deepcovidxr.layout import CropMode
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, relative_name
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,10 @@ def run(config: GradcamConfig) -> StageResult:
     over all images in batches, summing each image's fused map on disk; figures are written one
     image at a time at the end, so memory does not grow with the folder."""
     from deepcovidxr.backbones import get as backbone
-    from deepcovidxr.cropping import segment_files
-    from deepcovidxr.lungs.cropper import LungCropper, locate
+    from deepcovidxr.lungs.cropper import locate
     from deepcovidxr.models import load_member
     from deepcovidxr.predictor import ViewStore
-    from deepcovidxr.reports import QcCollector, QcItem
+    from deepcovidxr.reports import QcItem
     from deepcovidxr.stages.common import refuse_collisions
 
     if config.method == "lime":
@@ -177,20 +176,7 @@ def run(config: GradcamConfig) -> StageResult:
             cropped.add(index)
             return {"file": item[1], "status": result.status.value}, QcItem.of(item[1], gray, box, result.status.value)
 
-        def failed(item: tuple, reason: str) -> dict:
-            return {"file": item[1], "status": ERROR, "error": reason}
-
-        class Failures:  # the segment loop's report: here only its failures are final rows
-            def add(self, row: dict) -> None:
-                if row["status"] == ERROR:
-                    report.add(row)
-
-        if todo:
-            cropper = LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
-            segment_files(
-                todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
-            )
-            del cropper
+        crop_for_explanation(todo, config, report, handle)
         ready = sorted(cropped)
         weights = chosen.weights / chosen.weights.sum()
         for column, (member, file) in enumerate(tqdm(chosen.members, desc="Grad-CAM", unit="model")):
