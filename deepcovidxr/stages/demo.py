@@ -231,7 +231,10 @@ def run(config: DemoConfig) -> DemoResult:
                     (
                         str(results.metrics),
                         "AUC with 95 % CI, sensitivity, specificity, PPV, NPV, "
-                        "F1 at 0.5 and at the Youden threshold, Brier score",
+                        "F1 at 0.5 and at the Youden threshold, Brier score"
+                        if config.classes == 2
+                        else "per-class sensitivity, specificity, precision, F1 and one-vs-rest AUC, "
+                        "macro and weighted averages, accuracy, macro AUC with 95 % CI",
                     ),
                     (str(results.report), "the evaluation report: metrics with intervals, figures, images"),
                     *(
