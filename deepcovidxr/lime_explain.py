@@ -40,12 +40,11 @@ from deepcovidxr.atomic import atomic_path
 from deepcovidxr.batch import BatchReport
 from deepcovidxr.display import DISPLAY_SIDE, display_image, fit_scale, scaled_box
 from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, resolve_target
-from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.inference import THRESHOLD, Ensemble, resolve_ensemble
 from deepcovidxr.lungs.segment import Box
 from deepcovidxr.metrics import DISCLAIMER
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, crop_for_explanation, relative_name
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, plan_outputs
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -219,26 +218,16 @@ def run(config) -> StageResult:
     from deepcovidxr.lungs.cropper import locate
     from deepcovidxr.models import load_member
     from deepcovidxr.reports import QcItem
-    from deepcovidxr.stages.common import refuse_collisions
 
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     classes = tuple(chosen.classes)
     wanted = resolve_target(config.target, classes)
     target = BINARY_KEYS.get(wanted, wanted)  # binary keys name the classes Positive / Negative
     report = BatchReport(config.output / layout.LIME_REPORT, report_columns(classes), overwrite=config.overwrite)
-    planned = {}
-    for path in iter_input_files(config.path):
-        relative = relative_name(path, config.path)
-        planned[relative.as_posix()] = (path, [config.output / n for n in layout.lime_names(relative)])
-    clashes = refuse_collisions(report, {name: outputs for name, (_, outputs) in planned.items()})
-    todo = [
-        (path, name)
-        for name, (path, outputs) in planned.items()
-        if name not in clashes and not report.finished(name, *outputs)
-    ]
+    found, todo = plan_outputs(config.path, config.output, report, layout.lime_names)
     log.info(
         "LIME: %d files, %d to do, %d members, %d samples each",
-        len(planned),
+        found,
         len(todo),
         len(chosen.members),
         config.num_samples,

@@ -55,3 +55,22 @@ def crop_for_explanation(todo: list[tuple], config, report: BatchReport, handle)
     segment_files(
         todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
     )
+
+
+def plan_outputs(source: Path, output: Path, report: BatchReport, names) -> tuple[int, list[tuple[Path, str]]]:
+    """The per-image stages' plan: every input under ``source`` with its outputs (``names(relative)``
+    -> paths relative to ``output``); clashing outputs become error rows (never written) and inputs
+    whose outputs and finished report row exist are skipped (resume). Returns (inputs found, todo)."""
+    from deepcovidxr.imageio import iter_input_files
+
+    planned = {}
+    for path in iter_input_files(source):
+        relative = relative_name(path, source)
+        planned[relative.as_posix()] = (path, [output / n for n in names(relative)])
+    clashes = refuse_collisions(report, {name: outputs for name, (_, outputs) in planned.items()})
+    todo = [
+        (path, name)
+        for name, (path, outputs) in planned.items()
+        if name not in clashes and not report.finished(name, *outputs)
+    ]
+    return len(planned), todo

@@ -24,11 +24,11 @@ from deepcovidxr.batch import BatchReport
 from deepcovidxr.configs import GradcamConfig
 from deepcovidxr.display import display_image, fit_scale, scaled_box
 from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, resolve_target, to_original
-from deepcovidxr.imageio import iter_input_files, write_gray
+from deepcovidxr.imageio import write_gray
 from deepcovidxr.inference import THRESHOLD, resolve_ensemble
 from deepcovidxr.layout import CropMode
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, crop_for_explanation, relative_name
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, plan_outputs
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,6 @@ def run(config: GradcamConfig) -> StageResult:
     from deepcovidxr.models import load_member
     from deepcovidxr.predictor import ViewStore
     from deepcovidxr.reports import QcItem
-    from deepcovidxr.stages.common import refuse_collisions
 
     if config.method == "lime":
         from deepcovidxr.lime_explain import run as run_lime
@@ -145,17 +144,8 @@ def run(config: GradcamConfig) -> StageResult:
     binary = class_names.is_binary(classes)
     wanted = resolve_target(config.target, classes)
     report = BatchReport(config.output / layout.GRADCAM_REPORT, report_columns(classes), overwrite=config.overwrite)
-    planned = {}
-    for path in iter_input_files(config.path):
-        relative = relative_name(path, config.path)
-        planned[relative.as_posix()] = (path, [config.output / n for n in layout.gradcam_names(relative)])
-    clashes = refuse_collisions(report, {name: outputs for name, (_, outputs) in planned.items()})
-    todo = [
-        (path, name)
-        for name, (path, outputs) in planned.items()
-        if name not in clashes and not report.finished(name, *outputs)
-    ]
-    log.info("Grad-CAM: %d files, %d to do, %d members", len(planned), len(todo), len(chosen.members))
+    found, todo = plan_outputs(config.path, config.output, report, layout.gradcam_names)
+    log.info("Grad-CAM: %d files, %d to do, %d members", found, len(todo), len(chosen.members))
     views = tuple(dict.fromkeys((m.size, m.crop) for m, _ in chosen.members))
     store = ViewStore(layout.scratch_dir(config.output), len(todo), views)
     maps = _Maps(store.folder / "maps", len(todo), tuple(BINARY_KEYS) if binary else classes)
