@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         del runner
     print(f"{args.backbone} {args.size} px, {os.cpu_count()} CPUs, bf16 capable: {engines.cpu_supports_bf16()}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

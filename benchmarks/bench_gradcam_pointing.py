@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             if done.returncode != 0:
                 print(done.stderr[-3000:], file=sys.stderr)
                 return 1
-        config = json.loads(member_file.with_name(f"{member_file.stem}_config.json").read_text())
+        config = json.loads(member_file.with_name(f"{member_file.stem}_config.json").read_text(encoding="utf-8"))
         best_auc = max(config["history"]["final"]["val_auc"])
         m = gradcam_pointing(member_file, view, backbone.gradcam_layer)
         results.append(

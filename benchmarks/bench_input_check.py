@@ -57,15 +57,15 @@ def in_fit_half(group: str) -> bool:
 def shared_images(data: Path = DATA) -> list[tuple[str, str, str]]:
     """(kind, file relative to ``data``, patient group) of every shared image the check is measured on."""
     items = []
-    for row in csv.DictReader((data / "cxr" / "manifest.csv").open()):
+    for row in csv.DictReader((data / "cxr" / "manifest.csv").open(encoding="utf-8")):
         source = row["dataset"].split()[0].lower()
         items.append(("frontal_cxr", f"cxr/{row['file']}", f"{source}:{row['patient_id']}"))
-    for row in csv.DictReader((data / "lungmasks" / "manifest.csv").open()):
+    for row in csv.DictReader((data / "lungmasks" / "manifest.csv").open(encoding="utf-8")):
         collection, _, name = row["image"].split("/")
         items.append(("frontal_lungmasks", f"lungmasks/{row['image']}", f"{collection}:{name.rsplit('_', 1)[0]}"))
-    for row in csv.DictReader((data / "nih" / "images_manifest.csv").open()):
+    for row in csv.DictReader((data / "nih" / "images_manifest.csv").open(encoding="utf-8")):
         items.append(("frontal_nih", f"nih/{row['file']}", f"nih:{row['patient_id']}"))
-    for row in csv.DictReader((data / "nonfrontal" / "manifest.csv").open()):
+    for row in csv.DictReader((data / "nonfrontal" / "manifest.csv").open(encoding="utf-8")):
         items.append((row["kind"], f"nonfrontal/{row['file']}", f"ieee8023:{row['patient_id']}"))
     return items
 

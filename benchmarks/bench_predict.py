@@ -81,11 +81,11 @@ def _predict(weights: Path, images: Path, output: Path, batch: int, engine: str,
     wall = time.perf_counter() - start
     if done.returncode not in (0, 1):
         raise RuntimeError(done.stderr[-3000:])
-    return wall, json.loads((output / "predictions_info.json").read_text())
+    return wall, json.loads((output / "predictions_info.json").read_text(encoding="utf-8"))
 
 
 def _scores(output: Path) -> dict[str, float]:
-    with (output / "predictions.csv").open(newline="") as handle:
+    with (output / "predictions.csv").open(newline="", encoding="utf-8") as handle:
         return {row["Filenames"]: float(row["Scores"]) for row in csv.DictReader(handle) if row["Scores"]}
 
 

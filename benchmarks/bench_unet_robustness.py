@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     from deepcovidxr.lungs.train import find_pairs
     from deepcovidxr.lungs.unet import sidecar_path
 
-    meta = json.loads(sidecar_path(args.weights[0]).read_text())
+    meta = json.loads(sidecar_path(args.weights[0]).read_text(encoding="utf-8"))
     names = set(meta["training_data"]["heldout_files"])
     pairs = [p for p in find_pairs(args.masks) if str(p.image.relative_to(args.masks)) in names]
     held = load_heldout(pairs, args.seed)  # read and painted once, shared by every weights file
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"held-out pairs: {rows[0]['heldout']} ({rows[0]['tb_films']} TB); real films: {len(cxr_files)}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps(rows, indent=2), encoding="utf-8")
     return 0
 
 

@@ -82,7 +82,7 @@ def member_classes(path: Path) -> tuple[str, ...]:
     meta = Path(path).with_suffix(".json")
     if meta.is_file():
         try:
-            recorded = json.loads(meta.read_text()).get("classes")
+            recorded = json.loads(meta.read_text(encoding="utf-8")).get("classes")
         except (OSError, ValueError):
             recorded = None
         if recorded:

@@ -17,6 +17,11 @@ from deepcovidxr.errors import DeepcovidxrError
 def configure_logging(verbose: int = 0) -> None:
     """Log to stderr (stdout is for results); quiet TensorFlow's C++ start-up chatter."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Under an ASCII locale a file name with an accent in a log line or a result would raise
+    # UnicodeEncodeError and stop the batch; escape what the terminal cannot show instead.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
     level = logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True

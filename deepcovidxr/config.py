@@ -381,7 +381,7 @@ def read_file(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"config file not found: {path}")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)

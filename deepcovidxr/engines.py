@@ -531,7 +531,7 @@ def cpu_supports_bf16(core=None) -> bool:
         except RuntimeError:
             pass
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

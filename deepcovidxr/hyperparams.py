@@ -45,7 +45,7 @@ def read(path: Path) -> dict[str, float]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"hyperparameters file not found: {path}")
-    values = json.loads(path.read_text()) if path.suffix.lower() == ".json" else safe_pickle.load(path)
+    values = json.loads(path.read_text(encoding="utf-8")) if path.suffix.lower() == ".json" else safe_pickle.load(path)
     if not isinstance(values, dict):
         raise UsageError(f"{path}: expected a mapping with keys {', '.join(KEYS)}")
     return {k: float(values[k]) for k in KEYS if k in values}

@@ -228,7 +228,7 @@ def load_member(path: Path, member: Member | None = None):
         raise WeightsUnavailableError(f"member weights not found: {path}")
     if member is None:
         meta_path = sidecar(path)
-        recorded = json.loads(meta_path.read_text()).get("member") if meta_path.is_file() else None
+        recorded = json.loads(meta_path.read_text(encoding="utf-8")).get("member") if meta_path.is_file() else None
         member = Member.parse(recorded or path.name)
     outputs, activation = head_for(class_names.member_classes(path))
     model = build_member(member.backbone, member.size, dropout=0.0, outputs=outputs, activation=activation)

@@ -283,7 +283,7 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
             log.info("%s exists; keeping that run", run.final)
         else:
             _train_once(dataclasses.replace(config, seed=seed, output=run.output, repeats=1), run)
-        best = json.loads(run.config.read_text())["best"]
+        best = json.loads(run.config.read_text(encoding="utf-8"))["best"]
         runs.append({"seed": seed, "val_auc": float(best["val_auc"]), "val_loss": float(best["val_loss"]), "run": run})
         keras.backend.clear_session()
         gc.collect()
@@ -301,7 +301,7 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
     write_json(
         paths.config,
         {
-            **json.loads(best_run.config.read_text()),
+            **json.loads(best_run.config.read_text(encoding="utf-8")),
             "repeats": [{k: v for k, v in r.items() if k != "run"} for r in runs],
             "kept_seed": kept["seed"],
         },
@@ -321,7 +321,7 @@ def _read_history(path: Path) -> dict:
 
     if not path.is_file():
         return {}
-    rows = list(csv.DictReader(path.open(newline="")))
+    rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
     return {key: [float(r[key]) for r in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
 
 

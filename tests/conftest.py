@@ -31,8 +31,16 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a stage script as a user would, in a subprocess, from the repo root."""
+# A machine whose locale is plain ASCII (CI ran under one): Python's default text encoding is then
+# ASCII, so any text file opened without encoding="utf-8" fails on a non-ASCII byte.
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+
+
+def run_script(
+    script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run a stage script as a user would, in a subprocess, from the repo root; ``env`` adds to
+    (or overrides) the environment, e.g. ``ASCII_LOCALE``."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *map(str, args)],
         cwd=REPO,
@@ -41,6 +49,7 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
         encoding="utf-8",
         errors="replace",
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
 
 

@@ -26,7 +26,7 @@ def import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         edges = graph.setdefault(name, set())
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -85,7 +85,7 @@ def test_no_import_cycles_in_the_package() -> None:
 
 @pytest.mark.parametrize("stem", sorted(stages.STAGES))
 def test_scripts_are_a_docstring_and_one_call(stem: str) -> None:
-    tree = ast.parse((ROOT / f"{stem}.py").read_text())
+    tree = ast.parse((ROOT / f"{stem}.py").read_text(encoding="utf-8"))
     docstring = ast.get_docstring(tree)
     assert docstring and "Example" in docstring and f"python {stem}.py" in docstring
     functions = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
@@ -101,6 +101,6 @@ def test_argparse_lives_in_one_module() -> None:
     users = sorted(
         str(p.relative_to(ROOT))
         for p in [*PACKAGE.rglob("*.py"), *ROOT.glob("*.py")]
-        if "add_argument(" in p.read_text()
+        if "add_argument(" in p.read_text(encoding="utf-8")
     )
     assert users == ["deepcovidxr/config.py"]

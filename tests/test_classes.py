@@ -56,7 +56,7 @@ def test_member_classes_from_sidecar_and_mixed_members_refused(tmp_path):
     old.touch()  # the authors' files have no sidecar: binary
     three = tmp_path / "DenseNet_224_up_crop.h5"
     three.touch()
-    three.with_suffix(".json").write_text(json.dumps({"classes": ["A", "B", "C"]}))
+    three.with_suffix(".json").write_text(json.dumps({"classes": ["A", "B", "C"]}), encoding="utf-8")
     assert classes.member_classes(old) == classes.BINARY
     assert classes.member_classes(three) == ("A", "B", "C")
     assert classes.common([(None, three)]) == ("A", "B", "C")

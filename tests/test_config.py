@@ -98,7 +98,8 @@ def test_predict_config_file_with_a_flag_overriding_it(tmp_path: Path) -> None:
         "  tta: 5\n"
         "  members: [res_224_crop, dense_331_uncrop]\n"
         "train:\n"
-        "  epochs: 3\n"
+        "  epochs: 3\n",
+        encoding="utf-8",
     )
     chosen = resolve(configs.PredictConfig, "predict", ["--config", str(file), "-w", str(tmp_path / "other")])
     assert chosen.weights == tmp_path / "other"  # the flag wins
@@ -110,10 +111,12 @@ def test_predict_config_file_with_a_flag_overriding_it(tmp_path: Path) -> None:
 
 def test_json_config_and_the_field_names(tmp_path: Path) -> None:
     file = tmp_path / "run.json"
-    file.write_text(json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "qc_montage": False}}))
+    file.write_text(
+        json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "qc_montage": False}}), encoding="utf-8"
+    )
     chosen = resolve(configs.CropConfig, "crop_img", ["--config", str(file)])
     assert chosen.input == tmp_path and chosen.qc_montage is False
-    file.write_text(json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "no_qc": True}}))
+    file.write_text(json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "no_qc": True}}), encoding="utf-8")
     assert resolve(configs.CropConfig, "crop_img", ["--config", str(file)]).qc_montage is False
 
 
@@ -130,7 +133,7 @@ def test_config_file_mistakes_name_the_key_and_section(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
 ) -> None:
     file = tmp_path / "bad.yaml"
-    file.write_text(content)
+    file.write_text(content, encoding="utf-8")
     with pytest.raises(SystemExit) as done:
         resolve(configs.PredictConfig, "predict", ["--config", str(file), "-o", "x", "--merge", "a"])
     assert done.value.code == 2
@@ -145,7 +148,8 @@ def test_precedence_defaults_file_hyperparameters_flags(tmp_path: Path) -> None:
     file = tmp_path / "c.yaml"
     file.write_text(
         f"train:\n  model: ResNet-50\n  size: 224\n  path: {data}\n  output: o\n"
-        f"  hyperparameters: {hy}\n  learning_rate: 0.1\n  momentum: 0.5\n  dropout: 0.1\n  epochs: 7\n"
+        f"  hyperparameters: {hy}\n  learning_rate: 0.1\n  momentum: 0.5\n  dropout: 0.1\n  epochs: 7\n",
+        encoding="utf-8",
     )
     base = ["--config", str(file)]
     chosen = resolve(configs.TrainConfig, "train", base)
@@ -198,7 +202,7 @@ def test_run_config_records_the_run_and_reads_back(tmp_path: Path) -> None:
     (source / ".DS_Store").write_bytes(b"junk")
     chosen = resolve(configs.CropConfig, "crop_img", ["-f", str(source), "-o", str(tmp_path / "out"), "--no-qc"])
     path = config.dump_run(chosen, "crop_img")
-    record = json.loads(path.read_text())
+    record = json.loads(path.read_text(encoding="utf-8"))
     assert path == tmp_path / "out" / "run_config.json"
     assert record["crop_img"]["input"] == str(source) and record["crop_img"]["qc_montage"] is False
     run = record["_run"]
@@ -260,7 +264,7 @@ def test_dispatcher_lists_and_runs_stages(capsys: pytest.CaptureFixture[str]) ->
 def test_entry_points_name_every_stage() -> None:
     import tomllib
 
-    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
     from deepcovidxr import commands
 
     assert set(scripts) == {"deepcovidxr"} | {s.command for s in stages.STAGES.values()}

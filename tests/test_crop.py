@@ -27,7 +27,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 
 def _report(folder: Path) -> dict[str, dict]:
-    with (folder / "crop_report.csv").open(newline="") as handle:
+    with (folder / "crop_report.csv").open(newline="", encoding="utf-8") as handle:
         return {row["file"]: row for row in csv.DictReader(handle)}
 
 
@@ -43,7 +43,7 @@ def messy_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(shared("dicom", "c64d5667-a776-4f95-9e21-bfabafb07740.dcm"), root / "ward" / "dicom" / "chest.dcm")
     shutil.copy(shared("dicom", "966.dcm"), root / "ward" / "dicom" / "966.dcm")
     (root / "empty.png").write_bytes(b"")
-    (root / "notes.txt").write_text("not an image\n")
+    (root / "notes.txt").write_text("not an image\n", encoding="utf-8")
     (root / "truncated.png").write_bytes((root / "pos.png").read_bytes()[:4000])
     return root
 
@@ -75,7 +75,7 @@ def test_broken_files_get_error_rows_and_a_nonzero_exit(cropped) -> None:
         assert name in done.stderr  # reported on stderr too
     assert rows["empty.png"]["error"] == "empty file (0 bytes)"
     assert "truncated" in rows["truncated.png"]["error"]
-    assert list(next(csv.reader((out / "crop_report.csv").open()))) == [
+    assert list(next(csv.reader((out / "crop_report.csv").open(encoding="utf-8")))) == [
         "file",
         "status",
         "x0",
@@ -169,7 +169,7 @@ def test_interrupted_report_resumes_from_its_journal(tmp_path: Path) -> None:
 def test_unet_crops_keep_the_lungs_of_held_out_real_images(lung_cropper) -> None:
     """The shipped U-Net on masks it never trained on: the square box keeps >= 99 % of the true
     lung pixels, and the saved mask agrees with the manual one."""
-    meta = json.loads(UNET_WEIGHTS.with_name("lung_unet.json").read_text())
+    meta = json.loads(UNET_WEIGHTS.with_name("lung_unet.json").read_text(encoding="utf-8"))
     root = shared("lungmasks")
     held_out = meta["training_data"]["heldout_files"][::3]
     assert len(held_out) >= 20

@@ -19,7 +19,7 @@ from deepcovidxr.synthetic import write_phantom_set
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with path.open("w", newline="") as handle:
+    with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
@@ -84,7 +84,7 @@ def built(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("dataset")
     phantoms = base / "phantoms"
     labels = write_phantom_set(phantoms, 20, seed=5, patients=14, size_range=(300, 400))
-    with labels.open("a", newline="") as handle:  # a listed file that is broken
+    with labels.open("a", newline="", encoding="utf-8") as handle:  # a listed file that is broken
         handle.write("images/broken.png,Positive,patient_broken\n")
     (phantoms / "images" / "broken.png").write_bytes(b"garbage")
     out = base / "tree"
@@ -108,12 +108,14 @@ def test_tree_is_complete_and_views_pair_by_name(built) -> None:
 
 def test_manifest_rows_match_what_was_written(built) -> None:
     phantoms, out, _ = built
-    rows = list(csv.DictReader((out / "split_manifest.csv").open(newline="")))
+    rows = list(csv.DictReader((out / "split_manifest.csv").open(newline="", encoding="utf-8")))
     assert len(rows) == 21
     broken = next(r for r in rows if r["file"] == "images/broken.png")
     assert broken["status"] == "error" and broken["split"] and broken["error"]
     splits_of_patient = defaultdict(set)
-    labels = {r["file"]: r["label"] for r in csv.DictReader((phantoms / "labels.csv").open(newline=""))}
+    labels = {
+        r["file"]: r["label"] for r in csv.DictReader((phantoms / "labels.csv").open(newline="", encoding="utf-8"))
+    }
     for row in rows:
         splits_of_patient[row["patient_id"]].add(row["split"])
         assert row["label"] == labels[row["file"]]

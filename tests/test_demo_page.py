@@ -38,7 +38,7 @@ def _fake_demo_output(output: Path) -> list[tuple[str, list[tuple[str, str]]]]:
     for name in TABLES:
         path = output / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}\n")
+        path.write_text("{}\n", encoding="utf-8")
     return [
         ("Pictures", [(str(output / name), f"picture {name}") for name in PICTURES]),
         ("Tables", [(str(output / name), f"table {name}") for name in TABLES]),

@@ -154,7 +154,7 @@ def test_crop_report_records_the_window(tmp_path: Path, lung_cropper) -> None:
     Image.fromarray(make_phantom(12, False, height=256, width=256).image).save(source / "plain.png")
     config = CropConfig(input=source, output=tmp_path / "out", qc_montage=False, batch_size=2, workers=1)
     result = run_crop(config, cropper=lung_cropper)
-    with result.report.open(newline="") as handle:
+    with result.report.open(newline="", encoding="utf-8") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle)}
     assert rows["missed.dcm"].get("window") == "robust (header window missed the pixels)", rows["missed.dcm"]
     assert rows["plain.png"]["window"] == "8-bit"

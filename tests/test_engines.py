@@ -143,13 +143,15 @@ def test_partial_or_mismatched_cache_is_rebuilt(spied, damage: str) -> None:
         data[len(data) // 2] ^= 0xFF
         artifact.write_bytes(bytes(data))
     else:
-        recorded = json.loads(manifest.read_text())
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
         recorded["key"]["versions"]["onnx"] = "0.0"
-        manifest.write_text(json.dumps(recorded))
+        manifest.write_text(json.dumps(recorded), encoding="utf-8")
     rebuilt = engines.open_member(MEMBER, path, "onnxruntime")
     assert spy.calls == 2 and rebuilt.stats["built"]
     assert rebuilt.path == artifact  # same key, same name, rebuilt in place
-    assert json.loads(manifest.read_text())["artifacts"][".onnx"]["sha256"] == engines.file_sha256(artifact)
+    assert json.loads(manifest.read_text(encoding="utf-8"))["artifacts"][".onnx"]["sha256"] == engines.file_sha256(
+        artifact
+    )
 
 
 def test_new_converter_version_does_not_reuse_the_cache(spied, monkeypatch: pytest.MonkeyPatch) -> None:

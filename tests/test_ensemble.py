@@ -198,7 +198,7 @@ def test_save_load_round_trip_full(tmp_path: Path) -> None:
     np.testing.assert_array_equal(raw, ensemble.PUBLISHED_WEIGHTS)
     assert ensemble.load_weights(pickle_path) == weights
     assert ensemble.load_weights(json_path) == weights
-    assert json.loads(json_path.read_text()) == {"rule": "weighted", "weights": weights}
+    assert json.loads(json_path.read_text(encoding="utf-8")) == {"rule": "weighted", "weights": weights}
     assert sorted(p.name for p in pickle_path.parent.iterdir()) == ["ensemble_weights.json", "ensemble_weights.pickle"]
 
 
@@ -232,19 +232,19 @@ def test_subset_round_trip(tmp_path: Path) -> None:
 )
 def test_invalid_json_rejected_naming_the_file(tmp_path: Path, payload) -> None:
     path = tmp_path / "ensemble_weights.json"
-    path.write_text(json.dumps(payload))
+    path.write_text(json.dumps(payload), encoding="utf-8")
     with pytest.raises(ValueError, match=re.escape("ensemble_weights.json")):
         ensemble.load_weights(path)
 
 
 def test_json_duplicates_and_slightly_off_sums(tmp_path: Path) -> None:
     path = tmp_path / "w.json"
-    path.write_text('{"res_331_crop": 0.5, "res_331_crop": 0.5}')
+    path.write_text('{"res_331_crop": 0.5, "res_331_crop": 0.5}', encoding="utf-8")
     with pytest.raises(ValueError, match="duplicate"):
         ensemble.load_weights(path)
-    path.write_text(json.dumps({"res_331_crop": 0.6, "dense_224_crop": 0.4 + 5e-7}))
+    path.write_text(json.dumps({"res_331_crop": 0.6, "dense_224_crop": 0.4 + 5e-7}), encoding="utf-8")
     assert ensemble.load_weights(path)["dense_224_crop"] == 0.4 + 5e-7  # within 1e-6
-    path.write_text(json.dumps({"res_331_crop": 0.6, "dense_224_crop": 0.4 + 5e-6}))
+    path.write_text(json.dumps({"res_331_crop": 0.6, "dense_224_crop": 0.4 + 5e-6}), encoding="utf-8")
     with pytest.raises(ValueError, match="sum to 1"):
         ensemble.load_weights(path)
 
@@ -281,7 +281,7 @@ def test_the_rule_is_stored_and_a_flat_json_is_the_weighted_rule(tmp_path: Path)
     assert ensemble.load_rule(json_path) == "vote" and ensemble.load_rule(pickle_path) == "vote"
     assert ensemble.load_weights(json_path) == weights
     flat = tmp_path / "flat.json"
-    flat.write_text(json.dumps(weights))
+    flat.write_text(json.dumps(weights), encoding="utf-8")
     assert ensemble.load_rule(flat) == "weighted" and ensemble.load_weights(flat) == weights
     # a pickle whose neighbour holds other weights does not inherit its rule
     names = ensemble.MEMBER_NAMES

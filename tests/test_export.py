@@ -81,7 +81,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     member = Member("ResNet-50", 224, CropMode.UNCROP)
     keras.utils.set_random_seed(0)
     save_member(build_member(member.backbone, member.size), folder / member.legacy_filename, member)
-    (folder / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}))
+    (folder / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}), encoding="utf-8")
     return folder
 
 
@@ -99,7 +99,7 @@ def test_run_export_writes_members_and_ensemble_json(fmt: str, weights_dir: Path
         )
     )
     assert result.exit_code == 0 and result.report == out / REPORT
-    report = json.loads(result.report.read_text())
+    report = json.loads(result.report.read_text(encoding="utf-8"))
     (entry,) = report["members"]
     exported = out / entry["file"]
     assert entry["file"] == f"ResNet50_224_up_uncrop.{fmt}"

@@ -129,7 +129,7 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
     weights.mkdir()
     keras.utils.set_random_seed(0)
     save_member(build_member(member.backbone, member.size), weights / member.legacy_filename, member)
-    (weights / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}))
+    (weights / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}), encoding="utf-8")
     images = tmp_path / "in"
     images.mkdir()
     dicom = shared("dicom", "c64d5667-a776-4f95-9e21-bfabafb07740.dcm")
@@ -143,7 +143,7 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
     folder = out / "gradCAM_img"
     assert not (folder / "a_gradCAM.png").exists() and not (folder / "a_heatmap.npy").exists()
     assert (folder / "1.2.840.113619.2.55_gradCAM.png").is_file()  # the whole UID kept
-    with (out / "gradcam_report.csv").open(newline="") as handle:
+    with (out / "gradcam_report.csv").open(newline="", encoding="utf-8") as handle:
         rows = {row["file"]: row for row in csv.DictReader(handle)}
     assert rows["a.dcm"]["status"] == "error" and "a.png" in rows["a.dcm"]["error"]
     assert rows["a.png"]["status"] == "error" and "a.dcm" in rows["a.png"]["error"]

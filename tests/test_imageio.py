@@ -92,7 +92,7 @@ def test_empty_truncated_and_non_image_files_raise_typed_errors(tmp_path: Path) 
     with pytest.raises(EmptyFileError, match=r"empty\.png: empty file"):
         read_gray(empty)
     text = tmp_path / "notes.png"
-    text.write_text("not an image")
+    text.write_text("not an image", encoding="utf-8")
     with pytest.raises(UnsupportedFormatError) as caught:
         read_gray(text)
     assert caught.value.path == text and "not a readable image" in caught.value.reason
@@ -133,7 +133,7 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
 
 
 def _dicom_manifest() -> list[dict]:
-    with (shared("dicom") / "manifest.csv").open(newline="") as handle:
+    with (shared("dicom") / "manifest.csv").open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 

@@ -32,7 +32,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         member = Member.parse(name)
         keras.utils.set_random_seed(index)
         save_member(build_member(member.backbone, member.size), folder / member.legacy_filename, member)
-    (folder / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}))
+    (folder / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}), encoding="utf-8")
     return folder
 
 
@@ -48,7 +48,7 @@ def messy_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _rows(path: Path) -> dict[str, dict]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {row["Filenames"]: row for row in csv.DictReader(handle)}
 
 
@@ -76,7 +76,7 @@ def test_predict_folder_reports_every_file(folder_run, messy_images: Path) -> No
     assert done.returncode == 1, done.stderr[-3000:]  # the broken file
     rows = _rows(out / "predictions.csv")
     assert set(rows) == {"a.png", "sub/b.png", "sub/c.dcm", "broken.png"}
-    header = next(csv.reader((out / "predictions.csv").open()))
+    header = next(csv.reader((out / "predictions.csv").open(encoding="utf-8")))
     assert header[:6] == ["Filenames", "Scores", "Binary pred", "Predictions", "crop_status", "error"]
     assert header[6:] == [*MEMBERS, "Probability", "uncertainty", "input_check"]
     assert rows["broken.png"]["crop_status"] == "error" and rows["broken.png"]["error"]
@@ -213,7 +213,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
     assert ensemble.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
     results = tmp_path / "Ensemble_Results"
-    rows = list(csv.DictReader((results / "ensemble_predictions.csv").open()))
+    rows = list(csv.DictReader((results / "ensemble_predictions.csv").open(encoding="utf-8")))
     test_names = sorted(
         p.relative_to(tree / "224" / "uncrop" / "Test").as_posix()
         for p in (tree / "224" / "uncrop" / "Test").rglob("*.png")
@@ -252,11 +252,11 @@ def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path:
         "4",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = list(csv.DictReader((tmp_path / "Results" / "predictions.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "Results" / "predictions.csv").open(encoding="utf-8")))
     assert list(rows[0])[:5] == ["Filenames", "Scores", "Binary prediction", "Predictions", "Actual"]
     y = np.array([int(r["Actual"]) for r in rows])
     s = np.array([float(r["Scores"]) for r in rows])
-    summary = json.loads((tmp_path / "Results" / "metrics.json").read_text())
+    summary = json.loads((tmp_path / "Results" / "metrics.json").read_text(encoding="utf-8"))
     assert summary["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
     assert summary["at_0.5"]["sensitivity"] == pytest.approx(recall_score(y, s >= 0.5), abs=1e-9)
     low, high = summary["auc_ci95"]
@@ -314,7 +314,7 @@ def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path
             weights=weights_dir, data=tree, output=tmp_path / "fit", method=method, members=MEMBERS, batch_size=4
         )
     )
-    assert json.loads(json_path.read_text())["rule"] == method
+    assert json.loads(json_path.read_text(encoding="utf-8"))["rule"] == method
     for source in (json_path, json_path.with_name("ensemble_weights.pickle")):  # the pickle finds its JSON
         out = tmp_path / source.suffix.lstrip(".")
         evaluate_stage.run(
@@ -322,7 +322,7 @@ def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path
                 weights=weights_dir, image=tree, output=out, ensemble_weights=source, batch_size=4, bootstrap=50
             )
         )
-        rows = list(csv.DictReader((out / "Results" / "predictions.csv").open()))
+        rows = list(csv.DictReader((out / "Results" / "predictions.csv").open(encoding="utf-8")))
         members = np.array([[float(r[m]) for m in MEMBERS] for r in rows])
         expected = (members >= 0.5).mean(axis=1) if method == "vote" else members.max(axis=1)
         assert np.allclose([float(r["Scores"]) for r in rows], expected, atol=1e-6)
@@ -361,7 +361,7 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
     result = explain.run(config)
     assert unet_batches == [1, 2]  # 4 files in batches of 2 (a+broken, b+c); broken.png never reaches it
     assert cam_batches == [2, 1] * len(MEMBERS)  # per member, in batches, never the whole folder
-    rows = {r["file"]: r for r in csv.DictReader(result.report.open())}
+    rows = {r["file"]: r for r in csv.DictReader(result.report.open(encoding="utf-8"))}
     assert rows["broken.png"]["status"] == "error" and result.exit_code == 1
     assert {n for n, r in rows.items() if r["status"] == "ok"} == {"a.png", "sub/b.png", "sub/c.dcm"}
     assert not (tmp_path / ".scratch").exists() or not any((tmp_path / ".scratch").iterdir())
@@ -375,7 +375,7 @@ def test_predict_report_page_shows_every_picture_when_copied(folder_run, tmp_pat
     out, _ = folder_run
     copied = shutil.copytree(out, tmp_path / "copy")
     page = copied / "report.html"
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     assert "not a medical device" in text and "broken.png" in text
     widths = image_widths(page)
     assert len(widths) >= 2 * 3  # the three readable files, in the highest-score and most-uncertain tables

@@ -121,7 +121,7 @@ def test_crop_report_has_input_check(tmp_path: Path, lung_cropper) -> None:
     Image.open(ct).convert("L").save(raw / "ct.png")
     Image.fromarray(np.full((300, 300), 90, np.uint8)).save(raw / "blank.png")
     result = crop.run(CropConfig(input=raw, output=tmp_path / "out", qc_montage=False), cropper=lung_cropper)
-    rows = {r["file"]: r for r in csv.DictReader(result.report.open(newline=""))}
+    rows = {r["file"]: r for r in csv.DictReader(result.report.open(newline="", encoding="utf-8"))}
     assert "input_check" in crop.REPORT_COLUMNS
     assert rows["frontal.png"]["input_check"] == input_check.OK
     assert rows["blank.png"]["input_check"] == input_check.BLANK
@@ -146,12 +146,12 @@ def test_build_dataset_leaves_flagged_images_out(tmp_path: Path, lung_cropper, k
     Image.fromarray(np.full((300, 300), 90, np.uint8)).save(images / "blank.png")
     rows.append(("blank.png", "Positive", "p9"))
     labels = tmp_path / "labels.csv"
-    with labels.open("w", newline="") as handle:
+    with labels.open("w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows([("file", "label", "patient_id"), *rows])
     out = tmp_path / "tree"
     config = DatasetConfig(images=images, labels=labels, output=out, sizes=(64,), keep_flagged=keep)
     result = build_dataset.run(config, cropper=lung_cropper)
-    manifest = {r["file"]: r for r in csv.DictReader(result.report.open(newline=""))}
+    manifest = {r["file"]: r for r in csv.DictReader(result.report.open(newline="", encoding="utf-8"))}
     assert manifest["blank.png"]["input_check"] == input_check.BLANK
     assert manifest["f0.png"]["input_check"] == input_check.OK
     written = {p.name for p in DataTree(out).view_dir(64, "crop").rglob("*.png")}

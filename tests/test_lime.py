@@ -25,7 +25,7 @@ def _binary_weights(tmp_path: Path) -> Path:
     weights.mkdir()
     keras.utils.set_random_seed(0)
     save_member(build_member(member.backbone, member.size), weights / member.legacy_filename, member)
-    (weights / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}))
+    (weights / "ensemble_weights.json").write_text(json.dumps({member.short_name: 1.0}), encoding="utf-8")
     return weights
 
 
@@ -57,7 +57,7 @@ def _images(tmp_path: Path, broken: bool = False) -> Path:
 
 
 def _rows(path: Path) -> dict[str, dict]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {row["file"]: row for row in csv.DictReader(handle)}
 
 

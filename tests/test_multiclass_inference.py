@@ -139,7 +139,7 @@ def test_multiclass_search_maximises_macro_auc_seeded() -> None:
 def test_weights_json_records_the_classes_and_binary_files_stay_as_before(tmp_path: Path) -> None:
     weights = {"res_224_uncrop": 0.25, "res_224_crop": 0.75}
     _, json_path = ensemble.save_weights(weights, tmp_path / "multi", rule="vote", classes=CLASSES)
-    payload = json.loads(json_path.read_text())
+    payload = json.loads(json_path.read_text(encoding="utf-8"))
     assert payload["classes"] == list(CLASSES) and payload["rule"] == "vote"
     assert ensemble.load_classes(json_path) == CLASSES
     assert ensemble.load_classes(json_path.with_name("ensemble_weights.pickle")) == CLASSES
@@ -147,7 +147,7 @@ def test_weights_json_records_the_classes_and_binary_files_stay_as_before(tmp_pa
     _, binary = ensemble.save_weights(weights, tmp_path / "binary", classes=("Negative", "Positive"))
     _, plain = ensemble.save_weights(weights, tmp_path / "plain")
     assert binary.read_bytes() == plain.read_bytes()
-    assert list(json.loads(plain.read_text())) == ["rule", "weights"]
+    assert list(json.loads(plain.read_text(encoding="utf-8"))) == ["rule", "weights"]
     assert ensemble.load_classes(plain) == ("Negative", "Positive")
 
 
@@ -198,7 +198,7 @@ def multiclass_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 
 def _read(path: Path) -> tuple[list[str], list[dict]]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), list(reader)
 
@@ -217,7 +217,7 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     assert code == 0
     results = fit / "Ensemble_Results"
     weights_json = results / "ensemble_weights.json"
-    payload = json.loads(weights_json.read_text())
+    payload = json.loads(weights_json.read_text(encoding="utf-8"))
     assert payload["classes"] == list(CLASSES) and payload["rule"] == "weighted"
     assert set(payload["weights"]) == set(MEMBERS) and sum(payload["weights"].values()) == pytest.approx(1.0)
     header, rows = _read(results / "ensemble_predictions.csv")
@@ -232,7 +232,7 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     assert header == ["Filenames", *(f"{m}.p_{c}" for m in MEMBERS for c in CLASSES)]
     header, member_rows = _read(results / "member_auc.csv")
     assert header == ["member", "test_macro_auc", "weight"] and len(member_rows) == 3
-    summary = json.loads((results / "summary.json").read_text())
+    summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
     assert summary["classes"] == list(CLASSES) and summary["fitted_on"] == "Validation"
     assert set(summary["test"]["per_class"]) == set(CLASSES)
     for name in ("ROC_Curve.png", "ConfusionMatrix.png"):
@@ -258,7 +258,7 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     member_p = np.array([[float(r[c]) for c in member_header[1:]] for r in member_rows]).reshape(len(rows), 2, 3)
     w = np.array([payload["weights"][m] for m in MEMBERS])
     np.testing.assert_allclose(np.einsum("imk,m->ik", member_p, w), probabilities, atol=2e-6)
-    reported = json.loads((out / "Results" / "metrics.json").read_text())
+    reported = json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))
     assert reported["classes"] == list(CLASSES) and reported["ensemble_rule"] == "weighted"
     assert reported["macro"]["auc"] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr"), abs=1e-4)
     assert reported["accuracy"] == pytest.approx(accuracy_score(y, probabilities.argmax(axis=1)))
@@ -277,7 +277,7 @@ def test_fixed_rules_work_for_multiclass(multiclass_setup, tmp_path: Path, metho
     json_path = ensemble_stage.run(
         EnsembleConfig(weights=weights, data=tree, output=tmp_path, method=method, batch_size=3)
     )
-    assert json.loads(json_path.read_text())["rule"] == method
+    assert json.loads(json_path.read_text(encoding="utf-8"))["rule"] == method
     _, rows = _read(tmp_path / "Ensemble_Results" / "ensemble_predictions.csv")
     _, members = _read(tmp_path / "Ensemble_Results" / "individual_predictions.csv")
     member_p = np.array([[float(v) for k, v in r.items() if k != "Filenames"] for r in members]).reshape(-1, 2, 3)
@@ -298,7 +298,7 @@ def test_members_of_different_classes_are_a_clear_error(multiclass_setup, tmp_pa
     for suffix in (".h5", ".json"):
         shutil.copy(weights / Path(first).with_suffix(suffix).name, mixed / Path(first).with_suffix(suffix).name)
     _save(mixed, MEMBERS[1], ("Negative", "Positive"), seed=3)
-    (mixed / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}))
+    (mixed / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}), encoding="utf-8")
     code = cli.main(
         "evaluate",
         ["-w", str(mixed), "-i", str(tree), "-o", str(tmp_path / "e"), "-e", str(mixed / "ensemble_weights.json")],
@@ -309,7 +309,7 @@ def test_members_of_different_classes_are_a_clear_error(multiclass_setup, tmp_pa
     assert code == 2
     assert "different classes" in capsys.readouterr().err
     # members of the tree's classes but weights fitted for another task
-    (tmp_path / "binary_weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}))
+    (tmp_path / "binary_weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}), encoding="utf-8")
     code = cli.main(
         "evaluate",
         ["-w", str(weights), "-i", str(tree), "-o", str(tmp_path / "g"), "-e", str(tmp_path / "binary_weights.json")],
@@ -334,7 +334,7 @@ def test_binary_tree_keeps_its_columns(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     weights.mkdir()
     _save(weights, MEMBERS[0], ("Negative", "Positive"), seed=0)
-    (weights / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 1.0}))
+    (weights / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 1.0}), encoding="utf-8")
     out = tmp_path / "out"
     code = cli.main(
         "evaluate",
@@ -355,7 +355,7 @@ def test_binary_tree_keeps_its_columns(tmp_path: Path) -> None:
     ]
     assert {r["Actual"] for r in rows} == {"0", "1"}
     assert {r["Predictions"] for r in rows} <= {"COVID-19 Positive", "COVID-19 Negative"}
-    reported = json.loads((out / "Results" / "metrics.json").read_text())
+    reported = json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))
     assert "auc" in reported and "at_0.5" in reported and "classes" not in reported
     for name in ("ROC_Curve.png", "PrecisionRecall_Curve.png", "Calibration.png", "ConfusionMatrix.png"):
         assert (out / "Results" / name).is_file()

@@ -125,7 +125,7 @@ def test_softmax_member_round_trips_with_its_classes(tmp_path: Path) -> None:
     model = build_member("ResNet-50", SIZE, dropout=0.0, outputs=3, activation="softmax")
     path = save_member(model, tmp_path / member.legacy_filename, member, classes=CLASSES)
     assert member_classes(path) == CLASSES
-    assert json.loads(path.with_suffix(".json").read_text())["outputs"] == 3
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["outputs"] == 3
     loaded = load_member(path)
     head = loaded.get_layer("last")
     assert head.units == 3 and head.activation is keras.activations.softmax
@@ -134,7 +134,10 @@ def test_softmax_member_round_trips_with_its_classes(tmp_path: Path) -> None:
     # a binary member records Negative/Positive; one without a sidecar (the authors') stays binary
     binary = build_member("ResNet-50", SIZE, dropout=0.0)
     binary_path = save_member(binary, tmp_path / "binary" / member.legacy_filename, member)
-    assert json.loads(binary_path.with_suffix(".json").read_text())["classes"] == ["Negative", "Positive"]
+    assert json.loads(binary_path.with_suffix(".json").read_text(encoding="utf-8"))["classes"] == [
+        "Negative",
+        "Positive",
+    ]
     binary_path.with_suffix(".json").unlink()
     again = load_member(binary_path, member).get_layer("last")
     assert again.units == 1 and again.activation is keras.activations.sigmoid
@@ -204,7 +207,7 @@ def _check_softmax_member(member_file: Path, view: Path) -> None:
     from deepcovidxr.models import load_member
 
     assert member_classes(member_file) == CLASSES
-    sidecar = json.loads(member_file.with_suffix(".json").read_text())
+    sidecar = json.loads(member_file.with_suffix(".json").read_text(encoding="utf-8"))
     assert sidecar["classes"] == list(CLASSES) and sidecar["outputs"] == 3
     model = load_member(member_file)
     head = model.get_layer("last")
@@ -228,7 +231,7 @@ def test_train_py_writes_a_3_class_member(three_class_view: Path, tmp_path: Path
     assert done.stdout.strip().endswith(member_file.name)
     _check_softmax_member(member_file, three_class_view)
 
-    config = json.loads((tmp_path / f"ResNet50_{SIZE}_up_uncrop_config.json").read_text())
+    config = json.loads((tmp_path / f"ResNet50_{SIZE}_up_uncrop_config.json").read_text(encoding="utf-8"))
     assert config["classes"] == list(CLASSES)
     labels = list_split(three_class_view, "Train").labels
     expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
@@ -237,7 +240,7 @@ def test_train_py_writes_a_3_class_member(three_class_view: Path, tmp_path: Path
     assert recorded == pytest.approx([42 / 54, 42 / 18, 42 / 54])
     if not multi_worker:
         assert config["train_counts"] == {"Diffuse": 18, "LowerZone": 6, "Normal": 18}
-        log = (tmp_path / f"ResNet50_{SIZE}_up_uncrop_log.csv").read_text().splitlines()
+        log = (tmp_path / f"ResNet50_{SIZE}_up_uncrop_log.csv").read_text(encoding="utf-8").splitlines()
         columns = ["phase", "epoch", "acc", "auc", "learning_rate", "loss", "val_acc", "val_auc", "val_loss"]
         assert log[0].split(",") == columns
         assert config["history"]["final"]["val_auc"]  # the macro AUC the schedule watched
@@ -274,10 +277,10 @@ def test_train_py_on_a_binary_tree_is_unchanged(tmp_path: Path) -> None:
     )
     head = load_member(output / f"{stem}.h5").get_layer("last")
     assert head.units == 1 and head.activation is keras.activations.sigmoid
-    assert json.loads((output / f"{stem}.json").read_text())["classes"] == ["Negative", "Positive"]
-    config = json.loads((output / f"{stem}_config.json").read_text())
+    assert json.loads((output / f"{stem}.json").read_text(encoding="utf-8"))["classes"] == ["Negative", "Positive"]
+    config = json.loads((output / f"{stem}_config.json").read_text(encoding="utf-8"))
     assert config["class_weight"] == {"0": 1.0, "1": 1.0}  # 6 and 6 training images
-    log = (output / f"{stem}_log.csv").read_text().splitlines()[0].split(",")
+    log = (output / f"{stem}_log.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert "val_precision" in log and "val_recall" in log  # the binary metrics, as before
 
 

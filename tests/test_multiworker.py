@@ -83,5 +83,5 @@ def test_two_workers_train_to_identical_weights(tmp_path: Path) -> None:
     for a, b in zip(_weights(chief), _weights(worker), strict=True):
         np.testing.assert_array_equal(a, b)
     assert "worker 1 of 2" in outputs[1][1] and "worker 0 of 2" in outputs[0][1]
-    config = json.loads((tmp_path / "out" / "ResNet50_32_up_uncrop_config.json").read_text())
+    config = json.loads((tmp_path / "out" / "ResNet50_32_up_uncrop_config.json").read_text(encoding="utf-8"))
     assert config["workers"] == 2 and set(config["history"]) == {"final"}  # random init: no frozen phase

@@ -52,7 +52,7 @@ def table(nih_root: Path) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def raw_rows(nih_root: Path) -> list[dict[str, str]]:
     """The CSV read with the csv module: the independent reference for read_table."""
-    with (nih_root / CSV_NAME).open(newline="") as handle:
+    with (nih_root / CSV_NAME).open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -62,7 +62,7 @@ def all_splits(nih_root: Path) -> nih.NihSplits:
 
 
 def _lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -82,12 +82,12 @@ def _tiny_png(path: Path, value: int = 128) -> None:
 def _write_mini_root(root: Path, rows: list[dict[str, str]], train_val: list[str], test: list[str]) -> Path:
     """A labels CSV in the NIH format plus the two official lists, built from real rows."""
     root.mkdir(parents=True, exist_ok=True)
-    with (root / CSV_NAME).open("w", newline="") as handle:
+    with (root / CSV_NAME).open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n")
-    (root / "test_list.txt").write_text("\n".join(test) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(train_val) + "\n", encoding="utf-8")
+    (root / "test_list.txt").write_text("\n".join(test) + "\n", encoding="utf-8")
     return root
 
 
@@ -108,11 +108,11 @@ def test_find_labels_csv_accepts_the_three_names_and_prefers_v2020(tmp_path: Pat
     for name in ("Data_Entry_2017.csv", "Data_Entry_2017_v2020.csv", "NIH_Data_Entry.csv"):
         assert name in str(missing.value)
 
-    (tmp_path / "NIH_Data_Entry.csv").write_text("x")
+    (tmp_path / "NIH_Data_Entry.csv").write_text("x", encoding="utf-8")
     assert find_labels_csv(tmp_path).name == "NIH_Data_Entry.csv"
-    (tmp_path / "Data_Entry_2017.csv").write_text("x")
+    (tmp_path / "Data_Entry_2017.csv").write_text("x", encoding="utf-8")
     assert find_labels_csv(tmp_path).name == "Data_Entry_2017.csv"
-    (tmp_path / "Data_Entry_2017_v2020.csv").write_text("x")
+    (tmp_path / "Data_Entry_2017_v2020.csv").write_text("x", encoding="utf-8")
     assert find_labels_csv(tmp_path).name == "Data_Entry_2017_v2020.csv"
 
 
@@ -157,11 +157,12 @@ def test_unknown_labels_and_missing_columns_are_errors(tmp_path: Path) -> None:
     path.write_text(
         "Image Index,Finding Labels,Patient ID\n"
         "00000001_000.png,Cardiomegaly|Covid-19,1\n"
-        "00000002_000.png,Atelectasis|Tuberculosis,2\n"
+        "00000002_000.png,Atelectasis|Tuberculosis,2\n",
+        encoding="utf-8",
     )
     with pytest.raises(ValueError, match=r"Covid-19.*Tuberculosis"):
         read_table(path)
-    path.write_text("Image Index,Labels\n00000001_000.png,Mass\n")
+    path.write_text("Image Index,Labels\n00000001_000.png,Mass\n", encoding="utf-8")
     with pytest.raises(ValueError, match="not an NIH ChestX-ray14 labels table"):
         read_table(path)
 
@@ -173,7 +174,8 @@ def test_the_2017_table_with_its_trailing_empty_column_reads(tmp_path: Path) -> 
         "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
         "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n"
         "00000001_000.png,Cardiomegaly,0,1,058Y,M,PA,2682,2749,0.143,0.143,\n"
-        "00000002_000.png,No Finding,0,2,081Y,M,PA,2500,2048,0.168,0.168,\n"
+        "00000002_000.png,No Finding,0,2,081Y,M,PA,2500,2048,0.168,0.168,\n",
+        encoding="utf-8",
     )
     frame = read_table(find_labels_csv(tmp_path))
     assert frame["image"].tolist() == ["00000001_000.png", "00000002_000.png"]
@@ -257,7 +259,7 @@ def test_find_images_flat_and_nested_layouts_agree(
     for i, name in enumerate(names):
         _tiny_png((flat / "images" if i % 2 else flat) / name, value=i)
         _tiny_png(nested / f"images_{1 + i // 6:03d}" / "images" / name, value=i)
-    (flat / "images" / "notes.txt").write_text("not an image")
+    (flat / "images" / "notes.txt").write_text("not an image", encoding="utf-8")
     flat_found, nested_found = find_images(flat), find_images(nested)
     assert list(flat_found) == sorted(names) == list(nested_found)
     assert flat_found[names[0]] == flat / names[0]

@@ -18,7 +18,7 @@ UIDS = ("1.2.840.113619.2.55", "1.2.840.113619.2.56")
 
 
 def _report(path: Path) -> dict[str, dict]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return {row["file"]: row for row in csv.DictReader(handle)}
 
 

@@ -59,10 +59,10 @@ def _weights_folder(root: Path, classes: tuple[str, ...] | None = None) -> Path:
         path = root / Member.parse(name).legacy_filename
         path.write_bytes(f"stand-in member {index}".encode())
         if classes:
-            path.with_suffix(".json").write_text(json.dumps({"classes": list(classes)}))
+            path.with_suffix(".json").write_text(json.dumps({"classes": list(classes)}), encoding="utf-8")
     weights = {MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}
     payload = {"rule": "weighted", "classes": list(classes), "weights": weights} if classes else weights
-    (root / "ensemble_weights.json").write_text(json.dumps(payload))
+    (root / "ensemble_weights.json").write_text(json.dumps(payload), encoding="utf-8")
     return root
 
 
@@ -106,7 +106,7 @@ def _config(world, output: Path, **overrides) -> PredictConfig:
 
 
 def _read(path: Path) -> tuple[list[str], dict[str, dict]]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         return list(reader.fieldnames or []), {row["Filenames"]: row for row in reader}
 
@@ -134,7 +134,7 @@ def engine_runs(world, tmp_path_factory: pytest.TempPathFactory) -> dict:
             predict_stage.run(_config(world, out, engine=engine, precision=precision))
             runs[(engine, precision)] = (
                 *_read(out / "predictions.csv"),
-                json.loads((out / "predictions_info.json").read_text()),
+                json.loads((out / "predictions_info.json").read_text(encoding="utf-8")),
             )
     finally:
         patch.undo()

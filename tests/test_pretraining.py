@@ -36,5 +36,5 @@ def test_an_offline_rerun_resumes_from_the_checkpoint(tmp_path: Path, monkeypatc
     finally:
         set_precision(False)
     assert checkpoint.read_bytes() == before  # evaluated, not retrained
-    auroc = (tmp_path / "nih_auroc_ResNet-50_32.csv").read_text().splitlines()
+    auroc = (tmp_path / "nih_auroc_ResNet-50_32.csv").read_text(encoding="utf-8").splitlines()
     assert auroc[0] == "finding,auroc,positives,negatives" and auroc[-1].startswith("mean")

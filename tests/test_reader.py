@@ -172,7 +172,7 @@ def test_evaluate_scores_the_8bit_and_16bit_trees_alike(trees: tuple[Path, Path]
     weights.mkdir()
     keras.utils.set_random_seed(0)
     save_member(build_member(member.backbone, member.size, weights=None), weights / member.legacy_filename, member)
-    (weights / "ensemble_weights.json").write_text(json.dumps({MEMBER: 1.0}))
+    (weights / "ensemble_weights.json").write_text(json.dumps({MEMBER: 1.0}), encoding="utf-8")
     scores = {}
     for name, root in zip(("eight", "sixteen"), trees, strict=True):
         config = EvaluateConfig(
@@ -184,7 +184,7 @@ def test_evaluate_scores_the_8bit_and_16bit_trees_alike(trees: tuple[Path, Path]
             bootstrap=10,
         )
         run_evaluate(config)
-        with (tmp_path / name / "Results" / "predictions.csv").open(newline="") as handle:
+        with (tmp_path / name / "Results" / "predictions.csv").open(newline="", encoding="utf-8") as handle:
             scores[name] = {row["Filenames"]: row["Scores"] for row in csv.DictReader(handle)}
     assert len(scores["eight"]) == 4
     assert scores["sixteen"] == scores["eight"]

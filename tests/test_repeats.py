@@ -21,7 +21,7 @@ def test_best_of_two_seeds_is_kept_and_every_run_recorded(tmp_path: Path) -> Non
     final = output / "ResNet50_32_up_uncrop.h5"
     assert done.stdout.strip().endswith(final.name)
     table = output / "repeats" / "ResNet50_32_up_uncrop" / "repeats.csv"
-    with table.open(newline="") as handle:
+    with table.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [r["seed"] for r in rows] == ["7", "8"]
     assert set(rows[0]) == {"seed", "val_auc", "val_loss", "kept"}
@@ -31,12 +31,12 @@ def test_best_of_two_seeds_is_kept_and_every_run_recorded(tmp_path: Path) -> Non
     assert best["kept"] == "1"
     run = output / "repeats" / "ResNet50_32_up_uncrop" / f"seed_{best['seed']}" / final.name
     assert final.read_bytes() == run.read_bytes()
-    config = json.loads((output / "ResNet50_32_up_uncrop_config.json").read_text())
+    config = json.loads((output / "ResNet50_32_up_uncrop_config.json").read_text(encoding="utf-8"))
     assert config["kept_seed"] == int(best["seed"]) and config["seed"] == int(best["seed"])
     # each run's row holds its best epoch: the highest validation AUC of its own history
     for r in rows:
         own = run.parent.with_name(f"seed_{r['seed']}") / "ResNet50_32_up_uncrop_config.json"
-        history = json.loads(own.read_text())["history"]["final"]
+        history = json.loads(own.read_text(encoding="utf-8"))["history"]["final"]
         assert float(r["val_auc"]) == max(history["val_auc"])
     # a rerun finds the member finished and changes nothing
     mtime = final.stat().st_mtime_ns

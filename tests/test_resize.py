@@ -57,7 +57,7 @@ def test_stage_mirrors_tree_keeps_modes_and_reports_errors(tmp_path: Path) -> No
     c = Image.open(out / "a" / "rgb.png")
     assert c.mode == "RGB" and c.size == (64, 64)
     assert Image.open(out / "a" / "b" / "q.jpg").format == "JPEG"
-    rows = {r["file"]: r for r in csv.DictReader((out / "resize_report.csv").open())}
+    rows = {r["file"]: r for r in csv.DictReader((out / "resize_report.csv").open(encoding="utf-8"))}
     assert rows["a/broken.png"]["status"] == "error" and rows["a/broken.png"]["error"]
     assert rows["empty.jpg"]["error"] == "empty file (0 bytes)"
     assert rows["g.png"]["width"] == "260" and rows["g.png"]["height"] == "300"

@@ -102,7 +102,7 @@ def test_the_loss_receives_the_class_weights(unbalanced_view: Path, tmp_path: Pa
     spy = tmp_path / "seen.json"
     done = _train(unbalanced_view, tmp_path / "out", "--class-weight", multi_worker=multi_worker, spy=spy)
     assert done.returncode == 0, done.stderr[-3000:]
-    seen = json.loads(spy.read_text())
+    seen = json.loads(spy.read_text(encoding="utf-8"))
     assert seen, "the loop fed no per-sample weights to the loss"
     labels = np.concatenate([np.asarray(y) for y, _ in seen])
     weights = np.concatenate([np.asarray(w) for _, w in seen])

@@ -118,7 +118,7 @@ def test_unet_input_is_standardised_per_image() -> None:
 
 
 def _lungmask_rows(limit: int | None = None) -> list[dict]:
-    with (shared("lungmasks") / "manifest.csv").open(newline="") as handle:
+    with (shared("lungmasks") / "manifest.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     return rows[:: max(1, len(rows) // limit)] if limit else rows
 

@@ -156,7 +156,7 @@ def test_positive_is_negative_plus_opacities(negatives: list[Phantom], positives
 
 
 def read_rows(labels_csv: Path) -> list[dict[str, str]]:
-    with labels_csv.open(newline="") as handle:
+    with labels_csv.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == ["file", "label", "patient_id"]
         return list(reader)

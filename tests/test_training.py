@@ -139,14 +139,14 @@ def test_tuner_writes_both_hyperparameter_files(small_tree: Path, tmp_path: Path
     )
     assert done.returncode == 0, done.stderr[-3000:]
     folder = tmp_path / "tuner" / "best_models_and_params" / "ResNet50_64_up_uncrop" / "model_params"
-    values = json.loads((folder / "hyperparameters.json").read_text())
+    values = json.loads((folder / "hyperparameters.json").read_text(encoding="utf-8"))
     assert set(values) == {"dropout_rate", "learning_rate", "momentum"}
     assert (
         0 <= values["dropout_rate"] <= 0.5 and 1e-5 <= values["learning_rate"] <= 0.1 and 0 <= values["momentum"] <= 0.9
     )
     assert pickle.loads((folder / "hyperparameters.pickle").read_bytes()) == values
     assert (tmp_path / "tuner" / "initial_cps" / "ResNet50_64_up_uncrop.h5").is_file()
-    trials = (folder.parent / "trials.csv").read_text().splitlines()
+    trials = (folder.parent / "trials.csv").read_text(encoding="utf-8").splitlines()
     assert trials[0] == "trial,dropout_rate,learning_rate,momentum,val_auc" and len(trials) == 3
     assert done.stdout.strip().endswith("hyperparameters.json")
     # TensorBoard's HParams dashboard: every trial's log dir holds its hyperparameters, and its
@@ -215,7 +215,7 @@ def test_pretrain_on_the_real_nih_sample_writes_a_loadable_checkpoint(tmp_path: 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = tmp_path / "nih_weight_ResNet-50_64.h5"
-    auroc = (tmp_path / "nih_auroc_ResNet-50_64.csv").read_text().splitlines()
+    auroc = (tmp_path / "nih_auroc_ResNet-50_64.csv").read_text(encoding="utf-8").splitlines()
     assert auroc[0] == "finding,auroc,positives,negatives" and len(auroc) == 14 + 2 and auroc[-1].startswith("mean")
     from deepcovidxr.models import build_member
 
@@ -247,10 +247,10 @@ def test_train_cli_learns_phantom_opacities_from_random_weights(phantom_member: 
     assert aucs["Validation"] >= 0.9, aucs
     assert aucs["Test"] >= 0.85, aucs  # never seen while training or checkpointing
 
-    config = json.loads((output / f"ResNet50_{LEARNING_SIZE}_up_crop_config.json").read_text())
+    config = json.loads((output / f"ResNet50_{LEARNING_SIZE}_up_crop_config.json").read_text(encoding="utf-8"))
     assert config["initial_weights"] == "none" and config["warmup_epochs"] == 10
     assert config["final"] == member_file.name
-    with (output / f"ResNet50_{LEARNING_SIZE}_up_crop_log.csv").open(newline="") as handle:
+    with (output / f"ResNet50_{LEARNING_SIZE}_up_crop_log.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert rows and {r["phase"] for r in rows} == {"final"}  # random weights: no frozen phase
     assert all(r["learning_rate"] for r in rows)  # one value per epoch, warm-up included

@@ -55,7 +55,7 @@ def run_ensemble(tmp_path: Path, out: str, seed: int = 0) -> dict:
         weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / out, draws=300, seed=seed
     )
     path = ensemble_stage.run(config)
-    return json.loads(Path(path).read_text())
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def test_calibration_and_thresholds_come_from_validation_only(fake_scoring, tmp_path: Path) -> None:
@@ -87,14 +87,14 @@ def test_calibration_and_thresholds_come_from_validation_only(fake_scoring, tmp_
 
 def test_thresholds_reproduce_with_a_seed(fake_scoring, tmp_path: Path) -> None:
     assert run_ensemble(tmp_path, "a", seed=3)["calibration"] == run_ensemble(tmp_path, "b", seed=3)["calibration"]
-    summary = json.loads((tmp_path / "a" / "Ensemble_Results" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "a" / "Ensemble_Results" / "summary.json").read_text(encoding="utf-8"))
     test = summary["calibration"]["test"]
     assert test["brier_calibrated"] < test["brier_raw"]  # over-confident members: calibration helps on Test
     assert set(test["operating_points"]) == {"0.5", "youden", "sens90", "sens95"}
 
 
 def _rows(path: Path) -> list[dict]:
-    with path.open(newline="") as handle:
+    with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -111,7 +111,7 @@ def test_evaluate_keeps_the_original_decision_and_adds_probability_and_uncertain
                     )
                 )
             )
-        ).read_text()
+        ).read_text(encoding="utf-8")
     )
     weights = np.array([stored["weights"][m.short_name] for m in MEMBERS])
     chosen = Ensemble(members, weights, calibration=stored["calibration"])
@@ -128,7 +128,7 @@ def test_evaluate_keeps_the_original_decision_and_adds_probability_and_uncertain
     fit = calibration.ValidationFit.from_dict(stored["calibration"])
     assert np.allclose([float(r["Probability"]) for r in rows], fit.calibration.apply(combined), atol=1e-6)
     assert np.allclose([float(r["uncertainty"]) for r in rows], uncertainty.uncertainty(scores, weights), atol=1e-6)
-    metrics = json.loads((out / "Results" / "metrics.json").read_text())
+    metrics = json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["calibration"]["ece_calibrated"] == pytest.approx(
         calibration.expected_calibration_error(fit.calibration.apply(combined), images.labels)
     )
@@ -147,7 +147,9 @@ def test_weights_without_calibration_still_evaluate(fake_scoring, tmp_path: Path
     evaluate_stage.run(EvaluateConfig(weights=tmp_path / "members", image=tmp_path / "data", output=out, bootstrap=20))
     rows = _rows(out / "Results" / "predictions.csv")
     assert all(r["Probability"] == "" for r in rows)
-    assert "rerun ensemble.py" in json.loads((out / "Results" / "metrics.json").read_text())["calibration"]
+    assert (
+        "rerun ensemble.py" in json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))["calibration"]
+    )
 
 
 def test_evaluate_report_page_loads_every_image_when_copied(fake_scoring, tmp_path: Path, monkeypatch) -> None:
@@ -168,7 +170,7 @@ def test_evaluate_report_page_loads_every_image_when_copied(fake_scoring, tmp_pa
             ensemble_stage.run(
                 EnsembleConfig(weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / "ens", draws=50)
             )
-        ).read_text()
+        ).read_text(encoding="utf-8")
     )
     chosen = Ensemble(
         members, np.array([stored["weights"][m.short_name] for m in MEMBERS]), calibration=stored["calibration"]
@@ -180,7 +182,7 @@ def test_evaluate_report_page_loads_every_image_when_copied(fake_scoring, tmp_pa
     shutil.rmtree(out)
     shutil.rmtree(tmp_path / "data")
     page = copied / "report.html"
-    text = page.read_text()
+    text = page.read_text(encoding="utf-8")
     assert "Research use only" in text or "research" in text.lower()
     for figure in ("ROC_Curve", "Calibration_Fitted", "Referral_Curve"):
         assert figure in text

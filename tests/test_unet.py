@@ -58,7 +58,7 @@ def test_our_weights_round_trip_with_their_sidecar(tmp_path: Path) -> None:
     model = build_unet("light")
     path = tmp_path / "lung_unet.weights.h5"
     model.save_weights(path)
-    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
+    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}), encoding="utf-8")
     loaded, _meta = load_unet(path, "float32")
     probe = np.random.default_rng(1).normal(size=(1, 256, 256, 1)).astype("float32")
     np.testing.assert_allclose(loaded.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-6)
@@ -81,7 +81,7 @@ def test_folded_batch_norm_computes_the_same_function(tmp_path: Path) -> None:
             )
     path = tmp_path / "lung_unet.weights.h5"
     model.save_weights(path)
-    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}))
+    (tmp_path / "lung_unet.json").write_text(json.dumps({"architecture": "light"}), encoding="utf-8")
     folded, meta = load_unet(path, "float32")
     unfolded, _ = load_unet(path, "float32", fold=False)
     assert meta["batch_norm_folded"] is True
@@ -101,7 +101,7 @@ def _train_unet(output: Path, *extra: str) -> tuple:
     data = shared("lungmasks")
     common = ("--data", data, "--output", output, "--epochs", "1", "--batch-size", "4", "--limit", "16")
     done = run_script("train_unet.py", *common, *extra)
-    return done, json.loads((output / "lung_unet.json").read_text()) if done.returncode == 0 else None
+    return done, json.loads((output / "lung_unet.json").read_text(encoding="utf-8")) if done.returncode == 0 else None
 
 
 def test_train_unet_writes_weights_that_load_and_metadata_that_describes_them(tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_fine_tuning_starts_from_the_given_weights(tmp_path: Path) -> None:
     done, meta = _train_unet(tmp_path / "tuned", "--init", shipped, "--learning-rate", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     assert meta["training"]["init"] == str(shipped)
-    shipped_meta = json.loads(shipped.with_name("lung_unet.json").read_text())
+    shipped_meta = json.loads(shipped.with_name("lung_unet.json").read_text(encoding="utf-8"))
     assert meta["started_from"]["file"] == str(shipped)
     assert meta["started_from"]["validation"] == shipped_meta["validation"]  # provenance travels with the file
     assert meta["validation"]["dice_mean"] > 0.9, meta["validation"]

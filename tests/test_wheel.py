@@ -136,6 +136,6 @@ def test_installed_entry_point_crops_with_the_shipped_unet(installed: Path, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("crop_report.csv")
     assert (tmp_path / "out" / "a.png").is_file() and (tmp_path / "out" / "1.2.840.113619.2.55.png").is_file()
-    record = json.loads((tmp_path / "out" / "run_config.json").read_text())
+    record = json.loads((tmp_path / "out" / "run_config.json").read_text(encoding="utf-8"))
     assert record["crop_img"]["input"] == str(images) and record["_run"]["input"]["files"] == 2
     assert f"lung U-Net: {installed}" in done.stderr  # the shipped U-Net, from the installed package

@@ -135,7 +135,7 @@ class LungCropper:
         sidecar = self.path.with_name(self.path.name.removesuffix(".weights.h5") + ".json")
         meta = {"architecture": "light"} if self.path.name.endswith(".weights.h5") else {"architecture": "imlab"}
         if self.path.name.endswith(".weights.h5") and sidecar.is_file():
-            meta = json.loads(sidecar.read_text())
+            meta = json.loads(sidecar.read_text(encoding="utf-8"))
         path, folded = self.path, fold
 
         def load():

@@ -41,7 +41,7 @@ def find_pairs(root: Path) -> list[Pair]:
     manifest = root / "manifest.csv"
     pairs: list[Pair] = []
     if manifest.is_file():
-        with manifest.open(newline="") as handle:
+        with manifest.open(newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
                 pairs.append(Pair(root / row["image"], root / row["mask"], row["image"].split("/")[0]))
     else:
@@ -127,7 +127,7 @@ def _parent_summary(init: Path | None) -> dict | None:
     summary: dict = {"file": str(init)}
     sidecar = sidecar_path(init)
     if init.name.endswith(".weights.h5") and sidecar.is_file():
-        parent = json.loads(sidecar.read_text())
+        parent = json.loads(sidecar.read_text(encoding="utf-8"))
         kept = ("date", "validation", "training", "started_from")
         summary.update({key: parent[key] for key in kept if key in parent})
     return summary

@@ -44,7 +44,7 @@ def inference_policy() -> str:
     """bfloat16 compute where the CPU has native bfloat16 (AVX512-BF16 or AMX): about 1.5x faster
     here, and the shipped U-Net was trained in mixed bfloat16. float32 elsewhere."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
     except OSError:
         return "float32"
     return "mixed_bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
@@ -124,7 +124,7 @@ def load_unet(path: Path, dtype: str | None = None, fold: bool = True) -> tuple[
         raise MissingInputError(f"U-Net weights not found: {path} (pass -U/--Unet with a valid file)")
     if path.name.endswith(".weights.h5"):
         meta_file = sidecar_path(path)
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {"architecture": "light"}
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {"architecture": "light"}
         model = build_unet(meta["architecture"], dtype)
         model.load_weights(path)
         if fold and meta["architecture"] == "light":

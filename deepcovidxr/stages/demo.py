@@ -39,7 +39,7 @@ class DemoResult:
 
 def crop_check(manifest: Path, phantoms: Path, destination: Path) -> dict[str, float]:
     """Share of each phantom's true lung pixels inside its square crop, from the manifest boxes."""
-    rows = [r for r in csv.DictReader(manifest.open(newline="")) if r["status"] != "error"]
+    rows = [r for r in csv.DictReader(manifest.open(newline="", encoding="utf-8")) if r["status"] != "error"]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["file", "status", "lung_inside_crop"])

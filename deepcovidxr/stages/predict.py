@@ -441,7 +441,7 @@ def merge_predictions(shards: list[Path], output: Path) -> Path:
     rows: dict[str, list[str]] = {}
     for shard in shards:
         path = shard / layout.PREDICTIONS_CSV if shard.is_dir() else shard
-        with path.open(newline="") as handle:
+        with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
             this_header = next(reader)
             if header is not None and this_header != header:
