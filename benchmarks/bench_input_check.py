@@ -1,25 +1,26 @@
 """The input check on images it never saw: flagged rates per kind of image, and its cost.
 
 Kinds: frontal films (../shared/data/cxr, lungmasks/*/images, nih/images; and our chest phantoms,
-deepcovidxr.synthetic, which the demo and the tests crop), lateral films and CT
-slices (nonfrontal/), generated photos (input_check.synthetic_photo) and scikit-image's sample
-pictures. Every file listed in assets/input_check.json's ``fitted_on`` is left out of the rates.
-The cost per image (features + trees, on the U-Net map the crop computes anyway) is printed next
-to the crop's (decode + U-Net input + U-Net + box rules).
+deepcovidxr.synthetic, which the demo and the tests crop), lateral films and CT slices
+(nonfrontal/), generated photos (input_check.synthetic_photo) and scikit-image's sample pictures.
 
-    .venv/bin/python benchmarks/bench_input_check.py            # held-out rates and costs
-    .venv/bin/python benchmarks/bench_input_check.py --fit      # refit the shipped JSON, then measure
+Held-out rates come from patient-split cross-validation of the whole fitting procedure
+(deepcovidxr.input_check_fit): each of ``--cv`` splits fits on half of the patient groups (and the
+augmented copies of those groups' films) and counts the flags on the other half's originals; the
+counts are pooled. The shipped model is fitted the same way on everything (``--fit``) and is
+measured on photos and phantoms of seeds no fit used. The cost per image (features + model, on
+the U-Net map the crop computes anyway) is printed next to the crop's (decode + U-Net input +
+U-Net + box rules).
 
-Fitting uses the patients (``patient_id`` of the manifests, namespaced by source) whose SHA-1
-falls in the first half, synthetic photos with seeds 0..FIT_PHOTOS-1 and the sample pictures whose
-names hash the same way; the held-out photos are seeds HELDOUT_SEED...
+    .venv/bin/python benchmarks/bench_input_check.py                 # cross-validated rates, costs
+    .venv/bin/python benchmarks/bench_input_check.py --fit           # also refit the shipped JSON
+    .venv/bin/python benchmarks/bench_input_check.py --cache /tmp/ic.npz   # reuse the U-Net pass
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import sys
@@ -33,25 +34,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deepcovidxr import atomic, input_check, shipped  # noqa: E402
+from deepcovidxr import atomic, input_check, input_check_fit, shipped  # noqa: E402
 from deepcovidxr.imageio import read_gray_info  # noqa: E402
 from deepcovidxr.lungs import segment  # noqa: E402
 from deepcovidxr.lungs.cropper import LungCropper, locate  # noqa: E402
 from deepcovidxr.synthetic import make_phantom  # noqa: E402
 
 DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shared" / "data"))
-FIT_PERCENT = 50
 FIT_PHOTOS = 200
 HELDOUT_SEED = 100_000
 HELDOUT_PHOTOS = 200
 PHANTOM_SEED = 50_000
 FIT_PHANTOMS = 60
-# non-frontal films are rare next to photos: they weigh more in the fit
-WEIGHTS = {"lateral": 10.0, "ct": 10.0, "photo_synthetic": 0.5, "photo_natural": 0.5}
-
-
-def in_fit_half(group: str) -> bool:
-    return int(hashlib.sha1(group.encode()).hexdigest(), 16) % 100 < FIT_PERCENT
+HELDOUT_PHANTOMS = 40
 
 
 def shared_images(data: Path = DATA) -> list[tuple[str, str, str]]:
@@ -71,10 +66,12 @@ def shared_images(data: Path = DATA) -> list[tuple[str, str, str]]:
 
 
 def photos(fit: bool) -> list[tuple[str, str, str]]:
+    """Generated photos (fit: seeds 0..FIT_PHOTOS-1; else held-out seeds) and, for the fit, the
+    scikit-image sample pictures."""
     seeds = range(FIT_PHOTOS) if fit else range(HELDOUT_SEED, HELDOUT_SEED + HELDOUT_PHOTOS)
     synthetic = [("photo_synthetic", f"synthetic:{s}", f"synthetic:{s}") for s in seeds]
     natural = [("photo_natural", f"skimage:{n}", f"skimage:{n}") for n in input_check.NATURAL_PHOTOS]
-    return synthetic + [n for n in natural if in_fit_half(n[2]) == fit]
+    return synthetic + (natural if fit else [])
 
 
 def phantoms(fit: bool) -> list[tuple[str, str, str]]:
@@ -94,13 +91,20 @@ def load(name: str) -> tuple[np.ndarray, object]:
     return read_gray_info(DATA / name)
 
 
-def measure(items: list[tuple[str, str, str]], cropper: LungCropper, with_check: bool = True) -> list[dict]:
-    """Per image: kind, name, features, check value and the timings of each step."""
-    results = []
-    for start in range(0, len(items), cropper.batch_size):
-        chunk = items[start : start + cropper.batch_size]
+def measure(jobs: list[tuple[str, str, str, int]], cropper: LungCropper, with_check: bool = False) -> dict:
+    """``describe`` rows (and with ``with_check`` the shipped model's values) and step timings of
+    (kind, name, group, copy) jobs; copy 0 is the image as read, copy k > 0 its k-th augmented
+    copy (input_check_fit.augment)."""
+    out: dict = defaultdict(list)
+    for start in range(0, len(jobs), cropper.batch_size):
+        chunk = jobs[start : start + cropper.batch_size]
         t0 = time.perf_counter()
-        loaded = [load(name) for _, name, _ in chunk]
+        loaded = []
+        for _, name, _, copy in chunk:
+            gray, info = load(name)
+            loaded.append(
+                (input_check_fit.augment(gray, input_check_fit.seed_of(name, copy)), None) if copy else (gray, info)
+            )
         inputs = np.stack([segment.unet_input(gray) for gray, _ in loaded])
         t1 = time.perf_counter()
         probabilities = cropper.probabilities(inputs)
@@ -108,84 +112,106 @@ def measure(items: list[tuple[str, str, str]], cropper: LungCropper, with_check:
         for (gray, _), p in zip(loaded, probabilities, strict=True):
             locate(gray, p)
         t3 = time.perf_counter()
-        values, rows = [], []
         for (gray, info), p in zip(loaded, probabilities, strict=True):
-            rows.append(input_check.features(gray, p))
-            values.append(input_check.check(gray, p, info) if with_check else "")
+            out["rows"].append(input_check.describe(gray, p))
+            out["values"].append(input_check.check(gray, p, info) if with_check else "")
         t4 = time.perf_counter()
         n = len(chunk)
-        for (kind, name, group), row, value in zip(chunk, rows, values, strict=True):
-            results.append(
-                {
-                    "kind": kind,
-                    "name": name,
-                    "group": group,
-                    "features": row,
-                    "value": value,
-                    "crop_s": (t3 - t0) / n,
-                    "unet_s": (t2 - t1) / n,
-                    "check_s": (t4 - t3) / n,
-                }
-            )
-    return results
+        for kind, name, group, copy in chunk:
+            out["kinds"].append(kind)
+            out["names"].append(name)
+            out["groups"].append(group)
+            out["copies"].append(copy)
+            out["crop_s"].append((t3 - t0) / n)
+            out["unet_s"].append((t2 - t1) / n)
+            out["check_s"].append((t4 - t3) / n)
+        if start % (20 * cropper.batch_size) == 0:
+            print(f"  {start + n}/{len(jobs)} images described", file=sys.stderr, flush=True)
+    return {key: np.asarray(value) for key, value in out.items()}
 
 
-def fit(cropper: LungCropper) -> None:
-    items = [i for i in shared_images() if in_fit_half(i[2])] + photos(fit=True) + phantoms(fit=True)
-    print(f"fitting on {len(items)} images ...", flush=True)
-    rows = measure(items, cropper, with_check=False)
-    x = np.stack([r["features"] for r in rows])
-    y = np.array([not r["kind"].startswith("frontal") for r in rows])
-    w = np.array([WEIGHTS.get(r["kind"], 1.0) for r in rows])
-    model = input_check.fit_model(x, y, w, [r["name"] for r in rows])
-    model["fit"] = {
-        "data": "../shared/data (README there): cxr, lungmasks/*/images, nih/images, nonfrontal/{lateral,ct}; "
-        f"patients whose sha1('<source>:<patient_id>') % 100 < {FIT_PERCENT}; synthetic photos seeds "
-        f"0..{FIT_PHOTOS - 1}; scikit-image sample pictures by the same hash",
-        "weights": WEIGHTS,
-        "counts": {k: int(sum(r["kind"] == k for r in rows)) for k in sorted({r["kind"] for r in rows})},
-    }
-    path = shipped.asset(*input_check.MODEL_ASSET)
-    atomic.write_text(path, json.dumps(model, separators=(",", ":")) + "\n")  # compact: trees are long
-    input_check.load_model.cache_clear()
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+def described(items: list[tuple[str, str, str]], cropper: LungCropper, cache: Path | None) -> dict:
+    """Every item and its augmented copies, described once (cached in ``cache`` when given)."""
+    jobs = [(k, n, g, c) for k, n, g in items for c in range(1 + input_check_fit.copies(k, n))]
+    if cache is not None and cache.is_file():
+        data = dict(np.load(cache))
+        if [tuple(j) for j in zip(data["kinds"], data["names"], data["groups"], data["copies"], strict=True)] == [
+            (k, n, g, c) for k, n, g, c in jobs
+        ]:
+            return data
+    data = measure(jobs, cropper)
+    if cache is not None:
+        np.savez_compressed(cache, **data)
+    return data
+
+
+def table(counts: dict[str, tuple[int, int]], title: str) -> None:
+    print(f"\n{title}\n{'kind':20s} {'held-out':>8s} {'flagged':>8s} {'rate':>7s}")
+    for kind, (flagged, total) in counts.items():
+        print(f"{kind:20s} {total:8d} {flagged:8d} {flagged / total:7.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--fit", action="store_true", help="refit assets/input_check.json first")
+    parser.add_argument("--fit", action="store_true", help="refit assets/input_check.json on every image")
+    parser.add_argument("--cv", type=int, default=20, help="patient splits of the cross-validation (0: none)")
+    parser.add_argument("--cache", type=Path, default=None, help="npz file keeping the described images")
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args(argv)
     cropper = LungCropper(batch_size=args.batch_size)
+    data = described(shared_images() + photos(fit=True) + phantoms(fit=True), cropper, args.cache)
+    original = data["copies"] == 0
+    print(f"{int(original.sum())} images, {int((~original).sum())} augmented copies", flush=True)
+    cv = None
+    if args.cv:
+        t0 = time.perf_counter()
+        cv = input_check_fit.cross_validate(
+            data["rows"][original],
+            data["kinds"][original],
+            data["groups"][original],
+            (data["rows"][~original], data["kinds"][~original], data["groups"][~original]),
+            splits=args.cv,
+        )
+        table(cv, f"held out: pooled over {args.cv} patient splits (fit on half, flags on the other half)")
+        print(f"({time.perf_counter() - t0:.0f} s)")
     if args.fit:
-        fit(cropper)
+        model = input_check_fit.fit_model(data["rows"], data["kinds"], data["names"][original])
+        model["fit"] = {
+            "data": "../shared/data (README there): cxr, lungmasks/*/images, nih/images, nonfrontal/{lateral,ct}; "
+            f"synthetic photos seeds 0..{FIT_PHOTOS - 1}; scikit-image sample pictures; phantoms seeds "
+            f"{PHANTOM_SEED}..{PHANTOM_SEED + FIT_PHANTOMS - 1}; plus augmented copies (input_check_fit.augment)",
+            "kind_weights": {**input_check_fit.KIND_WEIGHT, "frontal_*": input_check_fit.FRONTAL_WEIGHT},
+            "counts": {k: int((data["kinds"] == k).sum()) for k in sorted(set(data["kinds"]))},
+            "cross_validation": None if cv is None else {k: {"flagged": a, "held_out": b} for k, (a, b) in cv.items()},
+            "cross_validation_splits": args.cv,
+        }
+        path = shipped.asset(*input_check.MODEL_ASSET)
+        atomic.write_text(path, json.dumps(model, separators=(",", ":")) + "\n")
+        input_check.load_model.cache_clear()
+        print(f"\nwrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
+    # The shipped model on images no fit used.
+    fresh = measure([(k, n, g, 0) for k, n, g in photos(fit=False) + phantoms(fit=False)], cropper, True)
+    counts = {}
+    for kind in sorted(set(fresh["kinds"])):
+        chosen = fresh["kinds"] == kind
+        counts[kind] = (int((fresh["values"][chosen] != input_check.OK).sum()), int(chosen.sum()))
+    table(counts, "shipped model on photos and phantoms of unseen seeds")
     fitted = set(input_check.load_model()["fitted_on"])
-    items = [i for i in shared_images() + photos(fit=False) + phantoms(fit=False) if i[1] not in fitted]
-    print(f"held-out: {len(items)} images (left out: {len(fitted)} fitted on)", flush=True)
-    results = measure(items, cropper)
-    by_kind: dict[str, list[dict]] = defaultdict(list)
-    for r in results:
-        by_kind[r["kind"]].append(r)
-    print(f"\n{'kind':20s} {'held-out':>8s} {'flagged':>8s} {'rate':>7s}  values")
-    for kind in sorted(by_kind):
-        rows = by_kind[kind]
-        flagged = sum(r["value"] != input_check.OK for r in rows)
-        values = defaultdict(int)
-        for r in rows:
-            values[r["value"]] += 1
-        print(f"{kind:20s} {len(rows):8d} {flagged:8d} {flagged / len(rows):7.1%}  {dict(values)}")
-    frontal = [r for r in results if r["kind"].startswith("frontal")]
-    wrong = [r["name"] for r in frontal if r["value"] != input_check.OK]
-    print("\nflagged frontal films:", *wrong, sep="\n  " if wrong else " ")
-    missed = [r["name"] for r in results if r["kind"] in ("lateral", "ct") and r["value"] == input_check.OK]
-    print("lateral/CT passed as frontal:", *missed, sep="\n  " if missed else " ")
-    real = [r for r in results if not r["kind"].startswith(("photo", "frontal_phantom"))]
-    check_ms = 1000 * np.median([r["check_s"] for r in real])
-    crop_ms = 1000 * np.median([r["crop_s"] for r in real])
-    unet_ms = 1000 * np.median([r["unet_s"] for r in real])
+    real = original & np.array([not str(k).startswith(("photo", "frontal_phantom")) for k in data["kinds"]])
+    unseen = [n for n in data["names"][real] if n not in fitted]
+    print(f"shared images the shipped model was not fitted on: {len(unseen)}")
+    # The cost: the whole check (features + model) on real films, next to the crop of the same films.
+    films = [
+        (k, n, g, 0) for k, n, g in zip(data["kinds"][real], data["names"][real], data["groups"][real], strict=True)
+    ]
+    timed = measure(films[:: max(1, len(films) // 128)], cropper, True)
+    check_ms = 1000 * np.median(timed["check_s"])
+    crop_ms = 1000 * np.median(timed["crop_s"])
+    unet_ms = 1000 * np.median(timed["unet_s"])
     print(
-        f"\ncost per image (median over batches of {args.batch_size}, real films): check {check_ms:.2f} ms; "
-        f"crop {crop_ms:.1f} ms (of which U-Net {unet_ms:.1f} ms); check/crop {check_ms / crop_ms:.1%}"
+        f"\ncost per image (median over batches of {args.batch_size}, {len(timed['kinds'])} real films): check "
+        f"{check_ms:.2f} ms; crop {crop_ms:.1f} ms (of which U-Net {unet_ms:.1f} ms); "
+        f"check/crop {check_ms / crop_ms:.1%}"
     )
     return 0
 

@@ -22,24 +22,26 @@ The values (``VALUES``), in the order they are tested:
 * ``not_frontal_chest``: :func:`non_frontal_score` >= the threshold shipped with the model.
 * ``ok``: none of these.
 
-``non_frontal_score`` is a small extra-trees classifier (scikit-learn ``ExtraTreesClassifier``,
-evaluated here in numpy from ``assets/input_check.json``, no pickle) on ``FEATURES``: the U-Net
-map's lung geometry (the two largest lung fields: areas, area ratio, left/right positions, vertical
-offset, box, mirror symmetry, how sure the map is), the grey levels in and between them (the
-mediastinum is brighter than the lungs; on CT the lungs are as dark as the air outside) and
-image statistics (edges, entropy, left-right mirror correlation, dark border). The JSON records
-the files it was fitted on (``fitted_on``), so evaluations use only files it never saw;
-``benchmarks/bench_input_check.py`` measures the flag rates per kind of image on held-out files
-and refits the model with ``--fit``. Fitted on frontal films (``../shared/data/cxr``,
-``lungmasks``, ``nih/images``), lateral films and CT slices (``nonfrontal``), generated photos
-(:func:`synthetic_photo`) and scikit-image's sample pictures (``NATURAL_PHOTOS``), split by
-patient.
+``non_frontal_score`` is a logistic regression (fitted with scikit-learn, evaluated here in numpy
+from ``assets/input_check.json``, no pickle) on :func:`describe`: the ``FEATURES`` (the U-Net map's
+lung geometry: the two largest lung fields' areas, area ratio, left/right positions, vertical
+offset, box, mirror symmetry, how sure the map is; the grey levels in and between them, since the
+mediastinum is brighter than the lungs and on CT the lungs are as dark as the air outside; image
+statistics: edges, entropy, left-right mirror correlation, dark border) plus how far the image's
+and the lung map's 16 px thumbnails lie from the principal components of frontal films; every
+column goes through its fitted quantiles to a standard normal. ``deepcovidxr.input_check_fit``
+fits it (frontal films of ``../shared/data/cxr``, ``lungmasks``, ``nih/images`` and our phantoms;
+lateral films and CT slices of ``nonfrontal`` with augmented copies; generated photos
+(:func:`synthetic_photo`) and scikit-image's sample pictures (``NATURAL_PHOTOS``)) and measures
+the procedure on patients it never saw; the JSON records the files it was fitted on and those
+held-out figures. ``benchmarks/bench_input_check.py`` runs both.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import statistics
 from pathlib import Path
 
 import cv2
@@ -59,6 +61,8 @@ BLANK_SPREAD = 8  # grey levels between the 1st and 99th percentile
 MIN_MIDTONE_FRACTION = 0.05  # as dicom.MIN_MIDTONE_FRACTION
 MODEL_ASSET = ("input_check.json",)
 SIZE = 256  # the U-Net's input size: the probability map's and the features' scale
+THUMB = 16  # thumbnails of the image and of the lung map: 16 px did as well as 32 and 64 in the fit
+PCA_PARTS = ("image", "lungs")  # the two thumbnails, in the order describe() appends them
 
 FEATURES = (
     "a1", "a2", "rest", "mass", "sure", "fuzzy", "xl", "xr", "dy", "ymean", "ratio", "bw", "bh", "y0", "y1",
@@ -93,8 +97,8 @@ def check(gray: np.ndarray, probability: np.ndarray, info=None) -> str:
 
 
 def non_frontal_score(gray: np.ndarray, probability: np.ndarray, model: dict | None = None) -> float:
-    """The classifier's probability that the image is not a frontal chest film (0..1)."""
-    return predict(model or load_model(), features(gray, probability)[None])[0]
+    """The model's probability that the image is not a frontal chest film (0..1)."""
+    return float(predict(model or load_model(), describe(gray, probability)[None])[0])
 
 
 # ---------------------------------------------------------------- features
@@ -102,12 +106,21 @@ def non_frontal_score(gray: np.ndarray, probability: np.ndarray, model: dict | N
 
 def features(gray: np.ndarray, probability: np.ndarray) -> np.ndarray:
     """``FEATURES`` of one image, float64, from the image and its 256 px U-Net map."""
+    return describe(gray, probability)[: len(FEATURES)]
+
+
+def describe(gray: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """Everything the model reads of one image, float64: ``FEATURES``, then the image's and the lung
+    map's ``THUMB`` x ``THUMB`` thumbnails (grey levels 0..1, probabilities)."""
     from deepcovidxr.lungs.segment import resize_gray
 
     height, width = gray.shape[:2]
     small = gray if gray.shape == (SIZE, SIZE) else resize_gray(gray, SIZE, SIZE)
-    values = _features(small, np.asarray(probability, np.float32), height, width)
-    return np.array([values[name] for name in FEATURES], np.float64)
+    p = np.asarray(probability, np.float32)
+    values = _features(small, p, height, width)
+    thumbs = [cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA) for image in (small, p)]
+    named = [values[name] for name in FEATURES]
+    return np.concatenate([named, thumbs[0].ravel() / 255.0, thumbs[1].ravel()]).astype(np.float64)
 
 
 def _features(gray256: np.ndarray, p: np.ndarray, height: int, width: int) -> dict[str, float]:
@@ -199,73 +212,68 @@ def _mirror_correlation(gray256: np.ndarray) -> float:
     return best
 
 
-# ---------------------------------------------------------------- the model (JSON trees)
+# ---------------------------------------------------------------- the model (JSON, numpy)
 
 
 @functools.cache
 def load_model(path: Path | None = None) -> dict:
-    """The shipped classifier (``assets/input_check.json``) with its trees as numpy arrays."""
+    """The shipped model (``assets/input_check.json``) with its arrays as numpy arrays."""
     data = json.loads(Path(path or shipped.asset(*MODEL_ASSET)).read_text(encoding="utf-8"))
-    if tuple(data["features"]) != FEATURES:
+    if tuple(data.get("features", ())) != FEATURES or data.get("thumb") != THUMB or "coef" not in data:
         raise RuntimeError(f"{path or MODEL_ASSET}: fitted on other features than this version computes")
-    trees = [{key: np.asarray(value) for key, value in tree.items()} for tree in data["trees"]]
-    return {**data, "trees": trees}
+    return model_arrays(data)
+
+
+def model_arrays(data: dict) -> dict:
+    """A model as its JSON holds it, with the arrays ``predict`` reads as numpy arrays."""
+    arrays = {key: np.asarray(data[key], np.float64) for key in ("quantiles", "coef")}
+    pca = {name: {k: np.asarray(v, np.float64) for k, v in part.items()} for name, part in data["pca"].items()}
+    return {**data, **arrays, "pca": pca}
+
+
+def model_inputs(model: dict, rows: np.ndarray) -> np.ndarray:
+    """The logistic model's inputs from ``describe`` rows: the features plus, per thumbnail, how far
+    it lies from the frontal films' principal components (residual, Mahalanobis distance), each
+    column mapped through the fit's quantiles to a standard normal (robust to heavy tails)."""
+    rows = np.atleast_2d(np.asarray(rows, np.float64))
+    n, area = len(FEATURES), THUMB * THUMB
+    parts = [rows[:, :n]]
+    for index, name in enumerate(PCA_PARTS):
+        parts.append(pca_distances(model["pca"][name], rows[:, n + index * area : n + (index + 1) * area]))
+    return gaussianize(np.hstack(parts), model["quantiles"])
 
 
 def predict(model: dict, rows: np.ndarray) -> np.ndarray:
-    """Mean leaf probability of the non-frontal class over the trees, one per row of ``rows``."""
-    rows = np.asarray(rows, np.float64)
-    total = np.zeros(len(rows))
-    for tree in model["trees"]:
-        node = np.zeros(len(rows), np.int64)
-        left, right, feature, threshold = tree["left"], tree["right"], tree["feature"], tree["threshold"]
-        while True:
-            inner = left[node] >= 0
-            if not inner.any():
-                break
-            here = node[inner]
-            go_left = rows[inner, feature[here]] <= threshold[here]
-            node[inner] = np.where(go_left, left[here], right[here])
-        total += tree["value"][node]
-    return total / len(model["trees"])
+    """The probability of "not a frontal chest film", one per ``describe`` row."""
+    logit = model_inputs(model, rows) @ model["coef"] + model["intercept"]
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -60, 60)))
 
 
-def fit_model(
-    rows: np.ndarray,
-    non_frontal: np.ndarray,
-    weights: np.ndarray,
-    fitted_on: list[str],
-    trees: int = 60,
-    depth: int = 6,
-    threshold: float = 0.5,
-    seed: int = 0,
-) -> dict:
-    """Fit the extra-trees classifier and return the JSON-ready model (``fitted_on`` recorded)."""
-    from sklearn.ensemble import ExtraTreesClassifier
+def pca_distances(pca: dict, thumbs: np.ndarray) -> np.ndarray:
+    """(residual power, log(1 + Mahalanobis^2)) of contrast-normalised thumbnails in a PCA of
+    frontal films (``pca``: mean, components, variance)."""
+    x = normalise_thumbs(thumbs)
+    z = (x - pca["mean"]) @ pca["components"].T
+    residual = x - pca["mean"] - z @ pca["components"]
+    return np.stack([(residual**2).mean(axis=1), np.log1p(((z**2) / pca["variance"]).sum(axis=1))], axis=1)
 
-    forest = ExtraTreesClassifier(n_estimators=trees, max_depth=depth, min_samples_leaf=2, random_state=seed)
-    forest.fit(rows, non_frontal.astype(int), sample_weight=weights)
-    exported = []
-    for estimator in forest.estimators_:
-        t = estimator.tree_
-        counts = t.value[:, 0, :]
-        probability = counts[:, 1] / np.maximum(counts.sum(axis=1), 1e-12)
-        exported.append(
-            {
-                "left": t.children_left.tolist(),
-                "right": t.children_right.tolist(),
-                "feature": [int(max(v, 0)) for v in t.feature],
-                "threshold": [round(float(v), 6) for v in t.threshold],
-                "value": [round(float(v), 5) for v in probability],
-            }
-        )
-    return {
-        "model": f"sklearn ExtraTreesClassifier(n_estimators={trees}, max_depth={depth}, min_samples_leaf=2)",
-        "features": list(FEATURES),
-        "threshold": threshold,
-        "trees": exported,
-        "fitted_on": sorted(fitted_on),
-    }
+
+def normalise_thumbs(thumbs: np.ndarray) -> np.ndarray:
+    """Each thumbnail to zero mean and unit spread: the PCA sees shape, not exposure."""
+    return (thumbs - thumbs.mean(axis=1, keepdims=True)) / (thumbs.std(axis=1, keepdims=True) + 1e-6)
+
+
+def gaussianize(x: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    """Each column through its fitted quantiles to uniform, then to a standard normal (clipped)."""
+    levels = np.linspace(0.0, 1.0, quantiles.shape[0])
+    uniform = np.stack([np.interp(x[:, j], quantiles[:, j], levels) for j in range(x.shape[1])], axis=1)
+    return np.interp(np.clip(uniform, 1e-3, 1 - 1e-3), *_normal_table())
+
+
+@functools.cache
+def _normal_table() -> tuple[np.ndarray, np.ndarray]:
+    grid = np.linspace(1e-3, 1 - 1e-3, 2001)
+    return grid, np.array([statistics.NormalDist().inv_cdf(float(u)) for u in grid])
 
 
 # ---------------------------------------------------------------- "photos" for fitting and tests

@@ -1,8 +1,10 @@
-"""input_check: is an image a frontal chest film? Rates on held-out shared images, the simple
-reasons, and the wiring into crop_img.py's report and build_dataset.py's tree.
+"""input_check: is an image a frontal chest film? The fitting procedure measured on patients it
+never saw (cross-validation on a sample of ../shared/data), the shipped model on photos and
+phantoms no fit used, the simple reasons, and the wiring into crop_img.py's report and
+build_dataset.py's tree.
 
-The rates here are on a sample of the held-out files (runtime); benchmarks/bench_input_check.py
-measures them on all of them.
+benchmarks/bench_input_check.py measures the same on every shared image (20 splits, all the
+augmented copies the shipped fit uses); this test uses a sample and fewer copies to stay short.
 """
 
 from __future__ import annotations
@@ -15,17 +17,25 @@ import pytest
 from conftest import shared
 from PIL import Image
 
-from deepcovidxr import input_check
+from deepcovidxr import input_check, input_check_fit
 from deepcovidxr.imageio import read_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.pixels import ReadInfo
 from deepcovidxr.synthetic import make_phantom
 
-HELDOUT_PHOTO_SEED = 200_000  # never fitted on (the fit used seeds 0..199)
+UNSEEN_PHOTO_SEED = 200_000  # no fit used these (the shipped fit: seeds 0..199)
+UNSEEN_PHANTOM_SEED = 300_000
+TEST_COPIES = 3  # augmented copies per lateral / CT film in the test's fits (the shipped fit: 10)
+SPLITS = 6
 
 
-def _fitted_on() -> set[str]:
-    return set(input_check.load_model()["fitted_on"])
+def _describe(cropper, grays: list[np.ndarray]) -> np.ndarray:
+    rows = []
+    for start in range(0, len(grays), 16):
+        chunk = grays[start : start + 16]
+        probabilities = cropper.probabilities(np.stack([segment.unet_input(g) for g in chunk]))
+        rows += [input_check.describe(g, p) for g, p in zip(chunk, probabilities, strict=True)]
+    return np.array(rows)
 
 
 def _values(cropper, grays: list[np.ndarray]) -> list[str]:
@@ -33,55 +43,100 @@ def _values(cropper, grays: list[np.ndarray]) -> list[str]:
     return [input_check.check(g, p) for g, p in zip(grays, probabilities, strict=True)]
 
 
-def _heldout(folder: str, pattern: str, limit: int | None = None) -> list[Path]:
-    root = shared()
-    fitted = _fitted_on()
-    files = sorted(p for p in shared(*folder.split("/")).glob(pattern) if p.relative_to(root).as_posix() not in fitted)
-    if limit is not None and len(files) > limit:
-        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
-    return files
+def _sample(files: list[Path], limit: int) -> list[Path]:
+    files = sorted(files)
+    return files if len(files) <= limit else [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
 
 
-def _rate(values: list[str]) -> float:
-    return sum(v != input_check.OK for v in values) / len(values)
+def _group(path: Path) -> str:
+    """The patient group of a shared file (nonfrontal and cxr name patients in their manifests)."""
+    return _PATIENTS.get(path.relative_to(shared()).as_posix(), path.stem)
+
+
+_PATIENTS: dict[str, str] = {}
+
+
+def _load_patients() -> None:
+    for folder, column in (("nonfrontal", "file"), ("cxr", "file")):
+        with (shared(folder) / "manifest.csv").open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                _PATIENTS[f"{folder}/{row[column]}"] = f"{folder}:{row['patient_id']}"
 
 
 @pytest.fixture(scope="module")
-def heldout_rates(lung_cropper) -> dict[str, float]:
-    kinds = {
-        "frontal cxr": [read_gray(p) for p in _heldout("cxr", "*/*", 60)],
-        "frontal lungmasks": [read_gray(p) for p in _heldout("lungmasks", "*/images/*.png", 40)],
-        "lateral": [read_gray(p) for p in _heldout("nonfrontal/lateral", "*")],
-        "ct": [read_gray(p) for p in _heldout("nonfrontal/ct", "*")],
-        "photos": [input_check.synthetic_photo(HELDOUT_PHOTO_SEED + s) for s in range(24)],
-        "phantoms": [make_phantom(300_000 + s, positive=bool(s % 2)).image for s in range(8)],
-    }
+def cross_validated(lung_cropper) -> dict[str, float]:
+    """Flag rates of the fitting procedure on held-out patients, pooled over SPLITS splits."""
+    _load_patients()
+    kinds: list[tuple[str, list[np.ndarray], list[str]]] = []
+    for kind, folder, pattern, limit in (
+        ("frontal_cxr", "cxr", "*/*", 250),
+        ("frontal_lungmasks", "lungmasks", "*/images/*.png", 250),
+        ("lateral", "nonfrontal/lateral", "*", 100),
+        ("ct", "nonfrontal/ct", "*", 100),
+    ):
+        files = _sample(list(shared(*folder.split("/")).glob(pattern)), limit)
+        kinds.append((kind, [read_gray(p) for p in files], [_group(p) for p in files]))
+    seeds = range(UNSEEN_PHOTO_SEED, UNSEEN_PHOTO_SEED + 48)
+    kinds.append(("photo_synthetic", [input_check.synthetic_photo(s) for s in seeds], [f"photo:{s}" for s in seeds]))
+    seeds = range(UNSEEN_PHANTOM_SEED, UNSEEN_PHANTOM_SEED + 12)
+    kinds.append(
+        ("frontal_phantom", [make_phantom(s, positive=bool(s % 2)).image for s in seeds], [f"ph:{s}" for s in seeds])
+    )
+    grays = [g for _, images, _ in kinds for g in images]
+    labels = [kind for kind, images, _ in kinds for _ in images]
+    groups = [group for _, _, names in kinds for group in names]
+    copies = [
+        (input_check_fit.augment(g, input_check_fit.seed_of(group, c)), kind, group)
+        for g, kind, group in zip(grays, labels, groups, strict=True)
+        if kind in ("lateral", "ct")
+        for c in range(1, TEST_COPIES + 1)
+    ]
+    rows = _describe(lung_cropper, grays)
+    extra = (_describe(lung_cropper, [c[0] for c in copies]), [c[1] for c in copies], [c[2] for c in copies])
+    counts = input_check_fit.cross_validate(rows, labels, groups, extra, splits=SPLITS)
     rates = {}
-    for kind, grays in kinds.items():
-        values = _values(lung_cropper, grays)
-        rates[kind] = _rate(values)
-        print(f"{kind:18s} held-out {len(grays):3d} flagged {rates[kind]:.1%} {sorted(set(values))}")
+    for kind, (flagged, total) in counts.items():
+        rates[kind] = flagged / total
+        print(f"{kind:18s} held out {total:4d} flagged {flagged:4d} ({rates[kind]:.1%})")
     return rates
 
 
-def test_flag_rates_on_heldout_images(heldout_rates: dict[str, float]) -> None:
-    """What the shipped model does reach (regression bounds a little below the benchmark's numbers)."""
-    rates = heldout_rates
-    assert rates["frontal cxr"] <= 0.05 and rates["frontal lungmasks"] <= 0.05
-    assert rates["phantoms"] == 0.0  # the demo's and the tests' films are frontal chests
-    assert rates["photos"] >= 0.9
-    assert rates["ct"] >= 0.75 and rates["lateral"] >= 0.6
+def test_the_fit_flags_unseen_patients_non_frontal_films(cross_validated: dict[str, float]) -> None:
+    """Issue 13: >= 90 % of lateral films, CT slices and photos flagged, <= 2 % of frontal films.
+    Fitted on this sample (fewer frontal films to learn from than the shipped fit's 1191 images)
+    the frontal bound is 4 %; on all of them (the benchmark, 20 splits) it is 1.7 % and 0.5 %."""
+    rates = cross_validated
+    assert rates["ct"] >= 0.9 and rates["lateral"] >= 0.9 and rates["photo_synthetic"] >= 0.9
+    assert rates["frontal_cxr"] <= 0.04 and rates["frontal_lungmasks"] <= 0.04
+    assert rates["frontal_phantom"] == 0.0  # the demo's and the tests' films are frontal chests
 
 
-@pytest.mark.xfail(
-    reason="issue 13 target not met yet: held-out CT 82 %, lateral 71 %, frontal cxr 2.2 % flagged "
-    "(benchmarks/bench_input_check.py)",
-    strict=False,
-)
-def test_flag_rates_meet_the_issue_target(heldout_rates: dict[str, float]) -> None:
-    rates = heldout_rates
-    assert rates["frontal cxr"] <= 0.02 and rates["frontal lungmasks"] <= 0.02
-    assert rates["ct"] >= 0.9 and rates["lateral"] >= 0.9 and rates["photos"] >= 0.9
+def test_the_shipped_fit_met_the_issue_target_when_measured() -> None:
+    """The held-out figures the benchmark recorded in the shipped JSON when it fitted it."""
+    held_out = input_check.load_model()["fit"]["cross_validation"]
+    rate = {kind: v["flagged"] / v["held_out"] for kind, v in held_out.items()}
+    assert min(rate["ct"], rate["lateral"], rate["photo_synthetic"], rate["photo_natural"]) >= 0.9, rate
+    assert max(rate["frontal_cxr"], rate["frontal_lungmasks"], rate["frontal_nih"]) <= 0.02, rate
+
+
+def test_the_shipped_model_on_unseen_photos_and_phantoms(lung_cropper) -> None:
+    photos = [input_check.synthetic_photo(UNSEEN_PHOTO_SEED + 100 + s) for s in range(24)]
+    phantoms = [make_phantom(UNSEEN_PHANTOM_SEED + 100 + s, positive=bool(s % 2)).image for s in range(8)]
+    photo_values = _values(lung_cropper, photos)
+    assert sum(v != input_check.OK for v in photo_values) / len(photos) >= 0.9, photo_values
+    assert _values(lung_cropper, phantoms) == [input_check.OK] * len(phantoms)
+
+
+def test_describe_and_features_agree() -> None:
+    gray = make_phantom(7, positive=True).image
+    probability = np.zeros((256, 256), np.float32)
+    probability[60:200, 40:110] = probability[60:200, 146:216] = 0.95
+    row = input_check.describe(gray, probability)
+    assert row.shape == (len(input_check.FEATURES) + 2 * input_check.THUMB**2,)
+    assert np.array_equal(row[: len(input_check.FEATURES)], input_check.features(gray, probability))
+    # the lung-map thumbnail is the map itself at 16 px: two fields either side of the middle
+    lungs = row[-(input_check.THUMB**2) :].reshape(input_check.THUMB, input_check.THUMB)
+    assert lungs[8, 4] > 0.9 and lungs[8, 11] > 0.9 and lungs[8, 7] < 0.1 and lungs[1, 4] < 0.1
 
 
 def test_simple_reasons() -> None:
@@ -98,16 +153,26 @@ def test_simple_reasons() -> None:
 
 def test_model_json_is_self_describing() -> None:
     model = input_check.load_model()
-    assert tuple(model["features"]) == input_check.FEATURES
-    assert 0 < model["threshold"] < 1 and model["trees"] and model["fitted_on"]
+    assert tuple(model["features"]) == input_check.FEATURES and model["thumb"] == input_check.THUMB
+    assert 0 < model["threshold"] < 1 and len(model["coef"]) == len(input_check.FEATURES) + 4
     fitted_kinds = {name.split("/")[1] for name in model["fitted_on"] if name.startswith("nonfrontal/")}
-    assert fitted_kinds == {"lateral", "ct"}  # some of each fitted on, the rest held out
+    assert fitted_kinds == {"lateral", "ct"}
+    # the held-out figures of the procedure that made it travel with it
+    held_out = model["fit"]["cross_validation"]
+    assert held_out["ct"]["held_out"] > 0 and held_out["lateral"]["flagged"] <= held_out["lateral"]["held_out"]
+
+
+def test_a_model_of_other_features_is_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"
+    old.write_text('{"features": ["a1"], "trees": []}', encoding="utf-8")
+    with pytest.raises(RuntimeError, match="other features"):
+        input_check.load_model(old)
 
 
 def _frontal_and_ct() -> tuple[Path, Path]:
-    frontal = _heldout("lungmasks", "shenzhen/images/*.png", 1)[0]
-    ct = _heldout("nonfrontal/ct", "*", 1)[0]
-    return frontal, ct
+    return sorted(shared("lungmasks", "shenzhen", "images").glob("*.png"))[0], sorted(
+        shared("nonfrontal", "ct").iterdir()
+    )[0]
 
 
 def test_crop_report_has_input_check(tmp_path: Path, lung_cropper) -> None:
@@ -125,7 +190,7 @@ def test_crop_report_has_input_check(tmp_path: Path, lung_cropper) -> None:
     assert "input_check" in crop.REPORT_COLUMNS
     assert rows["frontal.png"]["input_check"] == input_check.OK
     assert rows["blank.png"]["input_check"] == input_check.BLANK
-    assert rows["ct.png"]["input_check"] in input_check.VALUES
+    assert rows["ct.png"]["input_check"] == input_check.NOT_FRONTAL_CHEST
     assert (tmp_path / "out" / "blank.png").is_file()  # the crop stage still crops flagged images
 
 
