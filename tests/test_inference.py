@@ -401,3 +401,52 @@ def test_predict_does_not_score_flagged_images_unless_asked(weights_dir: Path, t
     rows = _rows(tmp_path / "scored" / "predictions.csv")
     assert rows["blank.png"]["input_check"] == "blank" and rows["blank.png"]["Scores"] != ""
     assert rows["chest.png"]["Scores"] == _rows(tmp_path / "default" / "predictions.csv")["chest.png"]["Scores"]
+
+
+def test_predict_threshold_names_the_operating_point_stored_with_the_weights(
+    folder_run, weights_dir: Path, messy_images: Path, tmp_path: Path
+) -> None:
+    """``--threshold youden`` decides ``Binary pred`` with the threshold ensemble.py stored, and
+    ``Probability`` is the stored calibration of ``Scores``; the default stays the original's 0.5."""
+    from deepcovidxr import calibration, ensemble
+
+    default_out, _ = folder_run
+    default = _rows(default_out / "predictions.csv")
+    scores = sorted(float(r["Scores"]) for r in default.values() if r["Scores"])
+    assert all(r["Binary pred"] == str(int(float(r["Scores"]) >= 0.5)) for r in default.values() if r["Scores"])
+    rng = np.random.default_rng(0)
+    labels = (rng.random(200) < 0.5).astype(float)
+    fit = calibration.fit_from_split(np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.1, 200), 0, 1), labels)
+    # A Youden point between the images' scores, so the decision visibly follows it.
+    cut = (scores[0] + scores[1]) / 2
+    stored = {**fit.to_dict(), "operating_points": {**fit.operating_points, "youden": cut}}
+    folder = tmp_path / "calibrated"
+    folder.mkdir()
+    ensemble.save_weights(ensemble.load_weights(weights_dir / "ensemble_weights.json"), folder, calibration=stored)
+    common = ("-w", weights_dir, "-i", messy_images, "-e", folder / "ensemble_weights.json", "--batch-size", "2")
+    done = run_script("predict.py", *common, "-o", tmp_path / "youden", "--threshold", "youden")
+    assert done.returncode == 1, done.stderr[-3000:]  # the broken file, as before
+    rows = _rows(tmp_path / "youden" / "predictions.csv")
+    info = json.loads((tmp_path / "youden" / "predictions_info.json").read_text(encoding="utf-8"))
+    assert info["threshold"] == pytest.approx(cut) and info["threshold_rule"] == "youden"
+    decided = {name: r for name, r in rows.items() if r["Scores"]}
+    assert {name: r["Scores"] for name, r in decided.items()} == {
+        name: r["Scores"] for name, r in default.items() if r["Scores"]
+    }
+    for row in decided.values():
+        score = float(row["Scores"])
+        assert row["Binary pred"] == str(int(score >= cut))
+        assert float(row["Probability"]) == pytest.approx(float(fit.calibration.apply(score)), abs=1e-4)
+    assert {r["Binary pred"] for r in decided.values()} == {"0", "1"}
+    # Weights without a stored calibration cannot name an operating point: a clear error.
+    done = run_script(
+        "predict.py",
+        *common[:4],
+        "-e",
+        weights_dir / "ensemble_weights.json",
+        "-o",
+        tmp_path / "x",
+        "--threshold",
+        "sens95",
+    )
+    assert done.returncode == 2 and "Rerun ensemble.py" in done.stderr, done.stderr[-2000:]
