@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from deepcovidxr import calibration, uncertainty
+from deepcovidxr import calibration, multiclass_calibration, uncertainty
+from deepcovidxr.errors import UsageError
 from deepcovidxr.inference import Ensemble
 from deepcovidxr.report_page import Figure, Metric
 
@@ -33,13 +34,43 @@ def image_uncertainty(chosen: Ensemble, scores: np.ndarray, tta_variance: np.nda
 
 
 def stored_fit(chosen: Ensemble) -> calibration.ValidationFit | None:
-    return calibration.ValidationFit.from_dict(chosen.calibration) if chosen.calibration else None
+    """A binary ensemble's stored Validation fit (calibration + operating points), or None."""
+    if not chosen.binary or not chosen.calibration:
+        return None
+    return calibration.ValidationFit.from_dict(chosen.calibration)
+
+
+def stored_multiclass_fit(chosen: Ensemble) -> multiclass_calibration.MulticlassFit | None:
+    """A multi-class ensemble's stored temperature, or None."""
+    if chosen.binary or not multiclass_calibration.is_multiclass(chosen.calibration):
+        return None
+    fit = multiclass_calibration.MulticlassFit.from_dict(chosen.calibration)
+    if fit.classes != tuple(chosen.classes):
+        raise UsageError(
+            f"the calibration stored with the ensemble weights is for classes {', '.join(fit.classes)}, "
+            f"the members' are {', '.join(chosen.classes)}: rerun ensemble.py"
+        )
+    return fit
 
 
 def probabilities(chosen: Ensemble, combined: np.ndarray) -> np.ndarray | None:
-    """The calibrated probability of each ensemble score, or None without a stored calibration."""
-    fit = stored_fit(chosen)
-    return None if fit is None else fit.calibration.apply(combined)
+    """The ``Probability`` column, or None without a stored calibration: binary, the calibrated
+    probability of each ensemble score; multi-class, the temperature-scaled probability of the
+    predicted class (the argmax, which scaling never changes)."""
+    if chosen.binary:
+        fit = stored_fit(chosen)
+        return None if fit is None else fit.calibration.apply(combined)
+    fit = stored_multiclass_fit(chosen)
+    return None if fit is None else fit.apply(combined).max(axis=1)
+
+
+def held_out_calibration(chosen: Ensemble, combined: np.ndarray, labels: np.ndarray, n_boot: int, seed: int):
+    """The stored calibration's figures on another split (Test), or None without one."""
+    if chosen.binary:
+        fit = stored_fit(chosen)
+        return None if fit is None else calibration.held_out_report(fit, combined, labels, n_boot=n_boot, seed=seed)
+    fit = stored_multiclass_fit(chosen)
+    return None if fit is None else multiclass_calibration.held_out_report(fit, combined, labels)
 
 
 def threshold(chosen: Ensemble, spec: str | float) -> float:
@@ -90,7 +121,12 @@ def metric_rows(summary: dict, held_out: dict | None, rows: list[dict]) -> list[
                     " / ".join(_fmt(values[k]) for k in ("sensitivity", "specificity", "precision", "f1")),
                 )
             )
-    if held_out:
+    if held_out and "log_loss_raw" in held_out:  # multi-class: temperature scaling
+        method = f"temperature {held_out['temperature']:.3f}"
+        for label, key in (("Top-label ECE", "ece"), ("Brier score", "brier"), ("Log loss", "log_loss")):
+            out.append(Metric(f"{label} (raw probabilities)", held_out[f"{key}_raw"]))
+            out.append(Metric(f"{label} ({method})", held_out[f"{key}_calibrated"]))
+    elif held_out:
         out.append(Metric("Expected calibration error (raw score)", held_out["ece_raw"]))
         out.append(Metric(f"Expected calibration error ({held_out['calibration_method']})", held_out["ece_calibrated"]))
         out.append(Metric("Brier score (raw score)", held_out["brier_raw"]))

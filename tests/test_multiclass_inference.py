@@ -11,7 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 
 from deepcovidxr import ensemble, metrics
 from deepcovidxr.layout import Member
@@ -234,6 +240,11 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     assert header == ["member", "test_macro_auc", "weight"] and len(member_rows) == 3
     summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
     assert summary["classes"] == list(CLASSES) and summary["fitted_on"] == "Validation"
+    # ensemble.py's default --calibrate: for several classes one temperature, fitted on Validation
+    temperature = payload["calibration"]["calibration"]["temperature"]
+    assert payload["calibration"]["calibration"]["method"] == "temperature" and temperature > 0
+    assert payload["calibration"]["classes"] == list(CLASSES)
+    assert summary["calibration"]["test"]["temperature"] == temperature
     assert set(summary["test"]["per_class"]) == set(CLASSES)
     for name in ("ROC_Curve.png", "ConfusionMatrix.png"):
         assert Image.open(results / name).size[0] >= 400
@@ -245,10 +256,16 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     )
     assert code == 0
     header, rows = _read(out / "Results" / "predictions.csv")
-    assert header == ["Filenames", "Predictions", "Actual", "p_COVID", "p_Normal", "p_Pneumonia", "uncertainty"]
+    assert header == [
+        *("Filenames", "Predictions", "Actual", "p_COVID", "p_Normal", "p_Pneumonia", "Probability", "uncertainty")
+    ]
     probabilities = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     y = np.array([CLASSES.index(r["Actual"]) for r in rows])
+    # Probability: the temperature-scaled probability of the predicted class, computed here by hand
+    scaled = np.exp(np.log(np.clip(probabilities, 1e-12, 1)) / temperature)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose([float(r["Probability"]) for r in rows], scaled.max(axis=1), atol=2e-5)
     assert [r["Predictions"] for r in rows] == [CLASSES[k] for k in probabilities.argmax(axis=1)]
     # the same Test predictions as the ensemble stage's report (same members, weights, rule)
     ensemble_rows = _read(results / "ensemble_predictions.csv")[1]
@@ -263,6 +280,10 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
     assert reported["macro"]["auc"] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr"), abs=1e-4)
     assert reported["accuracy"] == pytest.approx(accuracy_score(y, probabilities.argmax(axis=1)))
     assert set(reported["member_macro_auc"]) == set(MEMBERS)
+    held_out = reported["calibration"]
+    assert held_out["temperature"] == temperature
+    assert held_out["log_loss_raw"] == pytest.approx(log_loss(y, probabilities, labels=[0, 1, 2]), abs=1e-4)
+    assert held_out["log_loss_calibrated"] == pytest.approx(log_loss(y, scaled, labels=[0, 1, 2]), abs=1e-4)
     for name in ("ROC_Curve.png", "ConfusionMatrix.png"):
         assert (out / "Results" / name).stat().st_size > 1000
     assert not (out / "Results" / "Calibration.png").exists()

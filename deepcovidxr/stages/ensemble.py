@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, calibration, ensemble, layout
+from deepcovidxr import DISCLAIMER, calibration, ensemble, layout, multiclass_calibration
 from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import EnsembleConfig
@@ -66,12 +66,10 @@ def run(config: EnsembleConfig) -> Path:
     else:
         weights = candidate.weights
     fitted = None
+    # Calibration (and, binary, operating points) from Validation only, like the weights: Test is
+    # scored after both are written, and nothing fitted reads it.
+    val_combined = ensemble.combine_rule(val_scores, config.method, weights if config.method == "weighted" else None)
     if candidate.binary:
-        # Calibration and operating points from Validation only, like the weights: Test is scored
-        # after both are written, and nothing fitted reads it.
-        val_combined = ensemble.combine_rule(
-            val_scores, config.method, weights if config.method == "weighted" else None
-        )
         fitted = calibration.fit_from_split(val_combined, validation.labels, method=config.calibrate)
         log.info(
             "calibration (%s) on Validation: ECE %.3f -> %.3f; thresholds %s",
@@ -79,6 +77,18 @@ def run(config: EnsembleConfig) -> Path:
             fitted.validation["ece_raw"],
             fitted.validation["ece_calibrated"],
             ", ".join(f"{k} {v:.4f}" for k, v in fitted.operating_points.items()),
+        )
+    elif config.calibrate != "identity":
+        # Several classes: one temperature keeps the rows summing to 1 and the argmax (see
+        # multiclass_calibration); platt/temperature/isotonic all mean it here.
+        fitted = multiclass_calibration.fit(val_combined, validation.labels, classes)
+        log.info(
+            "multi-class temperature scaling on Validation: T %.3f, log loss %.4f -> %.4f, top-label ECE %.3f -> %.3f",
+            fitted.temperature,
+            fitted.validation["log_loss_raw"],
+            fitted.validation["log_loss_calibrated"],
+            fitted.validation["ece_raw"],
+            fitted.validation["ece_calibrated"],
         )
     pickle_path, json_path = ensemble.save_weights(
         dict(zip(names, weights.tolist(), strict=True)),
@@ -90,7 +100,7 @@ def run(config: EnsembleConfig) -> Path:
     test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size, engine=engine)
     combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
     if not candidate.binary:
-        return _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path)
+        return _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path, fitted)
     member_rows = [
         [name, f"{metrics.auc_or_nan(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"]
         for i, name in enumerate(names)
@@ -135,7 +145,7 @@ def run(config: EnsembleConfig) -> Path:
     return json_path
 
 
-def _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path) -> Path:
+def _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path, fitted) -> Path:
     from deepcovidxr import metrics, plots
 
     results = out.folder
@@ -167,6 +177,14 @@ def _multiclass(config, out, names, classes, weights, test, test_scores, combine
             "seed": config.seed,
             "weights": dict(zip(names, weights.tolist(), strict=True)),
             "test": summary,
+            "calibration": None
+            if fitted is None
+            else {
+                "method": multiclass_calibration.METHOD,
+                "fitted_on": "Validation",
+                "validation": fitted.validation,
+                "test": multiclass_calibration.held_out_report(fitted, combined, test.labels),
+            },
         },
     )
     for name, auc, _ in member_rows:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, calibration, layout, trust
+from deepcovidxr import DISCLAIMER, layout, trust
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import EvaluateConfig
 from deepcovidxr.inference import (
@@ -99,12 +99,7 @@ def run(config: EvaluateConfig) -> Path:
     summary["member_auc"] = {
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
     }
-    fit = trust.stored_fit(chosen)
-    held_out = (
-        None
-        if fit is None
-        else calibration.held_out_report(fit, combined, images.labels, n_boot=config.bootstrap, seed=config.seed)
-    )
+    held_out = trust.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
     referral = trust.referral(images.labels, combined, spread)
     write_json(
         out.metrics,
@@ -183,9 +178,11 @@ def _multiclass(
     results = out.folder
     combined = chosen.combine(scores)
     spread = trust.image_uncertainty(chosen, scores)
+    probs = trust.probabilities(chosen, combined)
     header, rows = class_rows(images.names, images.labels, combined, chosen.classes)
+    cells = [["" if probs is None else f"{probs[i]:.6f}", f"{spread[i]:.6f}"] for i in range(len(rows))]
     path = write_csv(
-        out.predictions, [*header, "uncertainty"], [[*r, f"{u:.6f}"] for r, u in zip(rows, spread, strict=True)]
+        out.predictions, [*header, "Probability", "uncertainty"], [[*r, *c] for r, c in zip(rows, cells, strict=True)]
     )
     write_csv(
         results / MEMBER_PROBABILITIES_CSV,
@@ -196,6 +193,7 @@ def _multiclass(
         images.labels, combined, chosen.classes, n_boot=config.bootstrap, seed=config.seed
     )
     referral = trust.referral(images.labels, combined, spread)
+    held_out = trust.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
     member_auc = {
         name: float(metrics.ovr_auc(images.labels, scores[:, i, :]).mean()) for i, name in enumerate(chosen.names)
     }
@@ -211,12 +209,15 @@ def _multiclass(
             "member_macro_auc": member_auc,
             "uncertainty": UNCERTAINTY_NOTE + "; multi-class: of the predicted class's probability",
             "referral": referral,
+            "calibration": held_out
+            if held_out is not None
+            else "none stored with the ensemble weights (rerun ensemble.py to fit one on Validation)",
         },
     )
     figures = plots.multiclass_evaluation_plots(results, images.labels, combined, chosen.classes, "Ensemble on Test")
     figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
-    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, None, referral), figures)
+    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
     low, high = summary["macro_auc_ci95"]
     log.info(
         "Test (%d classes): macro AUC %.4f (95%% CI %.4f-%.4f), accuracy %.3f; %s",

@@ -90,7 +90,7 @@ def columns(classes: tuple[str, ...], names: list[str]) -> list[str]:
         return PREDICTION_COLUMNS + names + TRUST_COLUMNS
     probabilities = [class_names.probability_column(c) for c in classes]
     members = [f"{name}_{column}" for name in names for column in probabilities]
-    return ["Filenames", *probabilities, "Predictions", "crop_status", "error", *members, *TRUST_COLUMNS[1:]]
+    return ["Filenames", *probabilities, "Predictions", "crop_status", "error", *members, *TRUST_COLUMNS]
 
 
 class _LazyCropper:
@@ -332,14 +332,14 @@ def run(config: PredictConfig) -> StageResult | Path:
 
 
 def _trust_values(chosen, scores: np.ndarray, combined: np.ndarray, tta_variance: list | None) -> dict:
-    """Per scored image: the calibrated probability (binary, when stored) and the uncertainty."""
+    """Per scored image: the calibrated probability (when stored) and the uncertainty."""
     if not len(scores):
         return {"probability": None, "uncertainty": np.zeros(0)}
     variance = tta_variance[0] if tta_variance else None
     if variance is not None and not chosen.binary:
         variance = None  # multi-class: the members' spread only (trust.image_uncertainty)
     return {
-        "probability": trust.probabilities(chosen, combined) if chosen.binary else None,
+        "probability": trust.probabilities(chosen, combined),
         "uncertainty": trust.image_uncertainty(chosen, scores, variance),
     }
 
@@ -364,7 +364,7 @@ def _rows(
     for index, name in enumerate(names):
         crop_status, error = status.get(index, (ERROR, "not processed"))
         check = checks.get(index, "")
-        tail = [""] * (len(TRUST_COLUMNS) - 1 if binary else len(TRUST_COLUMNS) - 2)
+        tail = [""] * (len(TRUST_COLUMNS) - 1)
         if index in flagged:
             reason = f"not scored: input check {check} (--score-flagged scores it)"
             rows.append([name, *[""] * blanks, crop_status, reason, *[""] * width, *tail, check])
@@ -377,10 +377,12 @@ def _rows(
             result = decision(float(combined[row]), threshold)
         else:
             result = [*(f"{p:.6f}" for p in combined[row]), classes[int(np.argmax(combined[row]))]]
-        trust_cells = [f"{extra['uncertainty'][row]:.6f}", check]
-        if binary:
-            probability = extra["probability"]
-            trust_cells.insert(0, "" if probability is None else f"{probability[row]:.6f}")
+        probability = extra["probability"]
+        trust_cells = [
+            "" if probability is None else f"{probability[row]:.6f}",
+            f"{extra['uncertainty'][row]:.6f}",
+            check,
+        ]
         rows.append([name, *result, crop_status, "", *(f"{s:.6f}" for s in np.ravel(scores[row])), *trust_cells])
     return rows
 
