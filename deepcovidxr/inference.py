@@ -249,7 +249,21 @@ class EngineChoice:
         return member_opener(self.engine, self.precision, self.cache, calibration)
 
 
-CALIBRATION_IMAGES = 64  # int8 calibration: the first files of the split, in sorted order
+CALIBRATION_IMAGES = 64  # int8 calibration: this many files of the split, taken in turn per class
+
+
+def calibration_files(files: list[Path], folder: Path, limit: int = CALIBRATION_IMAGES) -> list[Path]:
+    """Up to ``limit`` of a split's files, one class folder after the other in turn (sorted within
+    each): the first ``limit`` in sorted order would be all of the first class (``Negative``) in
+    any split larger than ``limit``, and int8 ranges fitted on one class misquantise the other."""
+    by_class: dict[str, list[Path]] = {}
+    for path in sorted(files):
+        by_class.setdefault(path.relative_to(folder).parts[0], []).append(path)
+    queues = [by_class[name] for name in sorted(by_class)]
+    chosen: list[Path] = []
+    for index in range(max(map(len, queues), default=0)):
+        chosen += [queue[index] for queue in queues if index < len(queue)]
+    return chosen[:limit]
 
 
 def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]]):
@@ -264,12 +278,12 @@ def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]
 
     tree = DataTree(root)
     chosen: dict[tuple, list[Path]] = {}
-    digest = hashlib.sha256(f"tree-v1\0{split.value}\0".encode())
+    digest = hashlib.sha256(f"tree-v2\0{split.value}\0".encode())  # v2: files taken per class
     for size, crop in views_of(members):
         folder = tree.split_dir(size, crop, split)
         if not folder.is_dir():
             raise MissingInputError(f"--calibration {root}: missing folder {folder}")
-        files = sorted(list_images(folder, IMAGE_SUFFIXES))[:CALIBRATION_IMAGES]
+        files = calibration_files(list_images(folder, IMAGE_SUFFIXES), folder)
         if not files:
             raise MissingInputError(f"--calibration {root}: no images in {folder}")
         chosen[(size, crop)] = files

@@ -325,3 +325,18 @@ def test_precision_spellings_and_calibration_rules(world, tmp_path: Path) -> Non
         predict_stage.run(_config(world, tmp_path / "out", engine="onnxruntime", precision="int8"))
     with pytest.raises(UsageError, match="engine keras runs fp32 only"):
         predict_stage.run(_config(world, tmp_path / "out", engine="keras", precision="bf16"))
+
+
+def test_int8_calibration_from_a_tree_takes_every_class(tmp_path: Path) -> None:
+    """Regression: the first 64 files in sorted order were all Negative in any split over 64
+    images, so int8 ranges were fitted on one class only. Now the classes take turns."""
+    from deepcovidxr.inference import CALIBRATION_IMAGES, calibration_files
+
+    folder = tmp_path / "Validation"
+    files = [folder / "Negative" / f"n{i:03d}.png" for i in range(90)]
+    files += [folder / "Positive" / f"p{i:03d}.png" for i in range(10)]
+    chosen = calibration_files(files[::-1], folder)
+    assert len(chosen) == CALIBRATION_IMAGES
+    assert sum(p.parent.name == "Positive" for p in chosen) == 10  # all of the smaller class
+    assert chosen[:4] == [files[0], files[90], files[1], files[91]]
+    assert calibration_files(files[:5], folder) == files[:5]
