@@ -278,10 +278,39 @@ def test_multiclass_ensemble_writes_class_columns(world, tiny_members, tmp_path:
     probabilities = [f"p_{c}" for c in CLASSES]
     assert header[:5] == ["Filenames", *probabilities, "Predictions"]
     assert header[5:7] == ["crop_status", "error"]
-    assert header[7:] == [*(f"{m}_{p}" for m in MEMBERS for p in probabilities), "uncertainty", "input_check"]
+    assert header[7:] == [
+        *(f"{m}_{p}" for m in MEMBERS for p in probabilities),
+        *("Probability", "uncertainty", "input_check"),
+    ]
     row = rows["a.png"]
     values = [float(row[p]) for p in probabilities]
     assert abs(sum(values) - 1) < 1e-4 and row["Predictions"] == CLASSES[int(np.argmax(values))]
+    assert row["Probability"] == ""  # no calibration stored with these weights
+    # With a temperature stored (ensemble.py's multi-class calibration), Probability is the
+    # temperature-scaled probability of the predicted class.
+    from deepcovidxr import ensemble
+    from deepcovidxr.multiclass_calibration import MulticlassFit
+
+    fit = MulticlassFit(2.0, tuple(CLASSES), 10, {})
+    calibrated = tmp_path / "calibrated"
+    calibrated.mkdir()
+    stored = ensemble.load_weights(weights / "ensemble_weights.json")
+    ensemble.save_weights(stored, calibrated, classes=tuple(CLASSES), calibration=fit.to_dict())
+    predict_stage.run(
+        _config(
+            world,
+            tmp_path / "out2",
+            weights=weights,
+            ensemble_weights=calibrated / "ensemble_weights.json",
+            engine="keras",
+        )
+    )
+    _, again = _read(tmp_path / "out2" / "predictions.csv")
+    for name, row in rows.items():
+        if row["Predictions"]:
+            p = np.array([float(row[c]) for c in probabilities])
+            expected = np.sqrt(p).max() / np.sqrt(p).sum()  # softmax(log p / 2)
+            assert float(again[name]["Probability"]) == pytest.approx(expected, abs=1e-5)
 
 
 def test_missing_runtime_is_a_clear_error_before_any_work(world, tmp_path: Path, monkeypatch) -> None:
