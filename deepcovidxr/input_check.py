@@ -232,15 +232,20 @@ def model_arrays(data: dict) -> dict:
 
 
 def model_inputs(model: dict, rows: np.ndarray) -> np.ndarray:
-    """The logistic model's inputs from ``describe`` rows: the features plus, per thumbnail, how far
-    it lies from the frontal films' principal components (residual, Mahalanobis distance), each
-    column mapped through the fit's quantiles to a standard normal (robust to heavy tails)."""
+    """The logistic model's inputs from ``describe`` rows: :func:`distances`, each column mapped
+    through the fit's quantiles to a standard normal (robust to heavy tails)."""
+    return gaussianize(distances(model["pca"], rows), model["quantiles"])
+
+
+def distances(pca: dict, rows: np.ndarray) -> np.ndarray:
+    """The features plus, per thumbnail, how far it lies from the frontal films' principal
+    components (``pca``: one part per ``PCA_PARTS`` name; residual, Mahalanobis distance)."""
     rows = np.atleast_2d(np.asarray(rows, np.float64))
     n, area = len(FEATURES), THUMB * THUMB
     parts = [rows[:, :n]]
     for index, name in enumerate(PCA_PARTS):
-        parts.append(pca_distances(model["pca"][name], rows[:, n + index * area : n + (index + 1) * area]))
-    return gaussianize(np.hstack(parts), model["quantiles"])
+        parts.append(pca_distances(pca[name], rows[:, n + index * area : n + (index + 1) * area]))
+    return np.hstack(parts)
 
 
 def predict(model: dict, rows: np.ndarray) -> np.ndarray:
