@@ -340,6 +340,9 @@ def build_parser(cls: type, prog: str | None = None, description: str | None = N
         text = spec.help
         if spec.required:
             text += " (required)"
+        elif spec.show_default and "default" not in text and isinstance(default, bool):
+            # a switch is off unless given, whichever way it flips the field (--no-cache too)
+            text += " (default: off)"
         elif spec.show_default and "default" not in text:
             text += f" (default: {_describe_default(default)})"
         kwargs: dict[str, Any] = {"dest": f.name, "help": text}

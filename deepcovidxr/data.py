@@ -62,6 +62,13 @@ class SplitFiles:
         """Binary: the Positive images; otherwise the images not of the first class."""
         return int(np.count_nonzero(self.labels))
 
+    def describe(self) -> str:
+        """For logs: "227 images (123 positive)", or per class when there are three or more."""
+        if self.binary:
+            return f"{len(self)} images ({self.positives} positive)"
+        per_class = ", ".join(f"{name} {n}" for name, n in zip(self.classes, self.counts, strict=True))
+        return f"{len(self)} images ({per_class})"
+
     @property
     def counts(self) -> np.ndarray:
         """Images per class, in ``classes`` order."""

@@ -121,11 +121,10 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     }
     write_json(paths.config, run_config)
     log.info(
-        "training %s on %d images (%d positive); validation %d; %s; global batch %d",
+        "training %s on %s; validation %s; %s; global batch %d",
         member.short_name,
-        len(train_files),
-        train_files.positives,
-        len(val_files),
+        train_files.describe(),
+        val_files.describe(),
         policy,
         global_batch,
     )

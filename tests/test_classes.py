@@ -63,3 +63,15 @@ def test_member_classes_from_sidecar_and_mixed_members_refused(tmp_path):
     with pytest.raises(UsageError) as error:
         classes.common([(None, old), (None, three)])
     assert "ResNet50_224_up_crop.h5" in str(error.value) and "DenseNet_224_up_crop.h5" in str(error.value)
+
+
+def test_split_description_counts_each_class():
+    """The training log named "positives" of a 3-class tree (every image not of the first class)."""
+    import numpy as np
+
+    from deepcovidxr.data import SplitFiles
+
+    three = SplitFiles(["a", "b", "c", "d"], np.array([0, 2, 2, 1]), ("COVID-19", "Normal", "Pneumonia"))
+    assert three.describe() == "4 images (COVID-19 1, Normal 1, Pneumonia 2)"
+    binary = SplitFiles(["a", "b", "c"], np.array([0.0, 1.0, 1.0], np.float32))
+    assert binary.describe() == "3 images (2 positive)"

@@ -57,6 +57,13 @@ def test_every_field_is_an_option_with_help(stem: str) -> None:
         assert spec.help and any(flag.startswith("--") for flag in spec.flags)
 
 
+def test_a_switch_says_it_is_off_by_default() -> None:
+    """Regression: ``--no-cache`` read "(default: True)" (the field's value, not the flag's)."""
+    text = " ".join(config.build_parser(stages.get("train").config_class()).format_help().split())
+    assert "do not cache decoded images in memory (default: off)" in text
+    assert "(default: True)" not in text and "(default: False)" not in text
+
+
 @pytest.mark.parametrize(
     ("stem", "argv", "field", "value"),
     [
