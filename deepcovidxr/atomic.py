@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 @functools.cache
@@ -56,5 +59,21 @@ def write_text(destination: Path, text: str) -> None:
     write_bytes(destination, text.encode("utf-8"))
 
 
+def _strict(value: Any) -> Any:
+    """``value`` with every non-finite float as None: Python's json writes NaN/Infinity, which
+    strict readers (jq, JSON.parse) reject, and an undefined figure (the precision of a class
+    never predicted) is a legitimate result that must survive as null."""
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def write_json(destination: Path, payload: Any) -> None:
-    write_text(destination, json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(_strict(payload), indent=2, sort_keys=False, default=str, allow_nan=False)
+    write_text(destination, text + "\n")

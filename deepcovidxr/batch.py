@@ -101,3 +101,30 @@ def chunked(items: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+UNREADABLE_COLUMNS = ("split", "Filenames", "error")
+
+
+def write_unreadable(path: Path, rows: list[tuple[str, str, str]]) -> int:
+    """``path`` listing the dataset-tree files a stage could not read (``split, Filenames,
+    error``), or no file when every one was read (a stale list from an earlier run is removed);
+    returns their number, which makes the stage's exit code non-zero."""
+    if not rows:
+        Path(path).unlink(missing_ok=True)
+        return 0
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(UNREADABLE_COLUMNS)
+    writer.writerows(rows)
+    write_text(Path(path), buffer.getvalue())
+    log.error("%d unreadable file(s) left out; see %s", len(rows), path)
+    return len(rows)
+
+
+def count_unreadable(path: Path) -> int:
+    """The files :func:`write_unreadable` listed in ``path`` (0 when there is no list)."""
+    if not Path(path).is_file():
+        return 0
+    with Path(path).open(newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.DictReader(handle))

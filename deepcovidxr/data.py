@@ -78,6 +78,31 @@ class SplitFiles:
         """Classes of the task with no image in this split."""
         return [name for name, n in zip(self.classes, self.counts, strict=True) if n == 0]
 
+    def readable(self, size: int, desc: str = "check files") -> tuple[SplitFiles, list[tuple[str, str]]]:
+        """(the files ``read_view`` can read at ``size``, [(file, reason)] of the others), each
+        decoded once in a thread pool. Training checks first because the tf.data pipeline would
+        otherwise stop the run mid-epoch, with a TensorFlow traceback, at the first bad file."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        from deepcovidxr.imageio import ImageReadError
+
+        def reason(path: str) -> str | None:
+            try:
+                read_view(path, size)
+            except ImageReadError as error:
+                return error.reason
+            return None
+
+        with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+            reasons = list(tqdm(pool.map(reason, self.files), total=len(self), desc=desc, unit="img", leave=False))
+        if not any(reasons):
+            return self, []
+        kept = [i for i, why in enumerate(reasons) if why is None]
+        bad = [(self.files[i], why) for i, why in enumerate(reasons) if why is not None]
+        return SplitFiles([self.files[i] for i in kept], self.labels[kept], self.classes), bad
+
 
 def list_split(view_dir: Path, split: Split | str, classes: tuple[str, ...] | None = None) -> SplitFiles:
     """Images of ``<view_dir>/<split>/<class>/``, sorted by class, then by relative path.

@@ -96,7 +96,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
-    classes, train_files, val_files = training_splits(config.path)
+    classes, train_files, val_files = training_splits(config.path, config.size, paths.unreadable if chief else None)
     binary = class_names.is_binary(classes)
     outputs, activation = head_for(classes)
     schedule = Schedule.for_member(config, hp, train_files.labels, classes)

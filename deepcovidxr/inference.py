@@ -155,6 +155,8 @@ class SplitImages:
     names: list[str]  # "<class>/<file>", the same in every view
     labels: np.ndarray  # class indices into ``classes`` (binary: 1 = Positive)
     classes: tuple[str, ...] = class_names.BINARY
+    # (name, reason) of the files no view could read: left out of ``names`` and the scores
+    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 def tree_classes(view_dir: Path, split: Split, expected: tuple[str, ...]) -> tuple[str, ...]:
@@ -185,9 +187,10 @@ def load_split(
     path (never by position); a file missing from or extra in a view is an error naming it.
     Listing and decoding are the training pipeline's (hidden files skipped, ``read_view``).
     The class folders are the tree's (:func:`tree_classes`), checked against ``classes`` (default:
-    the members' common classes); labels are class indices."""
+    the members' common classes); labels are class indices. A file some view cannot read is
+    logged and left out of every view (``SplitImages.unreadable`` says which and why)."""
     from deepcovidxr.data import IMAGE_SUFFIXES
-    from deepcovidxr.imageio import list_images, read_view
+    from deepcovidxr.imageio import ImageReadError, list_images, read_view
 
     expected = tuple(classes) if classes is not None else class_names.common(members)
     tree = DataTree(root)
@@ -215,14 +218,35 @@ def load_split(
     if not reference:
         raise UsageError(f"no images in the {split.value} split of {root}")
     store = ViewStore(store_folder, len(reference), views)
+    unreadable: dict[str, str] = {}
     for (size, crop), array in store.arrays.items():
         folder = tree.split_dir(size, crop, split)
         for index, name in enumerate(reference):
-            array[index] = read_view(folder / name, size)
+            try:
+                array[index] = read_view(folder / name, size)
+            except ImageReadError as error:  # one bad file must not stop the split: report it, go on
+                log.error("%s: %s", folder / name, error.reason)
+                unreadable.setdefault(name, f"{size}/{crop.value}: {error.reason}")
+    if unreadable:
+        kept = [i for i, name in enumerate(reference) if name not in unreadable]
+        if not kept:
+            store.close()
+            raise UsageError(f"no readable image in the {split.value} split of {root}")
+        for array in store.arrays.values():  # the readable images first, in order, as predict does
+            array[: len(kept)] = array[kept]
+        reference = [reference[i] for i in kept]
     index_of = {name: index for index, name in enumerate(expected)}
     dtype = np.float64 if class_names.is_binary(expected) else np.int64  # binary: as before
     labels = np.array([index_of[n.split("/")[0]] for n in reference], dtype)
-    return SplitImages(reference, labels, expected), store
+    return SplitImages(reference, labels, expected, tuple(sorted(unreadable.items()))), store
+
+
+def write_unreadable(path: Path, splits: list[tuple[str, SplitImages]]) -> int:
+    """The files of ``splits`` no view could read, listed in ``path``
+    (:func:`deepcovidxr.batch.write_unreadable`); their number."""
+    from deepcovidxr import batch
+
+    return batch.write_unreadable(path, [(s, name, why) for s, images in splits for name, why in images.unreadable])
 
 
 @dataclass(frozen=True)

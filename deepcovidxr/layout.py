@@ -252,6 +252,7 @@ ENSEMBLE_WEIGHTS_PICKLE = "ensemble_weights.pickle"
 ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_INFO = "predictions_info.json"
+UNREADABLE_CSV = "unreadable.csv"  # evaluate.py, ensemble.py: tree files no view could read
 REPORT_HTML = "report.html"  # evaluate.py and predict.py: the page a reader opens (report_page)
 REFERRAL_PNG = "Referral_Curve.png"  # AUC/accuracy as the most uncertain images are referred
 CALIBRATION_FIT_PNG = "Calibration_Fitted.png"  # reliability before/after the stored calibration
@@ -300,6 +301,11 @@ class RunPaths:
     @property
     def log_csv(self) -> Path:
         return Path(self.output) / f"{self.stem}_log.csv"
+
+    @property
+    def unreadable(self) -> Path:
+        """The Train/Validation files training left out because they could not be read."""
+        return Path(self.output) / f"{self.stem}_{UNREADABLE_CSV}"
 
     @property
     def curves(self) -> Path:
@@ -437,6 +443,10 @@ class EvaluationPaths:
         return self.folder / "metrics.json"
 
     @property
+    def unreadable(self) -> Path:
+        return self.folder / UNREADABLE_CSV
+
+    @property
     def plots(self) -> PlotPaths:
         return plot_paths(self.folder)
 
@@ -486,6 +496,10 @@ class EnsemblePaths:
     @property
     def individual_predictions(self) -> Path:
         return self.folder / "individual_predictions.csv"
+
+    @property
+    def unreadable(self) -> Path:
+        return self.folder / UNREADABLE_CSV
 
     @property
     def summary(self) -> Path:

@@ -1,7 +1,7 @@
 """``report.html``: one self-contained page per run that a reader opens first.
 
 The page holds the research-use disclaimer, what was run (configuration, members, engine), metrics
-with their intervals, figures, the images that failed the input check with the reason, and tables of
+with their intervals, figures, the images not scored (unreadable, failed input check) with the reason, and tables of
 images with thumbnails (for prediction: the highest scores and the most uncertain first, with the
 Grad-CAM overlay where there is one).
 
@@ -86,7 +86,7 @@ class Figure:
 
 @dataclass(frozen=True)
 class Failure:
-    """An image that failed the input check, and why."""
+    """An image that was not scored (unreadable, or flagged by the input check), and why."""
 
     file: str
     reason: str
@@ -271,7 +271,7 @@ class Report:
         self._parts.append(f"<h2>{_text(heading)}</h2><div class='figs'>{''.join(cells)}</div>")
         return self
 
-    def failures(self, rows: Sequence[Failure], heading: str = "Images that failed the input check") -> Report:
+    def failures(self, rows: Sequence[Failure], heading: str = "Images not scored") -> Report:
         """Every failed image with its reason (a line saying there were none when ``rows`` is empty)."""
         self._parts.append(f"<h2>{_text(heading)} ({len(rows)})</h2>")
         if not rows:

@@ -80,7 +80,7 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     )
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
-    classes, train_files, val_files = training_splits(config.path)
+    classes, train_files, val_files = training_splits(config.path, config.size, paths.unreadable)
     outputs, activation = head_for(classes)
     schedule = Schedule.for_member(config, hp, train_files.labels, classes)
     strategy = distribution_strategy()
@@ -200,16 +200,28 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
     return paths.final
 
 
-def training_splits(view_dir: Path):
+def training_splits(view_dir: Path, size: int, unreadable: Path | None = None):
     """(classes, Train files, Validation files) of a view folder: the class folders must agree
     between the splits and every class needs images in Train and in Validation (a
-    :class:`UsageError` naming what is missing otherwise)."""
+    :class:`UsageError` naming what is missing otherwise). Files that cannot be read at ``size``
+    are left out, each logged, and listed in ``unreadable`` (``RunPaths.unreadable``; removed
+    when there are none), which makes the stage's exit code 1 once training is done."""
     from deepcovidxr import classes as class_names
+    from deepcovidxr.batch import write_unreadable
     from deepcovidxr.data import list_split
 
     classes = class_names.discover(view_dir)
-    train_files = list_split(view_dir, Split.TRAIN, classes)
-    val_files = list_split(view_dir, Split.VALIDATION, classes)
+    bad: list[tuple[str, str, str]] = []
+    splits = []
+    for split in (Split.TRAIN, Split.VALIDATION):
+        files, failed = list_split(view_dir, split, classes).readable(size, desc=f"check {split.value}")
+        for path, reason in failed:
+            log.error("%s: %s", path, reason)
+            bad.append((split.value, Path(path).relative_to(Path(view_dir) / split.value).as_posix(), reason))
+        splits.append(files)
+    if unreadable is not None:
+        write_unreadable(unreadable, bad)
+    train_files, val_files = splits
     if class_names.is_binary(classes):
         if train_files.positives in (0, len(train_files)) or val_files.positives in (0, len(val_files)):
             raise UsageError(f"{view_dir}: Train and Validation each need Positive and Negative images")
@@ -297,6 +309,10 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
     for source, target in ((best_run.log_csv, paths.log_csv), (best_run.curves, paths.curves)):
         with atomic_path(target) as tmp:
             tmp.write_bytes(source.read_bytes())
+    if best_run.unreadable.is_file():  # the stage's exit code reads the member's list
+        write_text(paths.unreadable, best_run.unreadable.read_text(encoding="utf-8"))
+    else:
+        paths.unreadable.unlink(missing_ok=True)
     write_json(
         paths.config,
         {

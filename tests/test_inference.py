@@ -80,6 +80,8 @@ def test_predict_folder_reports_every_file(folder_run, messy_images: Path) -> No
     assert header[:6] == ["Filenames", "Scores", "Binary pred", "Predictions", "crop_status", "error"]
     assert header[6:] == [*MEMBERS, "Probability", "uncertainty", "input_check"]
     assert rows["broken.png"]["crop_status"] == "error" and rows["broken.png"]["error"]
+    # the bad file is named with its reason on stderr too, not only in the table
+    assert f"broken.png: {rows['broken.png']['error']}" in done.stderr
     for name in ("a.png", "sub/b.png", "sub/c.dcm"):
         row = rows[name]
         members = [float(row[m]) for m in MEMBERS]
@@ -207,7 +209,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
         EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
         )
-    )
+    ).report
     assert seen == [validation_count]
     weights = ensemble.load_weights(json_path)
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
@@ -270,6 +272,61 @@ def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path:
     assert logged["ROC_Curve"] == Image.open(tmp_path / "Results" / "ROC_Curve.png").size[::-1]
 
 
+def test_an_unreadable_tree_file_is_reported_and_the_rest_evaluated(
+    tree: Path, weights_dir: Path, tmp_path: Path
+) -> None:
+    """One unreadable file in a split (seen aborting a whole evaluate run) is left out of every
+    view, named with its reason on stderr and in unreadable.csv and the report, and the exit code
+    says something failed; the other images are scored as without it."""
+    from deepcovidxr.configs import EnsembleConfig
+
+    copy = tmp_path / "tree"
+    shutil.copytree(tree, copy)
+    for split in ("Validation", "Test"):
+        good = next((copy / "331" / "crop" / split / "Negative").glob("*.png"))
+        shutil.copy(good, copy / "331" / "crop" / split / "Negative" / "zz_bad.png")  # readable in one view
+        (copy / "224" / "uncrop" / split / "Negative" / "zz_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+
+    def evaluate(tree_root: Path, out: Path):
+        return run_script(
+            *("evaluate.py", "-w", weights_dir, "-i", tree_root, "-o", out),
+            *("-e", weights_dir / "ensemble_weights.json", "--bootstrap", "20", "--batch-size", "4"),
+        )
+
+    done = evaluate(copy, tmp_path / "eval")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "zz_bad.png" in done.stderr and "not a readable image" in done.stderr
+    results = tmp_path / "eval" / "Results"
+    rows = _rows(results / "predictions.csv")
+    expected = sorted(
+        p.relative_to(tree / "224" / "uncrop" / "Test").as_posix()
+        for p in (tree / "224" / "uncrop" / "Test").rglob("*.png")
+    )
+    assert sorted(rows) == expected  # every readable image, the bad one left out
+    listed = list(csv.DictReader((results / "unreadable.csv").open(encoding="utf-8")))
+    assert [(r["split"], r["Filenames"]) for r in listed] == [("Test", "Negative/zz_bad.png")]
+    assert "224/uncrop" in listed[0]["error"]
+    summary = json.loads((results / "metrics.json").read_text(encoding="utf-8"))
+    assert summary["n"] == len(expected) and list(summary["unreadable"]) == ["Negative/zz_bad.png"]
+    assert "zz_bad.png" in (results / "report.html").read_text(encoding="utf-8")
+    # the same scores as on the tree without the bad file
+    clean = tmp_path / "clean"
+    assert evaluate(tree, clean).returncode == 0
+    assert not (clean / "Results" / "unreadable.csv").exists()
+    clean_rows = _rows(clean / "Results" / "predictions.csv")
+    assert {n: r["Scores"] for n, r in rows.items()} == {n: r["Scores"] for n, r in clean_rows.items()}
+    # ensemble.py: both splits, weights still written
+    result = ensemble_stage.run(
+        EnsembleConfig(weights=weights_dir, data=copy, output=tmp_path / "ens", draws=50, members=MEMBERS, batch_size=4)
+    )
+    assert result.exit_code == 1 and result.report.is_file()
+    listed = list(csv.DictReader((tmp_path / "ens" / "Ensemble_Results" / "unreadable.csv").open(encoding="utf-8")))
+    assert [(r["split"], r["Filenames"]) for r in listed] == [
+        ("Validation", "Negative/zz_bad.png"),
+        ("Test", "Negative/zz_bad.png"),
+    ]
+
+
 def test_vissample_writes_fused_heatmaps_in_original_coordinates(
     weights_dir: Path, messy_images: Path, tmp_path: Path
 ) -> None:
@@ -313,7 +370,7 @@ def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path
         EnsembleConfig(
             weights=weights_dir, data=tree, output=tmp_path / "fit", method=method, members=MEMBERS, batch_size=4
         )
-    )
+    ).report
     assert json.loads(json_path.read_text(encoding="utf-8"))["rule"] == method
     for source in (json_path, json_path.with_name("ensemble_weights.pickle")):  # the pickle finds its JSON
         out = tmp_path / source.suffix.lstrip(".")

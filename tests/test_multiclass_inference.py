@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from deepcovidxr import ensemble, metrics
+from deepcovidxr import atomic, ensemble, metrics
 from deepcovidxr.layout import Member
 
 CLASSES = ("COVID", "Normal", "Pneumonia")
@@ -84,6 +84,21 @@ def test_multiclass_metrics_undefined_is_nan_not_zero() -> None:
     assert summary["macro_auc_ci95"] == [math.nan, math.nan] or all(math.isnan(v) for v in summary["macro_auc_ci95"])
     with pytest.raises(ValueError, match="class indices"):
         metrics.multiclass_metrics(np.array([0, 3]), np.full((2, 3), 1 / 3), CLASSES)
+
+
+def test_undefined_figures_are_null_in_strict_json(tmp_path: Path) -> None:
+    """A never-predicted class has no precision: metrics.json must say null, not a bare NaN that
+    jq, JavaScript's JSON.parse and other strict readers reject (seen in a 3-class run)."""
+    y = np.array([0, 0, 1, 1, 2, 2])
+    p = np.tile([0.6, 0.3, 0.1], (6, 1))
+    target = tmp_path / "metrics.json"
+    atomic.write_json(target, metrics.multiclass_metrics(y, p, CLASSES, n_boot=0) | {"inf": [np.inf, np.float32(1.5)]})
+    text = target.read_text(encoding="utf-8")
+    strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    assert strict["per_class"]["Normal"]["precision"] is None
+    assert strict["macro"]["precision"] is None
+    assert strict["per_class"]["Normal"]["sensitivity"] == 0.0
+    assert strict["inf"] == [None, 1.5]
 
 
 # ------------------------------------------------------------------------------------------ combining
@@ -297,7 +312,7 @@ def test_fixed_rules_work_for_multiclass(multiclass_setup, tmp_path: Path, metho
     tree, weights = multiclass_setup
     json_path = ensemble_stage.run(
         EnsembleConfig(weights=weights, data=tree, output=tmp_path, method=method, batch_size=3)
-    )
+    ).report
     assert json.loads(json_path.read_text(encoding="utf-8"))["rule"] == method
     _, rows = _read(tmp_path / "Ensemble_Results" / "ensemble_predictions.csv")
     _, members = _read(tmp_path / "Ensemble_Results" / "individual_predictions.csv")

@@ -45,6 +45,34 @@ def test_pipeline_normalises_exactly_like_prediction(small_tree: Path) -> None:
     np.testing.assert_array_equal(labels.numpy(), files.labels[:4])
 
 
+def test_train_leaves_unreadable_files_out_and_says_so(tmp_path: Path) -> None:
+    """One bad file in Train (seen stopping train.py mid-epoch with a TensorFlow traceback) and one
+    in Validation: both are left out before the first step, named on stderr and in
+    <member>_unreadable.csv, the member is still trained and the exit code is 1."""
+    view = make_phantom_tree(tmp_path / "tree", 20, 32, seed=3)
+    (view / "Train" / "Negative" / "zz_bad.png").write_bytes(b"not an image")
+    (view / "Validation" / "Positive" / "zz_empty.png").write_bytes(b"")
+    output = tmp_path / "out"
+    flags = ("-m", "ResNet-50", "-s", "32", "--epochs", "1", "--batch-size", "4", "-w", "none")
+    done = run_script("train.py", *flags, "-p", view, "-o", output, timeout=900)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "zz_bad.png" in done.stderr and "zz_empty.png" in done.stderr
+    stem = "ResNet50_32_up_uncrop"
+    assert (output / f"{stem}.h5").is_file()
+    listed = (output / f"{stem}_unreadable.csv").read_text(encoding="utf-8").splitlines()
+    assert listed[0] == "split,Filenames,error"
+    assert [line.split(",")[:2] for line in listed[1:]] == [
+        ["Train", "Negative/zz_bad.png"],
+        ["Validation", "Positive/zz_empty.png"],
+    ]
+    config = json.loads((output / f"{stem}_config.json").read_text(encoding="utf-8"))
+    good = len(list((view / "Train").rglob("*.png"))) - 1
+    assert config["train_images"] == good
+    # a rerun finds the member finished and still reports the left-out files
+    again = run_script("train.py", *flags, "-p", view, "-o", output, timeout=900)
+    assert again.returncode == 1, again.stderr[-3000:]
+
+
 def test_augmentation_is_seeded_and_changes_images() -> None:
     import tensorflow as tf
 

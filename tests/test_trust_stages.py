@@ -54,7 +54,7 @@ def run_ensemble(tmp_path: Path, out: str, seed: int = 0) -> dict:
     config = EnsembleConfig(
         weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / out, draws=300, seed=seed
     )
-    path = ensemble_stage.run(config)
+    path = ensemble_stage.run(config).report
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -109,7 +109,7 @@ def test_evaluate_keeps_the_original_decision_and_adds_probability_and_uncertain
                     EnsembleConfig(
                         weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / "ens", draws=200
                     )
-                )
+                ).report
             )
         ).read_text(encoding="utf-8")
     )
@@ -169,7 +169,7 @@ def test_evaluate_report_page_loads_every_image_when_copied(fake_scoring, tmp_pa
         Path(
             ensemble_stage.run(
                 EnsembleConfig(weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / "ens", draws=50)
-            )
+            ).report
         ).read_text(encoding="utf-8")
     )
     chosen = Ensemble(

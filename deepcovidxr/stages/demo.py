@@ -149,7 +149,7 @@ def run(config: DemoConfig) -> DemoResult:
             seed=config.seed,
             batch_size=8,
         )
-    )
+    ).report
     log.info("demo 4/7: ensemble weights fitted on Validation")
     evaluated = evaluate.run(
         EvaluateConfig(
@@ -161,7 +161,7 @@ def run(config: DemoConfig) -> DemoResult:
             seed=config.seed,
             bootstrap=500,
         )
-    )
+    ).report
     log.info("demo 5/7: evaluated on Test")
     predicted = predict.run(
         PredictConfig(

@@ -19,6 +19,7 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, calibration, ensemble, layout, multiclass_calibration
 from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
+from deepcovidxr.batch import ERROR
 from deepcovidxr.configs import EnsembleConfig
 from deepcovidxr.errors import UsageError
 from deepcovidxr.inference import (
@@ -30,16 +31,18 @@ from deepcovidxr.inference import (
     member_columns,
     score_split,
     write_csv,
+    write_unreadable,
 )
 from deepcovidxr.layout import Split
+from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 
 
-def run(config: EnsembleConfig) -> Path:
+def run(config: EnsembleConfig) -> StageResult:
     """Fit the combination on Validation (never on Test) and report every member and the
-    ensemble on Test."""
-    from deepcovidxr import metrics, plots
+    ensemble on Test. A file no view can read is left out of its split, listed in
+    ``Ensemble_Results/unreadable.csv`` and makes the exit code 1 (the weights are still written)."""
 
     if config.method not in ensemble.METHODS:
         raise UsageError(f"unknown method {config.method!r}; choose one of {ensemble.METHODS}")
@@ -100,7 +103,19 @@ def run(config: EnsembleConfig) -> Path:
     test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size, engine=engine)
     combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
     if not candidate.binary:
-        return _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path, fitted)
+        _multiclass(config, out, names, classes, weights, test, test_scores, combined, fitted)
+    else:
+        _binary_report(config, out, names, weights, test, test_scores, combined, fitted)
+    log.info("ensemble weights: %s and %s", pickle_path, json_path)
+    errors = write_unreadable(out.unreadable, [(Split.VALIDATION.value, validation), (Split.TEST.value, test)])
+    return StageResult(json_path, {"ok": len(validation.names) + len(test.names), ERROR: errors})
+
+
+def _binary_report(config, out, names, weights, test, test_scores, combined, fitted) -> None:
+    """member_auc.csv, the Test predictions, the figures and the summary of a binary ensemble."""
+    from deepcovidxr import metrics, plots
+
+    results = out.folder
     member_rows = [
         [name, f"{metrics.auc_or_nan(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"]
         for i, name in enumerate(names)
@@ -141,11 +156,10 @@ def run(config: EnsembleConfig) -> Path:
     )
     for name, auc, _ in member_rows:
         print(f"{name}\t{auc}")
-    log.info("ensemble weights: %s and %s", pickle_path, json_path)
-    return json_path
 
 
-def _multiclass(config, out, names, classes, weights, test, test_scores, combined, json_path, fitted) -> Path:
+def _multiclass(config, out, names, classes, weights, test, test_scores, combined, fitted) -> None:
+    """The multi-class counterpart of :func:`_binary_report`."""
     from deepcovidxr import metrics, plots
 
     results = out.folder
@@ -189,5 +203,3 @@ def _multiclass(config, out, names, classes, weights, test, test_scores, combine
     )
     for name, auc, _ in member_rows:
         print(f"{name}\t{auc}")
-    log.info("ensemble weights: %s", json_path)
-    return json_path

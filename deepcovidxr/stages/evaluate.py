@@ -18,6 +18,7 @@ import numpy as np
 
 from deepcovidxr import DISCLAIMER, layout, trust
 from deepcovidxr.atomic import write_json
+from deepcovidxr.batch import ERROR
 from deepcovidxr.configs import EvaluateConfig
 from deepcovidxr.inference import (
     MEMBER_PROBABILITIES_CSV,
@@ -32,9 +33,11 @@ from deepcovidxr.inference import (
     score_split,
     views_of,
     write_csv,
+    write_unreadable,
 )
 from deepcovidxr.layout import DataTree, Split
-from deepcovidxr.report_page import ImageRow, write_report
+from deepcovidxr.report_page import Failure, ImageRow, write_report
+from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +47,11 @@ UNCERTAINTY_NOTE = (
 )
 
 
-def run(config: EvaluateConfig) -> Path:
-    from deepcovidxr import metrics, plots
-
+def run(config: EvaluateConfig) -> StageResult:
+    """Score Test with every member, then write the binary or multi-class outputs; a file no view
+    can read is left out, listed in ``Results/unreadable.csv`` and makes the exit code 1."""
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     out = layout.EvaluationPaths(Path(config.output))
-    results = out.folder
     images, scores = score_split(
         config.image,
         Split.TEST,
@@ -60,8 +62,15 @@ def run(config: EvaluateConfig) -> Path:
         config.seed,
         engine=EngineChoice.of(config, Split.VALIDATION),
     )
-    if not chosen.binary:
-        return _multiclass(config, chosen, out, images, scores)
+    path = (_binary if chosen.binary else _multiclass)(config, chosen, out, images, scores)
+    errors = write_unreadable(out.unreadable, [(Split.TEST.value, images)])
+    return StageResult(path, {"ok": len(images.names), ERROR: errors})
+
+
+def _binary(config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores) -> Path:
+    from deepcovidxr import metrics, plots
+
+    results = out.folder
     combined = chosen.combine(scores)
     spread = trust.image_uncertainty(chosen, scores)
     probs = trust.probabilities(chosen, combined)
@@ -110,6 +119,7 @@ def run(config: EvaluateConfig) -> Path:
             "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
             "ensemble_rule": chosen.rule,
             **summary,
+            "unreadable": dict(images.unreadable),
             "uncertainty": UNCERTAINTY_NOTE,
             "referral": referral,
             "calibration": held_out
@@ -165,6 +175,7 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
         engine=f"{config.engine} {config.precision}",
         metrics=metric_rows,
         figures=trust.figures_of(figures),
+        failures=[Failure(name, reason) for name, reason in images.unreadable],
         images=rows,
     )
 
@@ -206,6 +217,7 @@ def _multiclass(
             "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
             "ensemble_rule": chosen.rule,
             **summary,
+            "unreadable": dict(images.unreadable),
             "member_macro_auc": member_auc,
             "uncertainty": UNCERTAINTY_NOTE + "; multi-class: of the predicted class's probability",
             "referral": referral,

@@ -244,6 +244,8 @@ def run(config: PredictConfig) -> StageResult | Path:
             class Rows:  # the segment loop's report interface, kept in memory
                 def add(self, row: dict) -> None:
                     status[row["index"]] = (row["status"], row.get("error", ""))
+                    if row["status"] == ERROR:  # on stderr as well as in the table
+                        log.error("%s: %s", names[row["index"]], row.get("error", "failed"))
 
             def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, QcItem]:
                 _, index = item

@@ -4,15 +4,17 @@ loop), best of --repeats seeds.
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from deepcovidxr.batch import ERROR, count_unreadable
 from deepcovidxr.configs import TrainConfig
 from deepcovidxr.errors import UsageError
+from deepcovidxr.layout import RunPaths
+from deepcovidxr.stages.common import StageResult
 from deepcovidxr.training import train_member
 
 
-def run(config: TrainConfig) -> Path:
-    """The train.py entry point: Keras fit on one host (all its GPUs), or the multi-worker loop."""
+def run(config: TrainConfig) -> StageResult:
+    """The train.py entry point: Keras fit on one host (all its GPUs), or the multi-worker loop.
+    Exit code 1 when training had to leave unreadable files out (listed next to the member)."""
     if config.multi_worker:
         from deepcovidxr.distributed import train_member_multiworker
 
@@ -20,5 +22,7 @@ def run(config: TrainConfig) -> Path:
             # each worker would need every run's numbers, which only the chief writes
             raise UsageError("--repeats is not supported with --multi-worker; run the seeds as separate jobs")
 
-        return train_member_multiworker(config)
-    return train_member(config)
+        final = train_member_multiworker(config)
+    else:
+        final = train_member(config)
+    return StageResult(final, {ERROR: count_unreadable(RunPaths(config.output, config.member).unreadable)})

@@ -7,16 +7,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from deepcovidxr.batch import ERROR, count_unreadable
 from deepcovidxr.configs import TrainAllConfig, TrainConfig
 from deepcovidxr.errors import DeepcovidxrError, MissingInputError, UsageError
-from deepcovidxr.layout import Member
+from deepcovidxr.layout import Member, RunPaths
+from deepcovidxr.stages.common import StageResult
 from deepcovidxr.training import member_hyperparameters, member_weights, train_member
 
 log = logging.getLogger(__name__)
 
 
-def run(config: TrainAllConfig) -> Path:
-    """Train the chosen members one after another; finished ones are skipped, so a rerun resumes."""
+def run(config: TrainAllConfig) -> StageResult:
+    """Train the chosen members one after another; finished ones are skipped, so a rerun resumes.
+    Exit code 1 when a member had to leave unreadable files out."""
     import gc
 
     import keras
@@ -53,4 +56,5 @@ def run(config: TrainAllConfig) -> Path:
         gc.collect()
     if failures:
         raise UsageError(f"{len(failures)} member(s) failed (reasons logged above): {', '.join(failures)}")
-    return Path(config.output)
+    unreadable = sum(count_unreadable(RunPaths(config.output, m).unreadable) for m in members)
+    return StageResult(Path(config.output), {ERROR: unreadable})
