@@ -1,9 +1,9 @@
 """``report.html``: one self-contained page per run that a reader opens first.
 
 The page holds the research-use disclaimer, what was run (configuration, members, engine), metrics
-with their intervals, figures, the images not scored (unreadable, failed input check) with the reason, and tables of
-images with thumbnails (for prediction: the highest scores and the most uncertain first, with the
-Grad-CAM overlay where there is one).
+with their intervals, figures, the images not scored (unreadable, failed input check) with the
+reason, and tables of images with thumbnails (for prediction: the highest scores and the most
+uncertain first, with the Grad-CAM overlay where there is one).
 
 Everything the page shows lives inside its folder: thumbnails and overlay previews are written to
 ``report_files/`` beside the page, and a figure outside the folder is copied there, so every link is
