@@ -62,6 +62,39 @@ def _chief_decides(strategy, chief_says: bool) -> bool:
     return float(strategy.experimental_local_results(agree())[0]) > 0
 
 
+def synchronized_moments(inputs, axes: list[int]):
+    """Mean and variance over the global batch, two passes: the all-reduced mean first, then the
+    all-reduced squared deviations from it.
+
+    Keras' own ``synchronized=True`` computes E[x^2] - E[x]^2 in float32, which cancels to 0 when a
+    channel's mean is large against its spread (ResNet-50 from random weights at 32 px: every loss
+    NaN from the first epoch, while the unsynchronized layer trains); this is as exact as the
+    unsynchronized ``tf.nn.moments``."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    shape = tf.shape(inputs)
+    count = tf.cast(tf.reduce_prod(tf.gather(shape, axes)), tf.float32)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    mean = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(inputs, axis=axes, keepdims=True)) / total
+    squares = tf.reduce_sum(tf.square(inputs - mean), axis=axes, keepdims=True)
+    variance = context.all_reduce(tf.distribute.ReduceOp.SUM, squares) / total
+    return tf.squeeze(mean, axes), tf.squeeze(variance, axes)
+
+
+def synchronize_batch_norm(layer) -> None:
+    """Make a built Keras BatchNormalization layer use ``synchronized_moments`` when training.
+    Only its statistics change: the layer's config and weights stay those of a plain layer, so
+    the member file is the same as one written by ``fit``."""
+
+    def moments(inputs, mask):
+        if mask is not None:  # our members never pass masks; Keras' path handles them
+            return type(layer)._moments(layer, inputs, mask)
+        return synchronized_moments(inputs, list(layer._reduction_axes))
+
+    layer._moments = moments
+
+
 def _validation_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     """Unweighted cross-entropy, as fit's val_loss (Keras clips at its epsilon): binary for one
     score per image, categorical for (images, classes) scores against class indices."""
@@ -142,7 +175,7 @@ def train_member_multiworker(config: TrainConfig) -> Path:
         if isinstance(layer, keras.layers.BatchNormalization):
             # Batch statistics over the global batch: moving averages then stay identical on
             # every worker (local statistics would make the workers' weights drift apart).
-            layer.synchronized = True
+            synchronize_batch_norm(layer)
     optimizer = None
     scaled = policy == "mixed_float16"
 

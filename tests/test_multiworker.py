@@ -85,3 +85,38 @@ def test_two_workers_train_to_identical_weights(tmp_path: Path) -> None:
     assert "worker 1 of 2" in outputs[1][1] and "worker 0 of 2" in outputs[0][1]
     config = json.loads((tmp_path / "out" / "ResNet50_32_up_uncrop_config.json").read_text(encoding="utf-8"))
     assert config["workers"] == 2 and set(config["history"]) == {"final"}  # random init: no frozen phase
+
+
+def test_synchronized_batch_norm_statistics_are_exact_where_keras_cancels() -> None:
+    """A channel whose mean is large against its spread: Keras' synchronized moments (E[x^2] -
+    E[x]^2 in float32) lose the variance, which made every 3-class multi-worker loss NaN; the
+    layer as ``distributed`` sets it up gives numpy's mean and variance and matching outputs."""
+    import keras
+    import tensorflow as tf
+
+    from deepcovidxr.distributed import synchronize_batch_norm
+
+    rng = np.random.default_rng(0)
+    x = (3.0e4 + rng.normal(0.0, 1.0, size=(4, 3, 3, 2))).astype(np.float32)
+    expected_variance = x.astype(np.float64).var(axis=(0, 1, 2))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+        keras_sync = keras.layers.BatchNormalization(synchronized=True, momentum=0.0)
+        ours = keras.layers.BatchNormalization(momentum=0.0)
+        keras_sync.build(x.shape)
+        ours.build(x.shape)
+    synchronize_batch_norm(ours)
+
+    @tf.function
+    def step(inputs):
+        return strategy.run(lambda v: (keras_sync(v, training=True), ours(v, training=True)), args=(inputs,))
+
+    _, out = step(tf.constant(x))
+    # momentum 0: the moving statistics are this batch's statistics
+    # Keras' cancellation: float32 E[x^2] at 9e8 keeps steps of 64, so the variance (about 1) is
+    # lost (here 256 and 512)
+    assert not np.allclose(keras_sync.moving_variance.numpy(), expected_variance, rtol=0.5)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), x.astype(np.float64).mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), expected_variance, rtol=1e-3)
+    plain = keras.layers.BatchNormalization()
+    np.testing.assert_allclose(np.asarray(out), np.asarray(plain(x, training=True)), atol=1e-3)
