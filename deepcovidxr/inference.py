@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr import classes as class_names
-from deepcovidxr import ensemble, shipped
+from deepcovidxr import ensemble, layout, shipped
 from deepcovidxr.atomic import write_text
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import DataTree, Member, Split, ensemble_members
@@ -96,7 +96,24 @@ def decision(score: float, threshold: float = THRESHOLD) -> list:
 def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: tuple[str, ...] = ()) -> Ensemble:
     """Members with a non-zero weight (optionally a chosen subset, weights renormalised), each
     with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir``; missing files are one error
-    listing them all."""
+    listing them all. Without ``ensemble_weights`` the authors' published weights are used, unless
+    the member files in ``weights_dir`` (or the subset) are multi-class, which those weights cannot
+    fit: then every such member gets an equal weight (a warning says so)."""
+    if ensemble_weights is None:
+        present = available_members(weights_dir, subset)
+        trained_on = class_names.common(present)
+        if not class_names.is_binary(trained_on):
+            # The shipped weights are the authors' binary ensemble: they can never fit these members.
+            log.warning(
+                "no --ensemble_weights given and the members in %s are %d-class (%s): equal weights over "
+                "the %d found (%s); fit weights on Validation with ensemble.py",
+                weights_dir,
+                len(trained_on),
+                ", ".join(trained_on),
+                len(present),
+                ", ".join(m.short_name for m, _ in present),
+            )
+            return Ensemble(present, np.full(len(present), 1.0 / len(present)), "weighted", trained_on, None)
     source = ensemble_weights or DEFAULT_ENSEMBLE_WEIGHTS
     by_name = ensemble.load_weights(source)
     chosen = [m for m in ensemble_members() if by_name.get(m.short_name, 0.0) > 0]
@@ -360,16 +377,23 @@ def score_split(
 
 
 def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[Member, Path]]:
-    """Canonical-order members whose files are in ``folder`` (or the chosen subset, all required),
-    all trained on the same classes (else a UsageError naming them)."""
-    wanted = [Member.parse(s) for s in subset] if subset else list(ensemble_members())
-    found = [(m, Path(folder) / m.legacy_filename) for m in wanted if (Path(folder) / m.legacy_filename).is_file()]
-    missing = [m.legacy_filename for m in wanted if not (Path(folder) / m.legacy_filename).is_file()]
-    if subset and missing:
-        raise MissingInputError(f"{folder}: missing member file(s): {', '.join(missing)}")
-    if not found:
-        raise MissingInputError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
-    if missing:
-        log.warning("%d of 24 members have no file in %s; ensembling the %d present", len(missing), folder, len(found))
-    class_names.common(found)  # one task: members trained on different classes are one error
+    """The chosen subset's member files in ``folder`` (all required), or without a subset every
+    member file there (``layout.member_files``: the published 24 and members of other sizes), in
+    canonical order, all trained on the same classes (else a UsageError naming them)."""
+    if subset:
+        wanted = [Member.parse(s) for s in subset]
+        found = [(m, Path(folder) / m.legacy_filename) for m in wanted]
+        missing = [file.name for _, file in found if not file.is_file()]
+        if missing:
+            raise MissingInputError(f"{folder}: missing member file(s): {', '.join(missing)}")
+    else:
+        found = layout.member_files(folder)
+        if not found:
+            raise MissingInputError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
+    classes = class_names.common(found)  # one task: members trained on different classes are one error
+    published = {m for m, _ in found} & set(ensemble_members())
+    if not subset and class_names.is_binary(classes) and len(published) == len(found) < 24:
+        log.warning(
+            "%d of 24 members have no file in %s; ensembling the %d present", 24 - len(found), folder, len(found)
+        )
     return found

@@ -241,6 +241,24 @@ def ensemble_members() -> tuple[Member, ...]:
     )
 
 
+def member_files(folder: Path) -> list[tuple[Member, Path]]:
+    """Every member file (``<Prefix>_<size>_up_<crop>.h5``, any size) directly in ``folder``, in the
+    canonical order (backbone table, size, uncrop before crop): the 24 published members and
+    members trained at other sizes (``train.py -s 128``) alike. Other ``.h5`` files are ignored."""
+    from deepcovidxr.backbones import BACKBONES
+
+    order = {b.name: i for i, b in enumerate(BACKBONES)}
+    found = []
+    for path in sorted(Path(folder).glob(f"*_up_*{MEMBER_SUFFIX}")):
+        try:
+            member = Member.parse(path.name)
+        except (UsageError, KeyError, ValueError):
+            continue
+        if path.is_file() and path.name == member.legacy_filename:
+            found.append((member, path))
+    return sorted(found, key=lambda item: (order[item[0].backbone], item[0].size, item[0].crop != CropMode.UNCROP))
+
+
 # ---- run outputs: members, tuner, pretraining, evaluation, ensemble -------------------------------
 
 SCRATCH = ".scratch"  # a stage's working memmaps inside its output folder, removed when it ends

@@ -342,12 +342,16 @@ def multiclass_metrics(
     against the rest: ``sensitivity`` = recall = TP / (TP + FN), ``specificity`` = TN / (TN + FP),
     ``precision`` (PPV) = TP / (TP + FP), ``f1`` = 2TP / (2TP + FP + FN) (scikit-learn's
     ``precision_recall_fscore_support`` for the first, third and fourth), ``auc`` = one-vs-rest ROC
-    AUC of the class's probability, and ``support`` (cases of the class). A zero denominator (a
-    class never predicted, or absent) is NaN, not scikit-learn's 0 (undefined is not zero).
+    AUC of the class's probability, and ``support`` (cases of the class). A rate whose denominator
+    is zero (a class never predicted has no precision; one without cases no sensitivity) is 0, as
+    scikit-learn reports it by default, so every figure equals scikit-learn's; it is named in the
+    class's ``undefined`` list and logged as a warning, so a 0 that means "undefined" is never
+    mistaken for a measured 0. An AUC needs cases of the class and of the rest: NaN otherwise.
 
     Keys: ``n``, ``classes``, ``counts`` ({class: cases}), ``accuracy``, ``per_class``
-    ({class: {sensitivity, specificity, precision, f1, auc, support}}), ``macro`` (unweighted
-    mean of each rate over the classes; NaN when any class's value is NaN), ``weighted`` (the mean
+    ({class: {sensitivity, specificity, precision, f1, auc, support, undefined}}), ``macro``
+    (unweighted mean of each rate over the classes, scikit-learn's ``average="macro"``; the AUC's
+    is NaN when any class's AUC is), ``weighted`` (the mean
     weighted by support, scikit-learn's ``average="weighted"``), ``macro_auc_ci95`` ([low, high],
     seeded bootstrap of the macro AUC, ``n_boot`` resamples; [nan, nan] with ``n_boot`` 0) and
     ``confusion_matrix`` (rows actual, columns predicted, counts).
@@ -362,16 +366,32 @@ def multiclass_metrics(
     tn = y.size - tp - fp - fn
     aucs = ovr_auc(y, p)
     support = matrix.sum(axis=1)
-    per_class: dict[str, dict[str, float | int]] = {}
+    per_class: dict[str, dict[str, Any]] = {}
     for k, name in enumerate(names):
-        per_class[name] = {
-            "sensitivity": _ratio(tp[k], tp[k] + fn[k]),
-            "specificity": _ratio(tn[k], tn[k] + fp[k]),
-            "precision": _ratio(tp[k], tp[k] + fp[k]),
-            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
-            "auc": float(aucs[k]),
-            "support": int(support[k]),
+        ratios = {
+            "sensitivity": (tp[k], tp[k] + fn[k]),
+            "specificity": (tn[k], tn[k] + fp[k]),
+            "precision": (tp[k], tp[k] + fp[k]),
+            "f1": (2 * tp[k], 2 * tp[k] + fp[k] + fn[k]),
         }
+        undefined = [rate for rate, (_, denominator) in ratios.items() if not denominator]
+        if undefined:
+            logger.warning(
+                "%s: %s undefined (%s), reported as 0 as scikit-learn does",
+                name,
+                ", ".join(undefined),
+                ", ".join(
+                    why
+                    for why, empty in (
+                        ("no cases", not tp[k] + fn[k]),
+                        ("never predicted", not tp[k] + fp[k]),
+                        ("no cases of other classes", not tn[k] + fp[k]),
+                    )
+                    if empty
+                ),
+            )
+        per_class[name] = {rate: _ratio(*pair) if pair[1] else 0.0 for rate, pair in ratios.items()}
+        per_class[name] |= {"auc": float(aucs[k]), "support": int(support[k]), "undefined": undefined}
     weights = support / support.sum()
     macro, weighted = {}, {}
     for rate in MULTICLASS_RATES:

@@ -118,7 +118,10 @@ def metric_rows(summary: dict, held_out: dict | None, rows: list[dict]) -> list[
             out.append(
                 Metric(
                     f"{name}: sensitivity / specificity / precision / F1",
-                    " / ".join(_fmt(values[k]) for k in ("sensitivity", "specificity", "precision", "f1")),
+                    " / ".join(
+                        "0 (undefined)" if k in values.get("undefined", ()) else _fmt(values[k])
+                        for k in ("sensitivity", "specificity", "precision", "f1")
+                    ),
                 )
             )
     if held_out and "log_loss_raw" in held_out:  # multi-class: temperature scaling

@@ -82,3 +82,15 @@ def phantom_member(tmp_path_factory) -> tuple[Path, Path]:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return view, output
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into node ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``, the default in pyproject.toml) a module's tests stay
+    on one worker, so its module-scoped fixtures (trees, members, exports) are built once; the
+    tests of every module that uses the session's ``phantom_member`` share one group, so that
+    member (the suite's longest fixture) is trained once, not on both workers."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        group = "phantom_member" if "phantom_member" in fixtures else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -74,30 +73,56 @@ def test_multiclass_metrics_equal_scikit_learn() -> None:
     json.dumps(summary)  # plain values only
 
 
-def test_multiclass_metrics_undefined_is_nan_not_zero() -> None:
+def test_multiclass_metrics_with_a_never_predicted_class_equal_scikit_learn_and_say_undefined(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Members that never call a class (common after a short run on real films): its precision
+    has no denominator. The figures are scikit-learn's (0 by default, so a held-out comparison
+    with scikit-learn agrees), and the class's ``undefined`` list plus a warning say which 0s are
+    undefined rather than measured."""
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+
     y = np.array([0, 0, 1, 1, 2, 2])
     p = np.tile([0.6, 0.3, 0.1], (6, 1))  # everything called class 0: classes 1 and 2 never predicted
-    summary = metrics.multiclass_metrics(y, p, CLASSES, n_boot=0)
-    assert math.isnan(summary["per_class"]["Normal"]["precision"])
-    assert summary["per_class"]["Normal"]["sensitivity"] == 0.0
-    assert math.isnan(summary["macro"]["precision"])
-    assert summary["macro_auc_ci95"] == [math.nan, math.nan] or all(math.isnan(v) for v in summary["macro_auc_ci95"])
+    p[0] = [0.5, 0.4, 0.1]  # distinct probabilities, so the AUCs are defined
+    with caplog.at_level("WARNING", logger="deepcovidxr.metrics"):
+        summary = metrics.multiclass_metrics(y, p, CLASSES, n_boot=0)
+    predicted = p.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, labels=[0, 1, 2])
+        averages = {a: precision_recall_fscore_support(y, predicted, average=a) for a in ("macro", "weighted")}
+    for k, name in enumerate(CLASSES):
+        row = summary["per_class"][name]
+        assert [row["precision"], row["sensitivity"], row["f1"]] == pytest.approx([precision[k], recall[k], f1[k]])
+    for average, (p_, r_, f_, _) in averages.items():
+        assert [summary[average][k] for k in ("precision", "sensitivity", "f1")] == pytest.approx([p_, r_, f_])
+    assert summary["per_class"]["Normal"]["precision"] == 0.0
+    assert summary["per_class"]["Normal"]["undefined"] == ["precision"]
+    assert summary["per_class"]["Pneumonia"]["undefined"] == ["precision"]
+    assert summary["per_class"]["COVID"]["undefined"] == []
+    assert "Normal: precision undefined (never predicted)" in caplog.text
     with pytest.raises(ValueError, match="class indices"):
         metrics.multiclass_metrics(np.array([0, 3]), np.full((2, 3), 1 / 3), CLASSES)
 
 
 def test_undefined_figures_are_null_in_strict_json(tmp_path: Path) -> None:
-    """A never-predicted class has no precision: metrics.json must say null, not a bare NaN that
-    jq, JavaScript's JSON.parse and other strict readers reject (seen in a 3-class run)."""
-    y = np.array([0, 0, 1, 1, 2, 2])
+    """An undefined figure (a class absent from the split has no AUC; no bootstrap interval) must
+    be null in metrics.json, not a bare NaN that jq, JavaScript's JSON.parse and other strict
+    readers reject (seen in a 3-class run)."""
+    y = np.array([0, 0, 0, 2, 2, 2])  # no Normal case
     p = np.tile([0.6, 0.3, 0.1], (6, 1))
     target = tmp_path / "metrics.json"
     atomic.write_json(target, metrics.multiclass_metrics(y, p, CLASSES, n_boot=0) | {"inf": [np.inf, np.float32(1.5)]})
     text = target.read_text(encoding="utf-8")
     strict = json.loads(text, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
-    assert strict["per_class"]["Normal"]["precision"] is None
-    assert strict["macro"]["precision"] is None
+    assert strict["per_class"]["Normal"]["auc"] is None
+    assert strict["macro"]["auc"] is None
+    assert strict["macro_auc_ci95"] == [None, None]
     assert strict["per_class"]["Normal"]["sensitivity"] == 0.0
+    assert strict["per_class"]["Normal"]["undefined"] == ["sensitivity", "precision", "f1"]
     assert strict["inf"] == [None, 1.5]
 
 
@@ -320,6 +345,52 @@ def test_fixed_rules_work_for_multiclass(multiclass_setup, tmp_path: Path, metho
     probabilities = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
     np.testing.assert_allclose(probabilities, ensemble.combine_rule(member_p, method), atol=2e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_multiclass_members_without_ensemble_weights_get_equal_weights(
+    multiclass_setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train.py then evaluate.py, with no ensemble.py run between: the shipped weights are the
+    authors' binary ensemble and cannot fit 3-class members, so every member found gets an equal
+    weight (a warning says so and names ensemble.py) instead of a refusal."""
+    from deepcovidxr import cli
+
+    tree, weights = multiclass_setup
+    out = tmp_path / "eval"
+    code = cli.main("evaluate", ["-w", str(weights), "-i", str(tree), "-o", str(out), "--bootstrap", "50"])
+    assert code == 0
+    stderr = capsys.readouterr().err
+    assert "equal weights over the 2 found (res_224_uncrop, res_224_crop)" in stderr
+    assert "ensemble.py" in stderr and "of 24 members" not in stderr
+    _, rows = _read(out / "Results" / "predictions.csv")
+    member_header, member_rows = _read(out / "Results" / "member_probabilities.csv")
+    member_p = np.array([[float(r[c]) for c in member_header[1:]] for r in member_rows]).reshape(len(rows), 2, 3)
+    probabilities = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(probabilities, member_p.mean(axis=1), atol=2e-6)
+    reported = json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))
+    y = np.array([CLASSES.index(r["Actual"]) for r in rows])
+    assert reported["macro"]["auc"] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr"), abs=1e-4)
+
+
+def test_member_files_finds_members_of_any_size_in_canonical_order(tmp_path: Path) -> None:
+    from deepcovidxr.inference import available_members
+    from deepcovidxr.layout import member_files
+
+    names = [
+        "Xception_224_up_crop.h5",
+        "ResNet50_128_up_crop.h5",
+        "ResNet50_128_up_uncrop.h5",
+        "DenseNet_331_up_uncrop.h5",
+        "ResNet50_64_up_uncrop.h5",
+    ]
+    for name in [*names, "ResNet50_128_up_crop.h5.part", "notes_up_x.h5", "Unknown_224_up_crop.h5", "model.h5"]:
+        (tmp_path / name).write_bytes(b"")
+    found = [m.short_name for m, _ in member_files(tmp_path)]
+    assert found == ["dense_331_uncrop", "res_64_uncrop", "res_128_uncrop", "res_128_crop", "xception_224_crop"]
+    for name in names:  # a sidecar naming three classes for each
+        (tmp_path / name).with_suffix(".json").write_text(json.dumps({"classes": list(CLASSES)}), encoding="utf-8")
+    assert [m.short_name for m, _ in available_members(tmp_path)] == found
+    assert [m.short_name for m, _ in available_members(tmp_path, ("res_128_crop",))] == ["res_128_crop"]
 
 
 def test_members_of_different_classes_are_a_clear_error(multiclass_setup, tmp_path: Path, capsys) -> None:
