@@ -147,8 +147,14 @@ class StageConfig:
 
     @property
     def mixed_precision(self) -> bool:
-        """For the training stages, whose ``--precision`` is float32 or mixed."""
-        return getattr(self, "precision", None) == "mixed"
+        """For the training stages, whose ``--precision`` is float32, mixed or auto (mixed where it
+        is faster: ``hardware.mixed_precision_pays``)."""
+        precision = getattr(self, "precision", None)
+        if precision == "auto":
+            from deepcovidxr.hardware import mixed_precision_pays
+
+            return mixed_precision_pays()
+        return precision == "mixed"
 
     def options(self) -> dict[str, Any]:
         """The resolved options as JSON-ready values, keyed by field name."""

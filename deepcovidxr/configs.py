@@ -179,7 +179,7 @@ class UnetTrainConfig(StageConfig):
         check=open_unit_interval,
     )
     seed: int = options.seed()
-    precision: str = options.training_precision("mixed")
+    precision: str = options.training_precision("auto")
     limit: int | None = option(
         "--limit", help="use only the first N pairs (smoke tests)", default=None, show_default=False
     )

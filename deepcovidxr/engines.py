@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deepcovidxr import __version__
+from deepcovidxr import __version__, hardware
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import Member
@@ -530,11 +530,7 @@ def cpu_supports_bf16(core=None) -> bool:
             return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         except RuntimeError:
             pass
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return hardware.cpu_supports_bf16()
 
 
 def _check_bf16(core) -> None:

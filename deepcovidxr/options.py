@@ -12,7 +12,7 @@ from deepcovidxr.backbones import NAMES
 from deepcovidxr.config import at_least, exists, option
 
 INFERENCE_PRECISIONS = ("auto", "float32", "mixed")
-TRAINING_PRECISIONS = ("float32", "mixed")
+TRAINING_PRECISIONS = ("auto", "float32", "mixed")
 # The members' engines and precisions (deepcovidxr.engines.ENGINES / PRECISIONS; not imported here:
 # engines needs numpy, and --help stays instant). "auto": the engine's default (engines.default_precision).
 ENGINES = ("keras", "onnxruntime", "openvino")
@@ -121,7 +121,9 @@ def engine_cache() -> Any:
 def training_precision(default: str = "float32") -> Any:
     return option(
         "--precision",
-        help="compute precision: mixed = mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32)",
+        help="compute precision: mixed = mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32); "
+        "auto = mixed on a GPU or a CPU with native bfloat16 (avx512_bf16/AMX), else float32 (emulated "
+        "bfloat16 is slower than float32)",
         default=default,
         parse=_precision,
         choices=TRAINING_PRECISIONS,
