@@ -279,7 +279,7 @@ def test_multiclass_ensemble_writes_class_columns(world, tiny_members, tmp_path:
     assert header[:5] == ["Filenames", *probabilities, "Predictions"]
     assert header[5:7] == ["crop_status", "error"]
     assert header[7:] == [
-        *(f"{m}_{p}" for m in MEMBERS for p in probabilities),
+        *(f"{m}.{p}" for m in MEMBERS for p in probabilities),  # as evaluate.py's member_probabilities.csv
         *("Probability", "uncertainty", "input_check"),
     ]
     row = rows["a.png"]

@@ -32,6 +32,7 @@ from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.inference import (
     THRESHOLD,
     decision,
+    member_columns,
     resolve_ensemble,
     views_of,
     write_csv,
@@ -85,11 +86,11 @@ def unet_precision(engine: str, precision: str) -> str:
 def columns(classes: tuple[str, ...], names: list[str]) -> list[str]:
     """predictions.csv's header: the original's binary columns, or for a multi-class ensemble
     p_<class> per class and Predictions (the class name), then one column per member (per member
-    and class when multi-class)."""
+    and class when multi-class: ``<member>.p_<class>``)."""
     if class_names.is_binary(classes):
         return PREDICTION_COLUMNS + names + TRUST_COLUMNS
     probabilities = [class_names.probability_column(c) for c in classes]
-    members = [f"{name}_{column}" for name in names for column in probabilities]
+    members = member_columns(names, classes)  # <member>.p_<class>, as evaluate.py and ensemble.py write them
     return ["Filenames", *probabilities, "Predictions", "crop_status", "error", *members, *TRUST_COLUMNS]
 
 
