@@ -89,8 +89,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under pytest-xdist (``--dist loadgroup``, the default in pyproject.toml) a module's tests stay
     on one worker, so its module-scoped fixtures (trees, members, exports) are built once; the
     tests of every module that uses the session's ``phantom_member`` share one group, so that
-    member (the suite's longest fixture) is trained once, not on both workers."""
+    member (the suite's longest fixture, about 15 minutes here) is trained once, not on both
+    workers, and that group is scheduled first."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         group = "phantom_member" if "phantom_member" in fixtures else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+    # The longest group first: one worker trains the member while the other takes the rest.
+    items.sort(key=lambda item: "phantom_member" not in getattr(item, "fixturenames", ()))
