@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcovidxr.phantom_tasks import write_view_tree as make_phantom_tree  # tests import it from here
+from deepcovidxr.phantom_tasks import write_view_tree as make_phantom_tree  # noqa: F401 (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -62,38 +62,7 @@ def lung_cropper():
     return LungCropper(UNET_WEIGHTS, batch_size=8)
 
 
-LEARNING_SIZE = 128  # 4x4 final feature maps: the least that Grad-CAM can point with
-LEARNING_COUNT = 400
-LEARNING_BOOST = 40.0
-
-
-@pytest.fixture(scope="session")
-def phantom_member(tmp_path_factory) -> tuple[Path, Path]:
-    """train.py, run from the command line, on 400 cropped phantoms at 128 px from random
-    weights (ResNet-50, Adam, 12 epochs; about 4 CPU minutes). Returns (view folder, output)."""
-    root = tmp_path_factory.mktemp("phantom_member")
-    view = make_phantom_tree(root / "data", LEARNING_COUNT, LEARNING_SIZE, opacity_boost=LEARNING_BOOST, view="crop")
-    output = root / "members"
-    result = run_script(
-        "train.py",
-        *("-m", "ResNet-50", "-s", LEARNING_SIZE, "-p", view, "-o", output),
-        *("-w", "none", "--optimizer", "adam", "--epochs", 12, "--batch-size", 32, "--seed", 0),
-        timeout=1800,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return view, output
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into node ids
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``, the default in pyproject.toml) a module's tests stay
-    on one worker, so its module-scoped fixtures (trees, members, exports) are built once; the
-    tests of every module that uses the session's ``phantom_member`` share one group, so that
-    member (the suite's longest fixture, about 15 minutes here) is trained once, not on both
-    workers, and that group is scheduled first."""
-    for item in items:
-        fixtures = getattr(item, "fixturenames", ())
-        group = "phantom_member" if "phantom_member" in fixtures else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
-    # The longest group first: one worker trains the member while the other takes the rest.
-    items.sort(key=lambda item: "phantom_member" not in getattr(item, "fixturenames", ()))
+    """The longest module first: under xdist (``--dist loadfile``, pyproject.toml) one worker then
+    trains test_phantom_learning's member while the other takes the rest of the suite."""
+    items.sort(key=lambda item: item.module.__name__ != "test_phantom_learning")
