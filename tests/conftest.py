@@ -63,6 +63,7 @@ def lung_cropper():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The longest module first: under xdist (``--dist loadfile``, pyproject.toml) one worker then
-    trains test_phantom_learning's member while the other takes the rest of the suite."""
+    """The longest module first: under xdist (``--dist loadfile --no-loadscope-reorder``,
+    pyproject.toml; xdist would otherwise put the modules with most tests first and this 2-test
+    module last) one worker trains test_phantom_learning's member while the other takes the rest."""
     items.sort(key=lambda item: item.module.__name__ != "test_phantom_learning")
