@@ -390,10 +390,5 @@ def available_members(folder: Path, subset: tuple[str, ...] = ()) -> list[tuple[
         found = layout.member_files(folder)
         if not found:
             raise MissingInputError(f"{folder}: no member files (<Prefix>_<size>_up_<crop>.h5)")
-    classes = class_names.common(found)  # one task: members trained on different classes are one error
-    published = {m for m, _ in found} & set(ensemble_members())
-    if not subset and class_names.is_binary(classes) and len(published) == len(found) < 24:
-        log.warning(
-            "%d of 24 members have no file in %s; ensembling the %d present", 24 - len(found), folder, len(found)
-        )
+    class_names.common(found)  # one task: members trained on different classes are one error
     return found

@@ -252,7 +252,7 @@ def member_files(folder: Path) -> list[tuple[Member, Path]]:
     for path in sorted(Path(folder).glob(f"*_up_*{MEMBER_SUFFIX}")):
         try:
             member = Member.parse(path.name)
-        except (UsageError, KeyError, ValueError):
+        except (UsageError, ValueError):  # an unknown backbone, a crop that is neither
             continue
         if path.is_file() and path.name == member.legacy_filename:
             found.append((member, path))

@@ -333,6 +333,15 @@ def bootstrap_macro_auc_ci(
     return (float(low), float(high))
 
 
+# Why a one-vs-rest rate has a zero denominator (f1's is zero only when both of the first two hold).
+_UNDEFINED_BECAUSE = {
+    "sensitivity": "no cases",
+    "specificity": "no cases of other classes",
+    "precision": "never predicted",
+    "f1": "no cases",
+}
+
+
 def multiclass_metrics(
     y_true: Any, probabilities: Any, class_names: tuple[str, ...] | list[str], n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -376,19 +385,12 @@ def multiclass_metrics(
         }
         undefined = [rate for rate, (_, denominator) in ratios.items() if not denominator]
         if undefined:
+            reasons = dict.fromkeys(_UNDEFINED_BECAUSE[rate] for rate in undefined)
             logger.warning(
                 "%s: %s undefined (%s), reported as 0 as scikit-learn does",
                 name,
                 ", ".join(undefined),
-                ", ".join(
-                    why
-                    for why, empty in (
-                        ("no cases", not tp[k] + fn[k]),
-                        ("never predicted", not tp[k] + fp[k]),
-                        ("no cases of other classes", not tn[k] + fp[k]),
-                    )
-                    if empty
-                ),
+                ", ".join(reasons),
             )
         per_class[name] = {rate: _ratio(*pair) if pair[1] else 0.0 for rate, pair in ratios.items()}
         per_class[name] |= {"auc": float(aucs[k]), "support": int(support[k]), "undefined": undefined}

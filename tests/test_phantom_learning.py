@@ -1,7 +1,7 @@
 """The member ``train.py`` learns from random weights on cropped phantoms, and what is asserted of
 it: it learns the lower-zone opacities (training) and its Grad-CAM points at them (Grad-CAM).
 
-Both tests share one trained member (about 15 minutes on 2 cores, the suite's longest fixture),
+Both tests share one trained member (954 s in the last suite run here, the longest fixture),
 so they live in one module: the suite runs on two xdist workers with ``--dist loadfile``, which
 keeps a module on one worker, so the member is trained once.
 """
@@ -22,8 +22,8 @@ LEARNING_BOOST = 40.0
 @pytest.fixture(scope="module")
 def phantom_member(tmp_path_factory) -> tuple[Path, Path]:
     """train.py, run from the command line, on 400 cropped phantoms at 128 px from random
-    weights (ResNet-50, Adam, 12 epochs; about 12 minutes alone on this 2-core host). Returns (view
-    folder, output)."""
+    weights (ResNet-50, Adam, 12 epochs; 954 s beside the other xdist worker on this 2-core AVX2
+    host). Returns (view folder, output)."""
     root = tmp_path_factory.mktemp("phantom_member")
     view = make_phantom_tree(root / "data", LEARNING_COUNT, LEARNING_SIZE, opacity_boost=LEARNING_BOOST, view="crop")
     output = root / "members"

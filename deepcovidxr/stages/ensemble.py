@@ -51,6 +51,14 @@ def run(config: EnsembleConfig) -> StageResult:
     out = layout.EnsemblePaths(Path(config.output))
     results, scratch = out.folder, out.scratch
     classes = class_names.common(members)
+    published = {m for m, _ in members} & set(layout.ensemble_members())
+    if not config.members and class_names.is_binary(classes) and len(published) == len(members) < 24:
+        log.warning(
+            "%d of 24 members have no file in %s; ensembling the %d present",
+            24 - len(members),
+            config.weights,
+            len(members),
+        )
     candidate = Ensemble(members, np.full(len(members), 1.0 / len(members)), classes=classes)
     engine = EngineChoice.of(config, Split.TRAIN)
     validation, val_scores = score_split(
