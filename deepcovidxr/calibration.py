@@ -407,10 +407,10 @@ def sens_spec_at(
     drawn first, then the negatives'. Returns ``{"threshold", "n", "positives",
     "sensitivity": {"point", "low", "high"}, "specificity": {...}}``; a class with no cases gives NaN.
     A percentile interval of a proportion of 0 or 1 collapses to that point (e.g. [1, 1]): read it
-    with the class count.
+    with the class count. ``n_boot`` 0: no interval (``low`` and ``high`` None).
     """
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     s, y = _binary(scores, labels, probabilities=False)
@@ -422,6 +422,9 @@ def sens_spec_at(
         hits = hit[mask].astype(np.float64)
         if hits.size == 0:
             result[name] = {"point": math.nan, "low": math.nan, "high": math.nan}
+            continue
+        if not n_boot:
+            result[name] = {"point": float(hits.mean()), "low": None, "high": None}
             continue
         low, high = np.quantile(_bootstrap_proportion(hits, n_boot, rng), [alpha, 1.0 - alpha])
         result[name] = {"point": float(hits.mean()), "low": float(low), "high": float(high)}

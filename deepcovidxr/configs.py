@@ -583,7 +583,9 @@ class EvaluateConfig(StageConfig):
     """Evaluate the ensemble on the Test split of a dataset tree: Results/predictions.csv (Filenames,
     Scores, Binary prediction, Predictions, Actual, one column per member), Results/metrics.json (AUC
     with a 95 % bootstrap interval, accuracy, sensitivity, specificity, PPV, NPV, F1 at 0.5 and at the
-    Youden threshold, Brier score) and ROC, precision-recall, calibration and confusion-matrix PNGs.
+    Youden threshold (the one ensemble.py chose on Validation when the weights store it, else
+    chosen on Test and labelled so), Brier score) and ROC, precision-recall, calibration and
+    confusion-matrix PNGs.
     Three or more classes: predictions.csv holds Filenames, Predictions and Actual (class names) and
     p_<class> columns, member_probabilities.csv every member's, metrics.json per-class, macro and
     weighted sensitivity, specificity, precision, F1 and one-vs-rest AUC (macro AUC with a bootstrap

@@ -25,8 +25,6 @@ from deepcovidxr.imageio import list_images, read_view
 from deepcovidxr.layout import Split
 from deepcovidxr.preprocess import normalise
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -125,7 +123,7 @@ def list_split(view_dir: Path, split: Split | str, classes: tuple[str, ...] | No
         if not folder.is_dir():
             expected = "{" + ",".join(classes) + "}"
             raise MissingInputError(f"missing folder {folder} (expected {view_dir}/<split>/{expected})")
-        for path in list_images(folder, IMAGE_SUFFIXES):
+        for path in list_images(folder):
             files.append(str(path))
             labels.append(index)
     dtype = np.float32 if class_names.is_binary(classes) else np.int64

@@ -13,12 +13,11 @@ checks them again.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Label, Split
@@ -116,32 +115,63 @@ def read_labels(path: Path) -> list[LabelledImage]:
     return rows
 
 
-def patient_split(rows: list[LabelledImage], fractions: tuple[float, float, float], seed: int) -> dict[str, Split]:
-    """Seeded split of patients into Train/Validation/Test, stratified by each patient's majority
-    label; returns file -> split. Every split gets at least one patient of a label that has
-    three or more."""
+def patient_draw(patient_id: str, seed: int) -> float:
+    """A patient's place in [0, 1) for the split: a hash of the seed and the patient id alone, so
+    adding patients to the table never moves the patients already split (a shuffled list did)."""
+    digest = hashlib.sha256(f"{seed}\0{patient_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def patient_split(
+    rows: list[LabelledImage],
+    fractions: tuple[float, float, float],
+    seed: int,
+    pinned: dict[str, Split] | None = None,
+) -> dict[str, Split]:
+    """Patients into Train/Validation/Test by :func:`patient_draw`: Test below the Test fraction,
+    then Validation, then Train; returns file -> split. Each patient's split depends on its id and
+    the seed only, so the shares are the fractions on average (a binomial draw, not exact counts).
+
+    One exception keeps small tables usable: a label with three or more patients gets at least one
+    patient in every split with a non-zero fraction; when the draw leaves one empty, the patient of
+    that label whose draw lies nearest to the split's interval moves there. ``pinned`` (patient ->
+    split, from the manifest of an earlier run with the same seed and fractions) is kept as it is, so
+    such a move is never undone by patients added later."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise UsageError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}")
+    pinned = pinned or {}
     by_patient: dict[str, list[LabelledImage]] = defaultdict(list)
     for row in rows:
         by_patient[row.patient_id].append(row)
+    _, f_val, f_test = fractions
+    intervals = {
+        Split.TEST: (0.0, f_test),
+        Split.VALIDATION: (f_test, f_test + f_val),
+        Split.TRAIN: (f_test + f_val, 1.0),
+    }
+    draws = {patient: patient_draw(patient, seed) for patient in by_patient}
+    split_of_patient: dict[str, Split] = {}
+    for patient, u in draws.items():
+        drawn = Split.TEST if u < f_test else Split.VALIDATION if u < f_test + f_val else Split.TRAIN
+        split_of_patient[patient] = pinned.get(patient) or drawn
     by_label: dict[str, list[str]] = defaultdict(list)
     for patient, images in sorted(by_patient.items()):
         votes = Counter(r.label for r in images)
         # ties: the later class name (binary: Positive, as before)
         by_label[max(votes, key=lambda lab: (votes[lab], lab))].append(patient)
-    rng = np.random.default_rng(seed)
-    split_of_patient: dict[str, Split] = {}
-    for label in sorted(by_label):
-        patients = [by_label[label][i] for i in rng.permutation(len(by_label[label]))]
-        n = len(patients)
-        n_val = round(fractions[1] * n)
-        n_test = round(fractions[2] * n)
-        if n >= 3:
-            n_val = max(n_val, 1 if fractions[1] > 0 else 0)
-            n_test = max(n_test, 1 if fractions[2] > 0 else 0)
-        for i, patient in enumerate(patients):
-            split_of_patient[patient] = (
-                Split.TEST if i < n_test else Split.VALIDATION if i < n_test + n_val else Split.TRAIN
+    for label, patients in sorted(by_label.items()):
+        if len(patients) < 3:
+            continue
+        for split, (low, high) in intervals.items():
+            if high <= low or any(split_of_patient[p] is split for p in patients):
+                continue
+            counts = Counter(split_of_patient[p] for p in patients)
+            movable = [p for p in patients if p not in pinned and counts[split_of_patient[p]] > 1]
+            if not movable:
+                continue
+            nearest = min(movable, key=lambda p: (min(abs(draws[p] - low), abs(draws[p] - high)), p))
+            log.info(
+                "split: patient %s (%s) moved to %s, which the draw left without %s", nearest, label, split.value, label
             )
+            split_of_patient[nearest] = split
     return {row.file: split_of_patient[row.patient_id] for row in rows}

@@ -323,16 +323,14 @@ def _multiclass_search(s: np.ndarray, y: np.ndarray, draws: int, seed: int) -> S
 
 
 def _canonical_name(name: str) -> str:
-    """A member short name; legacy weight-file names (``ResNet50_331_up_crop.h5``) are accepted too."""
+    """A member short name; legacy weight-file names (``ResNet50_331_up_crop.h5``) are accepted too,
+    and so is any member the layout can name (``res_128_crop``: members trained at other sizes)."""
     if name in MEMBER_NAMES:
         return name
     try:
-        short = Member.parse(name).short_name
+        return Member.parse(name).short_name
     except ValueError:
-        short = None
-    if short not in MEMBER_NAMES:
-        raise UsageError(f"unknown ensemble member {name!r}; members are named like {MEMBER_NAMES[0]}")
-    return short
+        raise UsageError(f"unknown ensemble member {name!r}; members are named like {MEMBER_NAMES[0]}") from None
 
 
 def _validated(weights: Mapping[str, Any], source: str) -> dict[str, float]:
@@ -357,7 +355,7 @@ def _validated(weights: Mapping[str, Any], source: str) -> dict[str, float]:
     total = math.fsum(result.values())
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise UsageError(f"{source}: ensemble weights must sum to 1 (within {SUM_TOLERANCE}), they sum to {total!r}")
-    return {name: result[name] for name in MEMBER_NAMES if name in result}
+    return {name: result[name] for name in sorted(result, key=lambda n: layout.member_order(Member.parse(n)))}
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -414,25 +412,26 @@ def load_rule(path: Path) -> str:
     return rule
 
 
-def load_classes(path: Path) -> tuple[str, ...]:
+def load_classes(path: Path) -> tuple[str, ...] | None:
     """The class names the weights were fitted for: the JSON's ``classes`` (for a pickle, those
-    of the JSON written beside it when it holds the same weights); files without the key (the
-    authors', binary ones, flat mappings) are binary."""
+    of the JSON written beside it when it holds the same weights), or None when the file says
+    nothing about classes (the authors' pickle, the original's flat ``{member: weight}`` JSON, our
+    binary files): the caller then takes the members' own classes (their sidecars)."""
     path = Path(path)
     source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
     if not source.is_file():
-        return class_names.BINARY
+        return None
     try:
         payload = json.loads(source.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
     recorded = payload.get("classes") if isinstance(payload, dict) else None
     if recorded is None:
-        return class_names.BINARY
+        return None
     if not isinstance(recorded, list) or len(recorded) < 2 or not all(isinstance(c, str) for c in recorded):
         raise UsageError(f"{source}: 'classes' must be a list of at least two class names")
     if source != path and load_weights(source) != load_weights(path):
-        return class_names.BINARY  # a pickle that is not the one its neighbour describes
+        return None  # a pickle that is not the one its neighbour describes
     return tuple(recorded)
 
 
@@ -529,7 +528,7 @@ def save_weights(
     if calibration is not None:
         payload["calibration"] = dict(calibration)
     write_json(json_path, payload)
-    if len(names) != len(MEMBER_NAMES):
+    if set(names) != set(MEMBER_NAMES):
         logger.warning(
             "%d of %d members weighted: %s names them, the pickle alone does not",
             len(names),

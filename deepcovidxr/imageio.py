@@ -23,7 +23,7 @@ from PIL import Image, ImageFile
 from deepcovidxr.atomic import atomic_path
 from deepcovidxr.dicom import read_dicom_gray_info
 from deepcovidxr.errors import MissingInputError
-from deepcovidxr.layout import DICOM_SUFFIXES
+from deepcovidxr.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES
 from deepcovidxr.pixels import (
     MAX_PIXELS,
     DecodeError,
@@ -35,6 +35,8 @@ from deepcovidxr.pixels import (
     stretch_to_uint8,
 )
 from deepcovidxr.preprocess import lanczos_resize
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,13 @@ def is_hidden(path: Path | str, root: Path | str | None = None) -> bool:
     return any(is_hidden_name(part) for part in parts)
 
 
-def list_images(folder: Path | str, suffixes: Iterable[str]) -> list[Path]:
+# Every suffix the reader decodes: the dataset-tree readers (training, evaluation, ensemble, int8
+# calibration) list exactly these, so no file the dataset builder or a user put in a tree is
+# passed over without a word.
+READABLE_SUFFIXES = IMAGE_SUFFIXES
+
+
+def list_images(folder: Path | str, suffixes: Iterable[str] = READABLE_SUFFIXES) -> list[Path]:
     """Non-hidden files under ``folder`` (recursively) whose suffix is one of ``suffixes``, sorted
     by path: the listing of every dataset-tree reader."""
     wanted = {s.lower() for s in suffixes}
@@ -87,7 +95,9 @@ def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
     sorted, recursively (a folder's files before its subfolders).
 
     Non-images are yielded too: the stages report them as errors rather than skip them
-    silently. ``exclude`` (an output folder nested in the input) is never entered.
+    silently. ``exclude`` (an output folder nested in the input) is never entered. Symbolic links
+    to folders are followed (sites link their exports into one tree), each real folder once, so a
+    link back up the tree cannot loop (that link is logged and passed over).
     """
     root = Path(root)
     if root.is_file():
@@ -96,13 +106,20 @@ def iter_input_files(root: Path, exclude: Path | None = None) -> Iterator[Path]:
     if not root.is_dir():
         raise MissingInputError(f"input not found: {root}")
     exclude_resolved = exclude.resolve() if exclude is not None else None
-    for directory, subdirs, files in os.walk(root):
+    visited = {root.resolve()}
+    for directory, subdirs, files in os.walk(root, followlinks=True):
         here = Path(directory)
-        subdirs[:] = sorted(
-            d
-            for d in subdirs
-            if not is_hidden_name(d) and (exclude_resolved is None or (here / d).resolve() != exclude_resolved)
-        )
+        kept = []
+        for d in sorted(subdirs):
+            real = (here / d).resolve()
+            if is_hidden_name(d) or real == exclude_resolved:
+                continue
+            if real in visited:
+                log.warning("%s: a link to a folder already listed (%s); passed over", here / d, real)
+                continue
+            visited.add(real)
+            kept.append(d)
+        subdirs[:] = kept
         for name in sorted(files):
             if not is_hidden_name(name):
                 yield here / name

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr import classes as class_names
-from deepcovidxr import ensemble, layout, shipped
+from deepcovidxr import ensemble, layout, multiclass_calibration, shipped
 from deepcovidxr.atomic import write_text
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.layout import DataTree, Member, Split, ensemble_members
+from deepcovidxr.layout import DataTree, Member, Split
 from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, score_members
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,25 @@ class Ensemble:
     # The Validation fit stored with the weights (ensemble.load_calibration): None for the authors'
     # weights and files written before calibration existed.
     calibration: dict | None = None
+    # Why a fit stored with the weights was not kept (say, --members chose a subset of the members
+    # it was fitted for); empty when nothing was dropped.
+    calibration_dropped: str = ""
 
     @property
     def names(self) -> list[str]:
         return [m.short_name for m, _ in self.members]
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether ``Probability`` and the named operating points belong to these members and rule."""
+        return self.calibration is not None
+
+    @property
+    def uncalibrated_reason(self) -> str:
+        """Why there is no calibration, in words a report can show."""
+        return self.calibration_dropped or (
+            "none stored with the ensemble weights (rerun ensemble.py to fit one on Validation)"
+        )
 
     @property
     def binary(self) -> bool:
@@ -95,10 +110,13 @@ def decision(score: float, threshold: float = THRESHOLD) -> list:
 
 def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: tuple[str, ...] = ()) -> Ensemble:
     """Members with a non-zero weight (optionally a chosen subset, weights renormalised), each
-    with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir``; missing files are one error
-    listing them all. Without ``ensemble_weights`` the authors' published weights are used, unless
-    the member files in ``weights_dir`` (or the subset) are multi-class, which those weights cannot
-    fit: then every such member gets an equal weight (a warning says so)."""
+    with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir`` (any member the layout can name,
+    the published 24 and members of other sizes); missing files are one error listing them all.
+    Without ``ensemble_weights`` the authors' published weights are used, unless the member files in
+    ``weights_dir`` (or the subset) are multi-class, which those weights cannot fit: then every such
+    member gets an equal weight (a warning says so). A weights file that names no classes takes the
+    members' (their sidecars). The calibration and operating points stored with the weights belong
+    to the members they were fitted for: a subset drops them (a warning; ``calibrated`` is False)."""
     if ensemble_weights is None:
         present = available_members(weights_dir, subset)
         trained_on = class_names.common(present)
@@ -115,13 +133,17 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
             )
             return Ensemble(present, np.full(len(present), 1.0 / len(present)), "weighted", trained_on, None)
     source = ensemble_weights or DEFAULT_ENSEMBLE_WEIGHTS
-    by_name = ensemble.load_weights(source)
-    chosen = [m for m in ensemble_members() if by_name.get(m.short_name, 0.0) > 0]
+    by_name = ensemble.load_weights(source)  # canonical order, any member the layout can name
+    fitted = [Member.parse(name) for name, weight in by_name.items() if weight > 0]
+    chosen = fitted
     if subset:
         wanted = {Member.parse(s).short_name for s in subset}
-        chosen = [m for m in chosen if m.short_name in wanted]
+        chosen = [m for m in fitted if m.short_name in wanted]
         if not chosen:
             raise UsageError(f"none of {', '.join(subset)} has a non-zero ensemble weight")
+        unweighted = sorted(wanted - {m.short_name for m in chosen})
+        if unweighted:
+            log.warning("--members: %s have no non-zero weight in %s; left out", ", ".join(unweighted), source)
     missing = [m.legacy_filename for m in chosen if not (Path(weights_dir) / m.legacy_filename).is_file()]
     if missing:
         raise MissingInputError(f"{weights_dir}: missing member file(s): {', '.join(missing)}")
@@ -134,12 +156,27 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     members = [(m, Path(weights_dir) / m.legacy_filename) for m in chosen]
     trained_on = class_names.common(members)
     fitted_for = ensemble.load_classes(source)
-    if fitted_for != trained_on:
+    if fitted_for is not None and fitted_for != trained_on:
         raise UsageError(
             f"{source}: the ensemble weights were fitted for classes {list(fitted_for)}, but the members in "
             f"{weights_dir} were trained on {list(trained_on)}"
         )
-    return Ensemble(members, weights, rule, trained_on, ensemble.load_calibration(source))
+    stored, dropped = ensemble.load_calibration(source), ""
+    if stored is not None and len(chosen) < len(fitted):
+        # A Platt map or a threshold fitted on the whole ensemble's score says nothing about a
+        # subset's score (a different number for the same image): refuse to borrow it.
+        left_out = [m.short_name for m in fitted if m not in chosen]
+        dropped = (
+            f"the calibration and operating points in {source} were fitted for {len(fitted)} members and "
+            f"--members chose a subset of {len(chosen)} (without {', '.join(left_out)}); rerun ensemble.py "
+            "with these --members to fit them"
+        )
+    elif stored is not None and multiclass_calibration.is_multiclass(stored) == class_names.is_binary(trained_on):
+        dropped = f"the calibration in {source} was fitted for another task than these {len(trained_on)}-class members"
+    if dropped:
+        log.warning("calibrated: false: %s", dropped)
+        stored = None
+    return Ensemble(members, weights, rule, trained_on, stored, dropped)
 
 
 def views_of(members: list[tuple[Member, Path]]) -> tuple:
@@ -206,7 +243,6 @@ def load_split(
     The class folders are the tree's (:func:`tree_classes`), checked against ``classes`` (default:
     the members' common classes); labels are class indices. A file some view cannot read is
     logged and left out of every view (``SplitImages.unreadable`` says which and why)."""
-    from deepcovidxr.data import IMAGE_SUFFIXES
     from deepcovidxr.imageio import ImageReadError, list_images, read_view
 
     expected = tuple(classes) if classes is not None else class_names.common(members)
@@ -222,7 +258,7 @@ def load_split(
             p.relative_to(folder).as_posix()
             for name in expected
             if (folder / name).is_dir()
-            for p in list_images(folder / name, IMAGE_SUFFIXES)
+            for p in list_images(folder / name)
         )
     reference_view, reference = next(iter(listing.items()))
     for view, names in listing.items():
@@ -312,7 +348,6 @@ def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]
     cache never reads the images); the digest covers the files' names and bytes."""
     import hashlib
 
-    from deepcovidxr.data import IMAGE_SUFFIXES
     from deepcovidxr.engines import Calibration, file_sha256
     from deepcovidxr.imageio import list_images, read_view
     from deepcovidxr.preprocess import to_model_input
@@ -324,7 +359,7 @@ def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]
         folder = tree.split_dir(size, crop, split)
         if not folder.is_dir():
             raise MissingInputError(f"--calibration {root}: missing folder {folder}")
-        files = calibration_files(list_images(folder, IMAGE_SUFFIXES), folder)
+        files = calibration_files(list_images(folder), folder)
         if not files:
             raise MissingInputError(f"--calibration {root}: no images in {folder}")
         chosen[(size, crop)] = files
@@ -346,9 +381,11 @@ def score_split(
     tta: int = 0,
     seed: int = 0,
     engine: EngineChoice | None = None,
+    tta_variance: list | None = None,
 ) -> tuple[SplitImages, np.ndarray]:
     """Every image of one split scored by every member (model-major), on ``engine`` (default:
-    Keras fp32)."""
+    Keras fp32). ``tta_variance``, if given, receives the members' variance over the TTA passes
+    (:func:`deepcovidxr.predictor.score_members`), which the uncertainty adds."""
     engine = engine or EngineChoice()
     if engine.calibration_root is not None and engine.calibration_split == split:
         raise UsageError(f"int8 calibration must not use the {split.value} split it scores")
@@ -364,6 +401,7 @@ def score_split(
             tta,
             seeds,
             loader=MemberLoader(chosen.members, opener, ahead=2),
+            tta_variance=tta_variance,
         )
     finally:
         store.close()

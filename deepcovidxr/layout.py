@@ -128,8 +128,10 @@ def image_stem(relative: Path) -> str:
 
 def flat_name(file: str) -> str:
     """The name an image gets in the dataset tree: its relative path with folders joined by '__'
-    (the same in all four views, so views pair by name); DICOM becomes PNG."""
-    return output_name(Path(file.replace("/", "__"))).as_posix()
+    (the same in all four views, so views pair by name), always a PNG: the tree is written
+    lossless, so a view read back from it has the pixels prediction computes in memory (a JPEG
+    copy moved grey levels by up to 28 and changed scores)."""
+    return png_name(Path(file.replace("/", "__"))).as_posix()
 
 
 TENSORBOARD = "tensorboard"  # event files below a run's output folder
@@ -245,9 +247,6 @@ def member_files(folder: Path) -> list[tuple[Member, Path]]:
     """Every member file (``<Prefix>_<size>_up_<crop>.h5``, any size) directly in ``folder``, in the
     canonical order (backbone table, size, uncrop before crop): the 24 published members and
     members trained at other sizes (``train.py -s 128``) alike. Other ``.h5`` files are ignored."""
-    from deepcovidxr.backbones import BACKBONES
-
-    order = {b.name: i for i, b in enumerate(BACKBONES)}
     found = []
     for path in sorted(Path(folder).glob(f"*_up_*{MEMBER_SUFFIX}")):
         try:
@@ -256,7 +255,15 @@ def member_files(folder: Path) -> list[tuple[Member, Path]]:
             continue
         if path.is_file() and path.name == member.legacy_filename:
             found.append((member, path))
-    return sorted(found, key=lambda item: (order[item[0].backbone], item[0].size, item[0].crop != CropMode.UNCROP))
+    return sorted(found, key=lambda item: member_order(item[0]))
+
+
+def member_order(member: Member) -> tuple[int, int, bool]:
+    """The canonical order of any member (backbone table, size, uncrop before crop): for the
+    published 24 it is ``ensemble_members()``' order, and members of other sizes fall in place."""
+    from deepcovidxr.backbones import NAMES
+
+    return (NAMES.index(member.backbone), member.size, member.crop != CropMode.UNCROP)
 
 
 # ---- run outputs: members, tuner, pretraining, evaluation, ensemble -------------------------------
@@ -270,6 +277,7 @@ ENSEMBLE_WEIGHTS_PICKLE = "ensemble_weights.pickle"
 ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_INFO = "predictions_info.json"
+PREDICT_JOURNAL = ".predict_journal"  # predict.py: the crop and each member's scores, until the outputs are written
 UNREADABLE_CSV = "unreadable.csv"  # evaluate.py, ensemble.py: tree files no view could read
 REPORT_HTML = "report.html"  # evaluate.py and predict.py: the page a reader opens (report_page)
 REFERRAL_PNG = "Referral_Curve.png"  # AUC/accuracy as the most uncertain images are referred
@@ -309,6 +317,24 @@ class RunPaths:
 
     def checkpoint(self, phase: str) -> Path:
         return Path(self.output) / f"save_weights_{phase}" / self.member.legacy_filename
+
+    def phase_record(self, phase: str) -> Path:
+        """Written when a phase ends, beside its checkpoint: the settings and data fingerprint it
+        was trained with. Only this file marks a phase done (a checkpoint exists after the first
+        improving epoch)."""
+        return self.checkpoint(phase).with_name(f"{self.stem}_done.json")
+
+    def resume_state(self, phase: str) -> Path:
+        """An unfinished phase's last epoch (weights, optimizer, epoch, rule state, history), so
+        a rerun goes on from there; removed when the phase ends."""
+        return self.checkpoint(phase).with_name(f"{self.stem}_resume.npz")
+
+    @property
+    def member_record(self) -> Path:
+        """The finished member's record (settings, data fingerprint, the member file's digest),
+        written just before the member file: a member file is skipped on a rerun only when this
+        matches."""
+        return Path(self.output) / f"{self.stem}_done.json"
 
     def plots(self, phase: str) -> Path:
         return Path(self.output) / f"save_plots_{phase}" / self.stem

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from deepcovidxr.inference import THRESHOLD, Ensemble, resolve_ensemble
 from deepcovidxr.lungs.segment import Box
 from deepcovidxr.metrics import DISCLAIMER
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, crop_for_explanation, plan_outputs
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, explanation_options, plan_outputs
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -223,7 +222,12 @@ def run(config) -> StageResult:
     classes = tuple(chosen.classes)
     wanted = resolve_target(config.target, classes)
     target = BINARY_KEYS.get(wanted, wanted)  # binary keys name the classes Positive / Negative
-    report = BatchReport(config.output / layout.LIME_REPORT, report_columns(classes), overwrite=config.overwrite)
+    report = BatchReport(
+        config.output / layout.LIME_REPORT,
+        report_columns(classes),
+        overwrite=config.overwrite,
+        options=explanation_options(config, chosen),
+    )
     found, todo = plan_outputs(config.path, config.output, report, layout.lime_names)
     log.info(
         "LIME: %d files, %d to do, %d members, %d samples each",
@@ -232,8 +236,9 @@ def run(config) -> StageResult:
         len(chosen.members),
         config.num_samples,
     )
-    layout.scratch_dir(config.output).mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="lime-", dir=layout.scratch_dir(config.output)))
+    from deepcovidxr.predictor import scratch_folder
+
+    scratch = scratch_folder(layout.scratch_dir(config.output), "lime")
     index_of = {name: i for i, (_, name) in enumerate(todo)}
     boxes: dict[str, Box] = {}  # in display-size coordinates; the display image is in scratch
     checks: dict[str, str] = {}

@@ -206,20 +206,33 @@ def brier_score(y_true: Any, scores: Any) -> float:
     return float(np.mean((s - y) ** 2))
 
 
-def evaluate(y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    y_true: Any,
+    scores: Any,
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    split: str = "Test",
+    youden: float | None = None,
+) -> dict[str, Any]:
     """Everything a results table needs, as plain JSON-serialisable values.
 
-    Keys: ``n``, ``positives``, ``auc``, ``auc_ci95`` ([low, high]), ``brier``, ``at_0.5``
-    (:func:`binary_metrics` at 0.5, the published operating point) and ``at_youden`` (at
-    :func:`youden_threshold`). With one class only, ``auc`` and the CI are NaN and ``at_youden`` is
-    None (sensitivity or specificity at 0.5 is still meaningful, e.g. for a positives-only cohort).
-    Note that a Youden threshold chosen on the set it is evaluated on is optimistic; choose it on
-    Validation and apply it to Test with :func:`binary_metrics` for an unbiased estimate.
+    Keys: ``n``, ``positives``, ``auc``, ``auc_ci95`` ([low, high]; [None, None] with ``n_boot`` 0:
+    no interval), ``brier``, ``at_0.5`` (:func:`binary_metrics` at 0.5, the published operating
+    point) and ``at_youden``: at ``youden``, a threshold chosen on Validation (``chosen_on``:
+    ``"Validation"``), else at :func:`youden_threshold` of these very cases (``chosen_on``:
+    ``split``), which is optimistic and labelled so. With one class only, ``auc`` and the CI are NaN
+    and a Youden point chosen here is None (sensitivity or specificity at a given threshold is still
+    meaningful, e.g. for a positives-only cohort).
     """
     y, s = _as_binary_problem(y_true, scores)
     both = bool(y.min() != y.max())
     auc = auc_or_nan(y, s)
-    low, high = bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed)
+    low, high = bootstrap_auc_ci(y, s, n_boot=n_boot, seed=seed) if n_boot else (None, None)
+    if youden is not None:
+        at_youden = {**binary_metrics(y, s, youden), "chosen_on": "Validation"}
+    else:
+        at_youden = {**binary_metrics(y, s, youden_threshold(y, s)), "chosen_on": split} if both else None
     return {
         "n": int(y.size),
         "positives": int(y.sum()),
@@ -227,7 +240,7 @@ def evaluate(y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dic
         "auc_ci95": [low, high],
         "brier": brier_score(y, s) if 0.0 <= s.min() and s.max() <= 1.0 else math.nan,
         "at_0.5": binary_metrics(y, s, 0.5),
-        "at_youden": binary_metrics(y, s, youden_threshold(y, s)) if both else None,
+        "at_youden": at_youden,
     }
 
 
@@ -362,7 +375,7 @@ def multiclass_metrics(
     (unweighted mean of each rate over the classes, scikit-learn's ``average="macro"``; the AUC's
     is NaN when any class's AUC is), ``weighted`` (the mean
     weighted by support, scikit-learn's ``average="weighted"``), ``macro_auc_ci95`` ([low, high],
-    seeded bootstrap of the macro AUC, ``n_boot`` resamples; [nan, nan] with ``n_boot`` 0) and
+    seeded bootstrap of the macro AUC, ``n_boot`` resamples; [None, None] with ``n_boot`` 0) and
     ``confusion_matrix`` (rows actual, columns predicted, counts).
     """
     names = tuple(class_names)
@@ -402,7 +415,7 @@ def multiclass_metrics(
         # A class without cases has weight 0; leave it out rather than let its NaN spoil the sum.
         used = weights > 0
         weighted[rate] = float(np.sum(values[used] * weights[used]))
-    low, high = bootstrap_macro_auc_ci(y, p, n_boot=n_boot, seed=seed) if n_boot else (math.nan, math.nan)
+    low, high = bootstrap_macro_auc_ci(y, p, n_boot=n_boot, seed=seed) if n_boot else (None, None)
     return {
         "n": int(y.size),
         "classes": list(names),

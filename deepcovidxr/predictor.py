@@ -16,7 +16,9 @@ The same code serves one image and a folder, so an image scores the same either 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import Member
 from deepcovidxr.views import View
@@ -35,12 +38,84 @@ from deepcovidxr.views import View
 log = logging.getLogger(__name__)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def scratch_folder(parent: Path, kind: str) -> Path:
+    """A new ``<kind>-<pid>-<random>`` folder under ``parent`` (a stage's ``.scratch``), after
+    removing the folders there whose process is gone: a run killed with ``kill -9`` cannot remove
+    its memory-mapped views (many GB for a large folder), so the next run does."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        owner = old.name.split("-")
+        pid = int(owner[1]) if len(owner) > 2 and owner[1].isdigit() else None
+        # a folder named before pids were recorded: gone stale once nothing has touched it for a day
+        stale = not _alive(pid) if pid is not None else time.time() - old.stat().st_mtime > 86_400
+        if old.is_dir() and pid != os.getpid() and stale:
+            log.info("removing %s, left by a run that ended without cleaning up", old)
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=parent))
+
+
+class ScoreJournal:
+    """A prediction run's finished work, kept as it finishes: the crop's outcome and each member's
+    scores (and TTA variances). Keyed by a fingerprint of the files (names, sizes, modification
+    times) and every option that shapes a score, so a rerun after a kill scores only the members
+    left, and a rerun with other files or options starts afresh (the old journal is removed)."""
+
+    def __init__(self, root: Path, fingerprint: str) -> None:
+        self.root = Path(root)
+        self.folder = self.root / fingerprint
+        if self.root.is_dir():
+            for old in self.root.iterdir():
+                if old != self.folder:
+                    log.info("predict: %s was made from other files or options; removed", old)
+                    shutil.rmtree(old, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, member: Member, what: str) -> Path:
+        return self.folder / f"{member.short_name}.{what}.npy"
+
+    def has(self, member: Member) -> bool:
+        return self._path(member, "scores").is_file()
+
+    def load(self, member: Member) -> tuple[np.ndarray, np.ndarray | None]:
+        variance = self._path(member, "variance")
+        return np.load(self._path(member, "scores")), np.load(variance) if variance.is_file() else None
+
+    def save(self, member: Member, scores: np.ndarray, variance: np.ndarray | None) -> None:
+        if variance is not None:  # first, so that a scores file always has its variance beside it
+            with atomic_path(self._path(member, "variance")) as tmp:
+                np.save(tmp, variance)
+        with atomic_path(self._path(member, "scores")) as tmp:
+            np.save(tmp, scores)
+
+    def save_crop(self, state: dict) -> None:
+        write_json(self.folder / "crop.json", state)
+
+    def load_crop(self) -> dict | None:
+        try:
+            return json.loads((self.folder / "crop.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def close(self) -> None:
+        """The run's outputs are written: nothing is left to resume."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 class ViewStore:
     """One uint8 memmap per view, (capacity, size, size), in a scratch folder."""
 
     def __init__(self, folder: Path, capacity: int, views: tuple[View, ...]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="views-", dir=folder))
+        self.folder = scratch_folder(folder, "views")
         self.arrays = {
             view: np.lib.format.open_memmap(
                 self.folder / f"{view[0]}_{view[1].value}.npy",
@@ -257,7 +332,7 @@ def _augmented(chunk: np.ndarray, chunk_seeds: np.ndarray, index: int) -> np.nda
 
 
 def score_members(
-    store: ViewStore,
+    store: ViewStore | None,
     count: int,
     members: list[tuple[Member, Path]],
     batch_size: int,
@@ -265,25 +340,44 @@ def score_members(
     seeds: np.ndarray | None = None,
     loader: MemberLoader | None = None,
     tta_variance: list | None = None,
+    journal: ScoreJournal | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Model-major: (count, members) scores for one-unit heads, (count, members, K) for K-unit
     heads; each member opened once (by ``loader``, default Keras fp32) and freed after use. With
     nothing to score (``count`` 0) no member is opened. ``tta_variance``, if given, receives the
-    (count, members[, K]) variance over the TTA passes."""
+    (count, members[, K]) variance over the TTA passes. ``journal``: members it holds are read
+    back, not run (``loader`` then opens only the others, in the same order); each member run is
+    added to it."""
     import gc
 
     if count == 0:
         return np.zeros((0, len(members)), np.float64), {}
-    loader = loader or MemberLoader(members, member_opener("keras", "fp32"))
+    journal_members = [m for m, _ in members if journal is not None and journal.has(m)]
+    remaining = [(m, p) for m, p in members if m not in journal_members]
+    loader = loader or MemberLoader(remaining, member_opener("keras", "fp32"))
+    opened = iter(loader)
     columns: list[np.ndarray] = []
     variances: list[np.ndarray] = []
     forward_seconds: dict[str, float] = {}
+    if journal_members:
+        log.info("predict: %d member(s) scored by an interrupted run are read back", len(journal_members))
     with tqdm(total=len(members), desc="members", unit="model") as bar:
-        for member, model in loader:
+        for member, _ in members:
+            if member in journal_members:
+                column, variance = journal.load(member)
+                columns.append(column)
+                variances.append(variance if variance is not None else np.zeros_like(column))
+                bar.update()
+                continue
+            loaded, model = next(opened)
+            if loaded != member:  # the loader must open exactly the members not in the journal
+                raise RuntimeError(f"member loader opened {loaded.short_name}, expected {member.short_name}")
             started = time.perf_counter()
             images = store.arrays[(member.size, member.crop)][:count]
             columns.append(member_scores(model, images, batch_size, tta, seeds, variance=variances))
             forward_seconds[member.short_name] = time.perf_counter() - started
+            if journal is not None:
+                journal.save(member, columns[-1], variances[-1])
             del model
             gc.collect()
             bar.update()

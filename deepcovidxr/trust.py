@@ -19,11 +19,13 @@ from deepcovidxr.report_page import Figure, Metric
 
 
 def image_uncertainty(chosen: Ensemble, scores: np.ndarray, tta_variance: np.ndarray | None = None) -> np.ndarray:
-    """The weighted standard deviation of the member scores around the ensemble score (weights of
-    the rule). With test-time augmentation the members' within-image variance over the TTA passes
-    ``(images, members)`` is added, weighted the same way (law of total variance: total**2 =
-    between-member variance of the TTA means + weighted mean TTA variance). Multi-class: the spread
-    of the predicted class's probability (members only)."""
+    """The one definition of the ``uncertainty`` column (evaluate.py and predict.py): the weighted
+    standard deviation of the member scores around the ensemble score (weights of the rule). With
+    test-time augmentation the members' within-image variance over the TTA passes
+    ``(images, members)`` (``score_members``' ``tta_variance``) is added, weighted the same way (law
+    of total variance: total**2 = between-member variance of the TTA means + weighted mean TTA
+    variance). Multi-class: the spread of the predicted class's probability (members only; the
+    variance is not used)."""
     if not chosen.binary:
         return uncertainty.multiclass_uncertainty(scores, chosen.rule_weights)
     between = uncertainty.spread(scores, chosen.rule_weights)
@@ -74,8 +76,16 @@ def held_out_calibration(chosen: Ensemble, combined: np.ndarray, labels: np.ndar
 
 
 def threshold(chosen: Ensemble, spec: str | float) -> float:
-    """``--threshold``: a number, or a named operating point stored with the ensemble weights."""
-    return calibration.resolve_threshold(spec, stored_fit(chosen).operating_points if chosen.calibration else None)
+    """``--threshold``: a number, or a named operating point stored with the ensemble weights; a
+    named point the ensemble dropped (fitted for other members) is a UsageError saying why."""
+    named = str(spec).strip().lower() in calibration.OPERATING_POINTS
+    if named and chosen.calibration_dropped:
+        raise UsageError(
+            f"--threshold {spec} needs an operating point fitted for these members, but {chosen.calibration_dropped}; "
+            "or pass a number, e.g. --threshold 0.5"
+        )
+    fit = stored_fit(chosen)
+    return calibration.resolve_threshold(spec, fit.operating_points if fit else None)
 
 
 def referral(labels: np.ndarray, combined: np.ndarray, spread: np.ndarray) -> list[dict[str, float]]:
@@ -110,6 +120,13 @@ def metric_rows(summary: dict, held_out: dict | None, rows: list[dict]) -> list[
             at = summary["at_0.5"]
             out.append(Metric("Sensitivity at 0.5", at["sensitivity"]))
             out.append(Metric("Specificity at 0.5", at["specificity"]))
+        youden = summary.get("at_youden")
+        if youden and youden.get("chosen_on") != "Validation":
+            # Chosen on the cases it is reported on: optimistic, and the page says so.
+            where = f"the Youden threshold chosen on {youden.get('chosen_on', 'Test')} (optimistic)"
+            cut = f"score >= {youden['threshold']:.4f}"
+            for rate in ("sensitivity", "specificity"):
+                out.append(Metric(f"{rate.capitalize()} at {where}, {cut}", youden[rate]))
     else:
         low, high = summary["macro_auc_ci95"]
         out.append(Metric("Macro one-vs-rest AUC", summary["macro"]["auc"], low, high))
@@ -135,11 +152,12 @@ def metric_rows(summary: dict, held_out: dict | None, rows: list[dict]) -> list[
         out.append(Metric("Brier score (raw score)", held_out["brier_raw"]))
         out.append(Metric(f"Brier score ({held_out['calibration_method']})", held_out["brier_calibrated"]))
         for name, point in held_out["operating_points"].items():
+            chosen_on = "" if name == "0.5" else ", chosen on Validation"
             for rate in ("sensitivity", "specificity"):
                 value = point[rate]
                 out.append(
                     Metric(
-                        f"{rate.capitalize()} at {name} (score >= {point['threshold']:.4f})",
+                        f"{rate.capitalize()} at {name} (score >= {point['threshold']:.4f}{chosen_on})",
                         value["point"],
                         value["low"],
                         value["high"],

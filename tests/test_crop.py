@@ -183,3 +183,34 @@ def test_unet_crops_keep_the_lungs_of_held_out_real_images(lung_cropper) -> None
     assert (coverages >= 0.99).mean() >= 0.95, sorted(coverages)[:5]
     assert np.median(coverages) >= 0.995
     assert np.mean(dices) >= 0.95, np.mean(dices)
+
+
+def test_rerun_redoes_a_replaced_input_and_another_unet(tmp_path: Path, lung_cropper) -> None:
+    """Regression: a rerun skipped every file whose crop existed, so a film replaced under the same
+    name (or another U-Net) left the old crop reported ok."""
+    from deepcovidxr.configs import CropConfig
+    from deepcovidxr.stages.crop import run as run_crop
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    cxr = shared("cxr")
+    shutil.copy(cxr / "Positive" / "hannover_006f3a8a.png", source / "a.png")
+    config = CropConfig(input=source, output=out, unet=UNET_WEIGHTS, qc_montage=False)
+    assert run_crop(config, cropper=lung_cropper).counts == {"ok": 1}
+    first = (out / "a.png").read_bytes()
+
+    other = sorted((cxr / "Negative").glob("nih_*.png"))[0]
+    shutil.copy(other, source / "a.png")
+    run_crop(config, cropper=lung_cropper)
+    crop = np.asarray(Image.open(out / "a.png"))
+    assert (out / "a.png").read_bytes() != first
+    row = _report(out)["a.png"]
+    x0, y0, x1, y1 = (int(row[k]) for k in ("x0", "y0", "x1", "y1"))
+    np.testing.assert_array_equal(crop, read_gray(source / "a.png")[y0:y1, x0:x1])
+
+    # the same U-Net weights under another path are another option: redone, and the rerun says why
+    unet = tmp_path / "unet"
+    shutil.copytree(UNET_WEIGHTS.parent, unet)
+    stamp = (out / "a.png").stat().st_mtime_ns
+    run_crop(CropConfig(input=source, output=out, unet=unet / UNET_WEIGHTS.name, qc_montage=False), lung_cropper)
+    assert (out / "a.png").stat().st_mtime_ns != stamp

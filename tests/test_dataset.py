@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -63,12 +63,17 @@ def test_patient_split_keeps_patients_whole_and_is_seeded() -> None:
     assert all(len(s) == 1 for s in per_patient.values())
     assert split == patient_split(rows, (0.7, 0.15, 0.15), seed=3)
     assert split != patient_split(rows, (0.7, 0.15, 0.15), seed=4)
-    for label in Label:  # stratified: each split holds both classes in about the right share
+    for label in Label:  # each split holds both classes, in about the fraction's share (a binomial draw)
         patients = {r.patient_id for r in rows if r.label is label}
         counts = {s: sum(1 for p in patients if split[f"{p}_0.png"] is s) for s in Split}
-        assert counts[Split.TEST] == round(0.15 * len(patients)) and counts[Split.VALIDATION] == round(
-            0.15 * len(patients)
-        )
+        spread = 2.5 * (len(patients) * 0.15 * 0.85) ** 0.5
+        assert all(counts.values())
+        assert abs(counts[Split.TEST] - 0.15 * len(patients)) <= spread
+        assert abs(counts[Split.VALIDATION] - 0.15 * len(patients)) <= spread
+    # the draw of a big table holds the fractions closely
+    large = patient_split(_cohort(3000, 1), (0.7, 0.15, 0.15), seed=0)
+    shares = Counter(large.values())
+    assert abs(shares[Split.TEST] / 3000 - 0.15) < 0.02 and abs(shares[Split.TRAIN] / 3000 - 0.7) < 0.025
     with pytest.raises(ValueError, match="summing to 1"):
         patient_split(rows, (0.5, 0.1, 0.1), seed=0)
 
@@ -148,3 +153,67 @@ def test_rerun_resumes_without_redoing_work(built) -> None:
     )
     assert again.returncode == 1
     assert "20 to do" not in again.stderr and "1 to do" in again.stderr
+
+
+def _tree_names(out: Path) -> dict[str, set[str]]:
+    """Every image in the tree -> the splits it sits in (any size, view and class)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for path in out.glob("*/*/*/*/*"):
+        if path.is_file():
+            found[path.name].add(path.parent.parent.name)
+    return found
+
+
+def test_adding_patients_never_moves_a_split_patient() -> None:
+    """A patient's split depends on that patient and the seed only (regression: adding one
+    patient re-drew every split)."""
+    rows = _cohort(80, 1)
+    before = patient_split(rows, (0.7, 0.15, 0.15), seed=2)
+    more = rows + [
+        LabelledImage(f"new{p}_0.png", Label.POSITIVE if p % 2 else Label.NEGATIVE, f"new{p}") for p in range(9)
+    ]
+    after = patient_split(more, (0.7, 0.15, 0.15), seed=2)
+    assert {f: after[f] for f in before} == before
+
+
+def test_rebuild_after_patients_are_added_leaves_no_image_in_two_splits(tmp_path: Path) -> None:
+    """Regression: rerunning build_dataset.py into the same -o after adding patients to the table
+    moved images to other splits and left their old copies behind (8 images in Train and Test)."""
+    phantoms = tmp_path / "phantoms"
+    labels = write_phantom_set(phantoms, 24, seed=3, patients=24, size_range=(200, 260))
+    rows = list(csv.reader(labels.open(newline="", encoding="utf-8")))
+    header, body = rows[0], rows[1:]
+    first = _write_csv(tmp_path / "first.csv", header, body[:16])
+    out = tmp_path / "tree"
+    args = ["--images", phantoms, "-o", out, "--sizes", "32", "--seed", "4"]
+    assert run_script("build_dataset.py", "--labels", first, *args).returncode == 0
+    split_before = {n: s for n, splits in _tree_names(out).items() for s in splits}
+
+    done = run_script("build_dataset.py", "--labels", labels, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = _tree_names(out)
+    assert all(len(s) == 1 for s in found.values()), {n: s for n, s in found.items() if len(s) > 1}
+    assert len(found) == 24
+    assert all(found[n] == {s} for n, s in split_before.items())  # nothing of the first run moved
+    manifest = {r["name"]: r["split"] for r in csv.DictReader((out / "split_manifest.csv").open(encoding="utf-8"))}
+    assert {n: next(iter(s)) for n, s in found.items()} == manifest
+
+    # another seed re-draws the split: every copy the old split left is removed, none stays behind
+    done = run_script("build_dataset.py", "--labels", labels, *args[:-1], "9")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = _tree_names(out)
+    assert all(len(s) == 1 for s in found.values()) and len(found) == 24
+    assert "removed" in done.stderr
+
+
+def test_rebuild_refuses_files_it_did_not_write(tmp_path: Path) -> None:
+    phantoms = tmp_path / "phantoms"
+    labels = write_phantom_set(phantoms, 8, seed=1, size_range=(200, 240))
+    out = tmp_path / "tree"
+    args = ["--images", phantoms, "--labels", labels, "-o", out, "--sizes", "32"]
+    assert run_script("build_dataset.py", *args).returncode == 0
+    stranger = out / "32" / "crop" / "Test" / "Positive" / "added_by_hand.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(stranger)
+    done = run_script("build_dataset.py", *args)
+    assert done.returncode == 2 and "added_by_hand.png" in done.stderr
+    assert stranger.is_file()

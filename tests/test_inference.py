@@ -507,3 +507,83 @@ def test_predict_threshold_names_the_operating_point_stored_with_the_weights(
         "sens95",
     )
     assert done.returncode == 2 and "Rerun ensemble.py" in done.stderr, done.stderr[-2000:]
+
+
+def test_vissample_rerun_with_another_target_redoes_the_maps(weights_dir: Path, tmp_path: Path) -> None:
+    """Regression: a rerun kept every finished map, so changing --target (or the members) left the
+    other class's heatmaps reported ok."""
+    from deepcovidxr.configs import GradcamConfig
+    from deepcovidxr.stages import vis_sample as explain
+
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "a.png")
+    common = {"weights": weights_dir, "path": images, "output": tmp_path / "out", "batch_size": 2}
+    common["ensemble_weights"] = weights_dir / "ensemble_weights.json"
+    explain.run(GradcamConfig(**common, target="positive"))
+    heatmap = tmp_path / "out" / "gradCAM_img" / "a_heatmap.npy"
+    positive = np.load(heatmap)
+    explain.run(GradcamConfig(**common, target="positive"))
+    np.testing.assert_array_equal(np.load(heatmap), positive)  # same options: kept
+    stamp = heatmap.stat().st_mtime_ns
+    explain.run(GradcamConfig(**common, target="negative"))
+    assert heatmap.stat().st_mtime_ns != stamp
+    assert not np.array_equal(np.load(heatmap), positive)
+
+
+def test_predict_killed_mid_run_resumes_with_the_members_left(
+    weights_dir: Path, messy_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a killed predict.py restarted from zero and left its memory-mapped views in
+    .scratch for good. Now each member's scores are journaled as it finishes: the rerun opens only
+    the members left, gives the scores of an uninterrupted run, and removes a dead run's scratch."""
+    from deepcovidxr import predictor
+    from deepcovidxr.configs import PredictConfig
+    from deepcovidxr.stages import predict as predict_stage
+
+    config = PredictConfig(
+        weights=weights_dir,
+        input=messy_images,
+        output=tmp_path / "out",
+        ensemble_weights=weights_dir / "ensemble_weights.json",
+        engine="keras",
+        batch_size=2,
+    )
+    dead = tmp_path / "out" / ".scratch" / "views-999999-left"  # no such process
+    dead.mkdir(parents=True)
+    (dead / "224_uncrop.npy").write_bytes(b"x" * 1000)
+
+    scores = predictor.member_scores
+    calls: list[int] = []
+
+    def dies_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # stands for kill -9 after the first member
+        calls.append(1)
+        return scores(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "member_scores", dies_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        predict_stage.run(config)
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    assert not dead.exists()
+
+    monkeypatch.setattr(predictor, "member_scores", scores)
+    opened: list[str] = []
+    loader_init = predictor.MemberLoader.__init__
+
+    def counting(self, members, *args, **kwargs):
+        opened.extend(m.short_name for m, _ in members)
+        loader_init(self, members, *args, **kwargs)
+
+    monkeypatch.setattr(predictor.MemberLoader, "__init__", counting)
+    predict_stage.run(config)
+    assert opened == [MEMBERS[1]]  # the first member's scores came from the journal
+    assert not (tmp_path / "out" / ".predict_journal").exists()
+    resumed = _rows(tmp_path / "out" / "predictions.csv")
+
+    fresh = predict_stage.run(PredictConfig(**{**config.__dict__, "output": tmp_path / "fresh"}))
+    clean = _rows(fresh.report)
+    assert resumed.keys() == clean.keys()
+    for name, row in clean.items():
+        assert row["Scores"] == resumed[name]["Scores"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -204,6 +205,12 @@ def test_lime_folder_writes_one_image_per_input_and_a_report(tmp_path) -> None:
     # the same run again resumes: nothing redone, the rows kept
     again = run(config)
     assert _rows(again.report)["a.png"]["score"] == rows["a.png"]["score"]
+    # another seed draws other perturbations: redone, never reported from the earlier run
+    # (regression: a rerun kept every finished row whatever its options)
+    weights_map = out / "lime_img" / "a_lime_weights.npy"
+    first = np.load(weights_map)
+    run(dataclasses.replace(config, seed=6))
+    assert not np.array_equal(np.load(weights_map), first)
 
 
 def test_lime_explains_a_chosen_class_of_a_three_class_ensemble(tmp_path) -> None:

@@ -194,7 +194,7 @@ def test_weights_json_records_the_classes_and_binary_files_stay_as_before(tmp_pa
     _, plain = ensemble.save_weights(weights, tmp_path / "plain")
     assert binary.read_bytes() == plain.read_bytes()
     assert list(json.loads(plain.read_text(encoding="utf-8"))) == ["rule", "weights"]
-    assert ensemble.load_classes(plain) == ("Negative", "Positive")
+    assert ensemble.load_classes(plain) is None  # says nothing: the members' sidecars decide (issue 19)
 
 
 # -------------------------------------------------------------------------------------- the stages
@@ -415,8 +415,11 @@ def test_members_of_different_classes_are_a_clear_error(multiclass_setup, tmp_pa
     code = cli.main("ensemble", ["-w", str(mixed), "-d", str(tree), "-o", str(tmp_path / "f")])
     assert code == 2
     assert "different classes" in capsys.readouterr().err
-    # members of the tree's classes but weights fitted for another task
-    (tmp_path / "binary_weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}), encoding="utf-8")
+    # members of the tree's classes but weights that say they were fitted for another task
+    (tmp_path / "binary_weights.json").write_text(
+        json.dumps({"classes": ["Negative", "Positive"], "weights": {MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}}),
+        encoding="utf-8",
+    )
     code = cli.main(
         "evaluate",
         ["-w", str(weights), "-i", str(tree), "-o", str(tmp_path / "g"), "-e", str(tmp_path / "binary_weights.json")],
@@ -432,6 +435,26 @@ def test_members_of_different_classes_are_a_clear_error(multiclass_setup, tmp_pa
     code = cli.main("ensemble", ["-w", str(binary), "-d", str(tree), "-o", str(tmp_path / "h")])
     assert code == 2
     assert "not the members' classes" in capsys.readouterr().err
+
+
+def test_weights_that_name_no_classes_take_the_members_classes(multiclass_setup, tmp_path: Path) -> None:
+    """Issue 19: the original's plain ``{member: weight}`` JSON (or a pickle) says nothing about
+    classes and was taken as binary, so evaluate/predict/visSample refused 3-class members. The
+    members' sidecars decide then."""
+    import pickle
+
+    from deepcovidxr.inference import resolve_ensemble
+
+    _, weights = multiclass_setup
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({MEMBERS[0]: 0.4, MEMBERS[1]: 0.6}), encoding="utf-8")
+    pickled = tmp_path / "weights.pickle"
+    pickled.write_bytes(pickle.dumps({MEMBERS[0]: 0.4, MEMBERS[1]: 0.6}, protocol=3))
+    for source in (plain, pickled):
+        chosen = resolve_ensemble(weights, source)
+        assert chosen.classes == CLASSES and chosen.names == list(MEMBERS)
+        assert chosen.weights.tolist() == pytest.approx([0.4, 0.6])
+        assert ensemble.load_classes(source) is None
 
 
 def test_binary_tree_keeps_its_columns(tmp_path: Path) -> None:

@@ -98,6 +98,44 @@ def test_every_listing_skips_hidden_files_the_same_way(tmp_path: Path) -> None:
     assert not is_hidden(view / "a.png", view) and not is_hidden(hidden_root / "a.png", hidden_root)
 
 
+def test_every_readable_suffix_reaches_the_tree_readers(tmp_path: Path) -> None:
+    """Regression: training, evaluation and the ensemble listed png/jpg/jpeg only, so TIFF and BMP
+    files in a tree were passed over without a word."""
+    from deepcovidxr.data import list_split
+    from deepcovidxr.imageio import READABLE_SUFFIXES, read_gray
+
+    view = make_phantom_tree(tmp_path / "tree", 20, 16)
+    converted = []
+    for index, path in enumerate(sorted(view.rglob("phantom_*.png"))):
+        suffix = (".tif", ".tiff", ".bmp", ".jpe")[index % 4]
+        if suffix == ".jpe":  # JPEG readable too, whatever its spelling
+            Image.open(path).save(path.with_suffix(suffix), format="JPEG", quality=95)
+        else:
+            Image.open(path).save(path.with_suffix(suffix))
+        path.unlink()
+        converted.append(path.with_suffix(suffix))
+    assert {p.suffix for p in converted} <= READABLE_SUFFIXES
+    listed = sorted(Path(f) for s in Split for f in list_split(view, s).files)
+    assert listed == sorted(converted)
+    assert all(read_gray(p).shape == (16, 16) for p in listed)
+
+
+def test_links_to_folders_are_followed_once_and_loops_end(tmp_path: Path) -> None:
+    """Regression: a symbolic link to a sub-folder (a site linking its exports into one tree) was
+    passed over without a word; a link back up the tree must not loop."""
+    from deepcovidxr.imageio import iter_input_files
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(elsewhere / "linked.png")
+    root = tmp_path / "in"
+    root.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "here.png")
+    (root / "site").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "loop").symlink_to(root, target_is_directory=True)
+    assert [p.relative_to(root).as_posix() for p in iter_input_files(root)] == ["here.png", "site/linked.png"]
+
+
 # ---- stage level -------------------------------------------------------------------------------
 
 

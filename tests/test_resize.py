@@ -93,3 +93,26 @@ def test_cli_refuses_output_inside_input(tmp_path: Path) -> None:
     done = run_script("resize_img.py", "-i", tmp_path / "in", "-o", tmp_path / "in" / "small", "-s", "32")
     assert done.returncode != 0 and "inside the input" in done.stderr
     assert not (tmp_path / "in" / "small").exists()
+
+
+def test_rerun_with_another_size_or_changed_input_redoes_the_outputs(tmp_path: Path) -> None:
+    """Regression: a rerun into the same folder skipped every file whose output existed, so
+    ``-s 224`` then ``-s 331`` left 224 px images reported ok."""
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    Image.fromarray(_noise((100, 100))).save(source / "x.png")
+    Image.fromarray(_noise((90, 120), 1)).save(source / "y.png")
+    run_resize(ResizeConfig(input=source, output=out, size=32))
+    assert Image.open(out / "x.png").size == (32, 32)
+
+    result = run_resize(ResizeConfig(input=source, output=out, size=48))
+    assert result.counts == {"ok": 2}
+    assert Image.open(out / "x.png").size == (48, 48) and Image.open(out / "y.png").size == (48, 48)
+
+    # same options, one input rewritten with other pixels: that one is redone, the other kept
+    kept = (out / "y.png").stat().st_mtime_ns
+    replacement = _noise((100, 100), 7)
+    Image.fromarray(replacement).save(source / "x.png")
+    run_resize(ResizeConfig(input=source, output=out, size=48))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "x.png")), lanczos_resize(replacement, 48))
+    assert (out / "y.png").stat().st_mtime_ns == kept

@@ -37,9 +37,10 @@ def fake_scoring(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     splits = {Split.VALIDATION: fake_split(1), Split.TEST: fake_split(2)}
     seen: list[Split] = []
 
-    def score_split(root, split, chosen, scratch, batch_size, tta=0, seed=0, engine=None):
+    def score_split(root, split, chosen, scratch, batch_size, tta=0, seed=0, engine=None, tta_variance=None):
         seen.append(split)
-        return splits[split]
+        images, scores = splits[split]
+        return images, scores[:, [MEMBERS.index(m) for m, _ in chosen.members]]  # the chosen members' columns
 
     members = [(m, tmp_path / "members" / m.legacy_filename) for m in MEMBERS]
     monkeypatch.setattr(ensemble_stage, "score_split", score_split)
@@ -189,3 +190,150 @@ def test_evaluate_report_page_loads_every_image_when_copied(fake_scoring, tmp_pa
     widths = image_widths(page)
     assert len(widths) >= 2 * 50 + 4  # two thumbnail tables (highest scores, most uncertain) and the figures
     assert all(width > 0 for _, width in widths), [src for src, width in widths if width == 0]
+
+
+# ---- issue 19, section 2: numbers that are not what they claim ------------------------------------
+
+
+def _fitted(tmp_path: Path) -> Path:
+    """ensemble.py's weights JSON (weights, rule, Validation calibration and operating points) for
+    the three fake members, whose files exist (empty: nothing here loads them)."""
+    for member in MEMBERS:
+        (tmp_path / "members" / member.legacy_filename).write_bytes(b"")
+    config = EnsembleConfig(weights=tmp_path / "members", data=tmp_path / "data", output=tmp_path / "ens", draws=200)
+    return Path(ensemble_stage.run(config).report)
+
+
+def _evaluate(tmp_path: Path, out: str, **options) -> dict:
+    evaluate_stage.run(
+        EvaluateConfig(weights=tmp_path / "members", image=tmp_path / "data", output=tmp_path / out, **options)
+    )
+    return json.loads((tmp_path / out / "Results" / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_a_member_subset_drops_the_borrowed_calibration(
+    fake_scoring, tmp_path: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 19: ``--members`` with a weights file kept the full ensemble's Platt fit and operating
+    points, so ``Probability`` and ``--threshold sens90`` described another score. A subset drops
+    them with a warning and says ``calibrated: false``; a named operating point is then refused."""
+    from deepcovidxr import trust
+    from deepcovidxr.errors import UsageError
+    from deepcovidxr.inference import resolve_ensemble
+
+    weights_json = _fitted(tmp_path)
+    monkeypatch.setattr(evaluate_stage, "_report", lambda *a, **k: None)
+    full = resolve_ensemble(tmp_path / "members", weights_json)
+    assert full.calibration is not None and trust.threshold(full, "sens90") == pytest.approx(
+        json.loads(weights_json.read_text(encoding="utf-8"))["calibration"]["operating_points"]["sens90"]
+    )
+    subset = ("res_224_uncrop", "dense_331_crop")
+    with caplog.at_level("WARNING", logger="deepcovidxr.inference"):
+        chosen = resolve_ensemble(tmp_path / "members", weights_json, subset)
+    assert chosen.calibration is None and not chosen.calibrated
+    assert "calibrated: false" in caplog.text and "xception_224_crop" in caplog.text
+    with pytest.raises(UsageError, match="subset"):
+        trust.threshold(chosen, "sens90")
+    assert trust.threshold(chosen, "0.3") == 0.3  # a number needs no stored point
+    # Naming every member is not a subset: the calibration stays.
+    assert resolve_ensemble(tmp_path / "members", weights_json, tuple(m.short_name for m in MEMBERS)).calibrated
+    reported = _evaluate(tmp_path, "eval", ensemble_weights=weights_json, members=subset, bootstrap=20)
+    assert reported["calibrated"] is False and "subset" in reported["calibration"]
+    rows = _rows(tmp_path / "eval" / "Results" / "predictions.csv")
+    assert all(r["Probability"] == "" for r in rows)
+    assert not (tmp_path / "eval" / "Results" / "Calibration_Fitted.png").exists()
+    assert _evaluate(tmp_path, "all", ensemble_weights=weights_json, bootstrap=20)["calibrated"] is True
+
+
+def test_predict_refuses_a_stored_operating_point_on_a_subset_before_any_work(
+    fake_scoring, tmp_path: Path, monkeypatch
+) -> None:
+    from deepcovidxr.configs import PredictConfig
+    from deepcovidxr.errors import UsageError
+    from deepcovidxr.stages import predict as predict_stage
+
+    weights_json = _fitted(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(images / "a.png")
+    monkeypatch.setattr(predict_stage, "segment_files", lambda *a, **k: pytest.fail("work started"))
+    config = PredictConfig(
+        weights=tmp_path / "members",
+        input=images,
+        output=tmp_path / "pred",
+        ensemble_weights=weights_json,
+        members=("res_224_uncrop",),
+        threshold="sens90",
+    )
+    with pytest.raises(UsageError, match="subset"):
+        predict_stage.run(config)
+
+
+def test_youden_block_uses_the_validation_point_or_says_it_was_chosen_on_test(
+    fake_scoring, tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 19: ``at_youden`` picked its cut on Test and reported it on Test (optimistic)."""
+    from deepcovidxr import metrics, trust
+
+    splits, _, members = fake_scoring
+    weights_json = _fitted(tmp_path)
+    monkeypatch.setattr(evaluate_stage, "_report", lambda *a, **k: None)
+    stored = json.loads(weights_json.read_text(encoding="utf-8"))
+    reported = _evaluate(tmp_path, "eval", ensemble_weights=weights_json, bootstrap=20)
+    youden = stored["calibration"]["operating_points"]["youden"]
+    assert reported["at_youden"]["chosen_on"] == "Validation"
+    assert reported["at_youden"]["threshold"] == pytest.approx(youden)
+    images, scores = splits[Split.TEST]
+    weights = np.array([stored["weights"][m.short_name] for m in MEMBERS])
+    expected = metrics.binary_metrics(images.labels, scores @ weights, youden)
+    assert reported["at_youden"]["sensitivity"] == pytest.approx(expected["sensitivity"])
+    # Weights without a Validation fit (the authors'): the block stays, labelled as chosen on Test.
+    monkeypatch.setattr(evaluate_stage, "resolve_ensemble", lambda *a, **k: Ensemble(members, np.full(3, 1 / 3)))
+    plain = _evaluate(tmp_path, "plain", bootstrap=20)
+    assert plain["at_youden"]["chosen_on"] == "Test"
+    on_test = metrics.youden_threshold(images.labels, scores.mean(axis=1))
+    assert plain["at_youden"]["threshold"] == pytest.approx(on_test)
+    names = [m.name for m in trust.metric_rows(plain, None, [])]
+    assert any("Youden" in n and "chosen on Test" in n for n in names), names
+
+
+def test_bootstrap_zero_means_no_intervals(fake_scoring, tmp_path: Path, monkeypatch) -> None:
+    """Issue 19: ``--bootstrap 0`` passed the config and crashed binary evaluation after scoring."""
+    from deepcovidxr import trust
+
+    weights_json = _fitted(tmp_path)
+    monkeypatch.setattr(evaluate_stage, "_report", lambda *a, **k: None)
+    reported = _evaluate(tmp_path, "eval", ensemble_weights=weights_json, bootstrap=0)
+    assert reported["auc_ci95"] == [None, None] and 0 < reported["auc"] < 1
+    for point in reported["calibration"]["operating_points"].values():
+        assert point["sensitivity"]["low"] is None and point["sensitivity"]["point"] is not None
+    rows = trust.metric_rows(reported, reported["calibration"], [])
+    assert rows[0].name == "AUC" and rows[0].low is None and rows[0].high is None
+    assert all(r.low is None and r.high is None for r in rows)
+
+
+def test_evaluate_uncertainty_includes_the_tta_variance(fake_scoring, tmp_path: Path, monkeypatch) -> None:
+    """Issue 19: ``evaluate.py -t N`` left the TTA variance out of ``uncertainty`` (predict.py adds
+    it). The stage must ask the scoring for it and use trust.image_uncertainty's one definition."""
+    from deepcovidxr import trust
+
+    splits, _, members = fake_scoring
+    images, scores = splits[Split.TEST]
+    variance = np.random.default_rng(5).uniform(0.0, 0.02, scores.shape)
+
+    def score_split(root, split, chosen, scratch, batch_size, tta=0, seed=0, engine=None, tta_variance=None):
+        assert tta == 2 and tta_variance is not None, "evaluate did not ask for the TTA variance"
+        tta_variance.append(variance)
+        return images, scores
+
+    chosen = Ensemble(members, np.array([0.5, 0.3, 0.2]))
+    monkeypatch.setattr(evaluate_stage, "score_split", score_split)
+    monkeypatch.setattr(evaluate_stage, "resolve_ensemble", lambda *a, **k: chosen)
+    monkeypatch.setattr(evaluate_stage, "_report", lambda *a, **k: None)
+    _evaluate(tmp_path, "eval", tta=2, bootstrap=10)
+    rows = _rows(tmp_path / "eval" / "Results" / "predictions.csv")
+    expected = trust.image_uncertainty(chosen, scores, variance)
+    assert np.allclose([float(r["uncertainty"]) for r in rows], expected, atol=1e-6)
+    assert not np.allclose(expected, trust.image_uncertainty(chosen, scores), atol=1e-4)

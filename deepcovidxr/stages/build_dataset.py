@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
 from deepcovidxr import layout
-from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.batch import ERROR, BatchReport, stamped
 from deepcovidxr.configs import DatasetConfig
 from deepcovidxr.cropping import crop_columns, segment_files
 from deepcovidxr.dataset import LEFT_OUT, MANIFEST_COLUMNS, patient_split, read_labels
+from deepcovidxr.errors import UsageError
 from deepcovidxr.imageio import write_gray
 from deepcovidxr.input_check import OK
-from deepcovidxr.layout import CropMode, DataTree
+from deepcovidxr.layout import CropMode, DataTree, Split
 from deepcovidxr.lungs.cropper import LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
-from deepcovidxr.stages.common import StageResult
+from deepcovidxr.stages.common import StageResult, crop_options
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -29,16 +31,25 @@ log = logging.getLogger(__name__)
 
 def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResult:
     rows = read_labels(config.labels)
-    splits = patient_split(rows, config.fractions, config.seed)
     tree = DataTree(config.output)
-    for directory in tree.leaf_dirs(config.sizes, classes=tuple(sorted({row.label for row in rows}))):
-        directory.mkdir(parents=True, exist_ok=True)
-    report = BatchReport(config.output / layout.SPLIT_MANIFEST, MANIFEST_COLUMNS, overwrite=config.overwrite)
+    options = {**crop_options(config), "sizes": config.sizes, "keep_flagged": config.keep_flagged}
+    split_rule = {"seed": config.seed, "fractions": config.fractions}
+    report = BatchReport(
+        config.output / layout.SPLIT_MANIFEST,
+        MANIFEST_COLUMNS,
+        overwrite=config.overwrite,
+        options=options | split_rule,
+    )
+    recorded = report.recorded_rows()
+    splits = patient_split(rows, config.fractions, config.seed, _pinned(report, recorded, split_rule))
     planned = {}
     for row in rows:
         split, name = splits[row.file], layout.flat_name(row.file)
         outputs = [tree.class_dir(s, c, split, row.label) / name for s in config.sizes for c in CropMode]
         planned[row.file] = (row, split, name, outputs)
+    _remove_stale(tree, {path for *_, outputs in planned.values() for path in outputs}, recorded)
+    for directory in tree.leaf_dirs(config.sizes, classes=tuple(sorted({row.label for row in rows}))):
+        directory.mkdir(parents=True, exist_ok=True)
     clashes = layout.collisions({file: item[3] for file, item in planned.items()})
     for file, reason in clashes.items():
         row = planned[file][0]
@@ -46,7 +57,8 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
     todo = [
         (config.images / file, row, split, name)
         for file, (row, split, name, outputs) in planned.items()
-        if file not in clashes and not report.finished(file, *outputs)
+        if file not in clashes
+        and not report.finished(file, *outputs, source=config.images / file, extra=[row.label, split, name])
     ]
     log.info("dataset: %d images of %d patients; %d to do", len(rows), len({r.patient_id for r in rows}), len(todo))
 
@@ -81,6 +93,10 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
             todo, cropper, handle, failed, report, qc, workers=config.workers, desc="dataset", pass_check=True
         )
     path = report.close()
+    for file, row in report.rows.items():  # a film now unreadable or left out keeps no views of an earlier run
+        if row["status"] in (ERROR, LEFT_OUT) and file in planned:
+            for output in planned[file][3]:
+                output.unlink(missing_ok=True)
     if qc.items:
         write_qc_montage(config.output / layout.QC_MONTAGE, qc.items)
     counts = report.status_counts()
@@ -94,3 +110,49 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
     if kept:
         log.warning("dataset: %d flagged image(s) kept (--keep-flagged); see %s", kept, path)
     return StageResult(path, counts)
+
+
+def _pinned(report: BatchReport, recorded: dict[str, dict], split_rule: dict) -> dict[str, Split]:
+    """The patients an earlier run into this folder split under the same seed and fractions keep
+    their split (see :func:`dataset.patient_split`); another rule re-draws every patient."""
+    previous = report.previous_options or {}
+    if {k: previous.get(k) for k in split_rule} != stamped(split_rule):
+        return {}
+    return {row["patient_id"]: Split(row["split"]) for row in recorded.values() if row.get("split")}
+
+
+def _remove_stale(tree: DataTree, expected: set[Path], recorded: dict[str, dict]) -> None:
+    """Make the tree hold what this run's manifest lists and nothing else: images an earlier run
+    wrote (its manifest names them) that are not at this run's place for them (another split,
+    label, size or name) are removed, so no image sits in two splits; an image no manifest names
+    was put there by someone else, and the run refuses before anything is touched."""
+    on_disk = (
+        {
+            path
+            for size in tree.root.iterdir()
+            if size.is_dir() and size.name.isdigit()
+            for path in size.glob("*/*/*/*")
+            if path.is_file() and path.parent.parent.name in {s.value for s in Split}
+        }
+        if tree.root.is_dir()
+        else set()
+    )
+    stale = on_disk - expected
+    if not stale:
+        return
+    ours = {row["name"] for row in recorded.values() if row.get("name")}
+    strangers = sorted(p for p in stale if p.name not in ours)
+    if strangers:
+        listed = ", ".join(str(p.relative_to(tree.root)) for p in strangers[:5])
+        more = f" and {len(strangers) - 5} more" if len(strangers) > 5 else ""
+        raise UsageError(
+            f"{tree.root} holds {len(strangers)} image(s) that {layout.SPLIT_MANIFEST} does not list ({listed}{more}): "
+            "a tree is rebuilt only from its own manifest; move them away or choose another -o"
+        )
+    for path in stale:
+        path.unlink()
+    log.warning(
+        "dataset: removed %d image file(s) an earlier run wrote where this run's split, labels or sizes no "
+        "longer put them (so no image sits in two splits)",
+        len(stale),
+    )

@@ -24,6 +24,32 @@ def relative_name(path: Path, root: Path) -> Path:
     return Path(path.name) if root.is_file() else path.relative_to(root)
 
 
+def crop_options(config) -> dict:
+    """What shapes a crop besides its input, for a stage's rerun fingerprint: the U-Net file and
+    its precision (the box follows the mask). Every stage that crops adds these to its own options."""
+    from deepcovidxr.lungs.cropper import default_unet_path
+
+    return {"unet": config.unet or default_unet_path(), "precision": config.precision}
+
+
+def ensemble_options(chosen) -> dict:
+    """What shapes an ensemble's scores, for a stage's rerun fingerprint: every member file (its
+    stamp: a retrained member is another option), the weights, the rule and the classes."""
+    return {
+        "members": [path for _, path in chosen.members],
+        "weights": [round(float(w), 12) for w in chosen.weights],
+        "rule": chosen.rule,
+        "classes": list(chosen.classes),
+    }
+
+
+def explanation_options(config, chosen) -> dict:
+    """The explanation stages' (Grad-CAM, LIME) fingerprint options: the crop, the ensemble, the
+    class explained, and LIME's sampling (its seed and number of copies)."""
+    lime = {"num_samples": config.num_samples, "seed": config.seed} if config.method == "lime" else {}
+    return {**crop_options(config), **ensemble_options(chosen), "target": config.target, "method": config.method} | lime
+
+
 def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> dict[str, str]:
     """Error rows for the inputs whose outputs would overwrite another input's (never written)."""
     clashes = layout.collisions(outputs)
@@ -71,6 +97,6 @@ def plan_outputs(source: Path, output: Path, report: BatchReport, names) -> tupl
     todo = [
         (path, name)
         for name, (path, outputs) in planned.items()
-        if name not in clashes and not report.finished(name, *outputs)
+        if name not in clashes and not report.finished(name, *outputs, source=path)
     ]
     return len(planned), todo

@@ -19,7 +19,7 @@ from deepcovidxr.input_check import OK
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import LungCropper, locate
 from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
-from deepcovidxr.stages.common import StageResult, refuse_collisions, relative_name
+from deepcovidxr.stages.common import StageResult, crop_options, refuse_collisions, relative_name
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def _locate_and_write(
 def run(config: CropConfig, cropper: LungCropper | None = None) -> StageResult:
     root = config.input
     files = list(iter_input_files(root))
-    report = BatchReport(config.output / layout.CROP_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
+    report = BatchReport(
+        config.output / layout.CROP_REPORT, REPORT_COLUMNS, overwrite=config.overwrite, options=crop_options(config)
+    )
     planned = {}
     for path in files:
         relative = relative_name(path, root)
@@ -75,7 +77,7 @@ def run(config: CropConfig, cropper: LungCropper | None = None) -> StageResult:
     todo = [
         (path, relative)
         for name, (path, relative, outputs) in planned.items()
-        if name not in clashes and not report.finished(name, *outputs)
+        if name not in clashes and not report.finished(name, *outputs, source=path)
     ]
     log.info("crop: %d files, %d already done, %d to do", len(files), len(files) - len(todo), len(todo))
     qc = QcCollector()

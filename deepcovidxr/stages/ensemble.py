@@ -128,7 +128,8 @@ def _binary_report(config, out, names, weights, test, test_scores, combined, fit
         [name, f"{metrics.auc_or_nan(test.labels, test_scores[:, i]):.6f}", f"{weights[i]:.6f}"]
         for i, name in enumerate(names)
     ]
-    summary = metrics.evaluate(test.labels, combined, seed=config.seed)
+    # at_youden at the Validation threshold stored with the weights, never one chosen on Test.
+    summary = metrics.evaluate(test.labels, combined, seed=config.seed, youden=fitted.operating_points["youden"])
     member_rows.append([f"ensemble ({config.method})", f"{summary['auc']:.6f}", "1.000000"])
     write_csv(out.member_auc, ["member", "test_auc", "weight"], member_rows)
     write_csv(

@@ -45,6 +45,7 @@ UNCERTAINTY_NOTE = (
     "uncertainty: weighted standard deviation of the member scores around the ensemble score "
     "(weights of the combination rule)"
 )
+TTA_NOTE = "; with -t, plus the members' weighted variance over the TTA passes (as predict.py)"
 
 
 def run(config: EvaluateConfig) -> StageResult:
@@ -52,6 +53,7 @@ def run(config: EvaluateConfig) -> StageResult:
     can read is left out, listed in ``Results/unreadable.csv`` and makes the exit code 1."""
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     out = layout.EvaluationPaths(Path(config.output))
+    variance: list[np.ndarray] = []
     images, scores = score_split(
         config.image,
         Split.TEST,
@@ -61,18 +63,22 @@ def run(config: EvaluateConfig) -> StageResult:
         config.tta,
         config.seed,
         engine=EngineChoice.of(config, Split.VALIDATION),
+        tta_variance=variance,
     )
-    path = (_binary if chosen.binary else _multiclass)(config, chosen, out, images, scores)
+    # predict.py's definition: the TTA passes' variance joins the members' spread (trust.image_uncertainty)
+    spread = trust.image_uncertainty(chosen, scores, variance[0] if config.tta and variance else None)
+    path = (_binary if chosen.binary else _multiclass)(config, chosen, out, images, scores, spread)
     errors = write_unreadable(out.unreadable, [(Split.TEST.value, images)])
     return StageResult(path, {"ok": len(images.names), ERROR: errors})
 
 
-def _binary(config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores) -> Path:
+def _binary(
+    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
+) -> Path:
     from deepcovidxr import metrics, plots
 
     results = out.folder
     combined = chosen.combine(scores)
-    spread = trust.image_uncertainty(chosen, scores)
     probs = trust.probabilities(chosen, combined)
     rows = []
     for index, (name, label, score, member_row) in enumerate(
@@ -104,7 +110,11 @@ def _binary(config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPath
         ],
         rows,
     )
-    summary = metrics.evaluate(images.labels, combined, n_boot=config.bootstrap, seed=config.seed)
+    fit = trust.stored_fit(chosen)
+    # The Youden point chosen on Validation when the weights carry one; else chosen here, on Test,
+    # and labelled so (metrics.json's at_youden.chosen_on, the report page).
+    youden = fit.operating_points.get("youden") if fit else None
+    summary = metrics.evaluate(images.labels, combined, n_boot=config.bootstrap, seed=config.seed, youden=youden)
     summary["member_auc"] = {
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
     }
@@ -120,11 +130,10 @@ def _binary(config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPath
             "ensemble_rule": chosen.rule,
             **summary,
             "unreadable": dict(images.unreadable),
-            "uncertainty": UNCERTAINTY_NOTE,
+            "uncertainty": UNCERTAINTY_NOTE + (TTA_NOTE if config.tta else ""),
             "referral": referral,
-            "calibration": held_out
-            if held_out is not None
-            else "none stored with the ensemble weights (rerun ensemble.py to fit one on Validation)",
+            "calibrated": chosen.calibrated,
+            "calibration": held_out if held_out is not None else chosen.uncalibrated_reason,
         },
     )
     figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
@@ -135,14 +144,20 @@ def _binary(config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPath
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
     _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
     log.info(
-        "Test: AUC %.4f (95%% CI %.4f-%.4f), sensitivity %.3f, specificity %.3f at 0.5; %s",
+        "Test: AUC %.4f (95%% CI %s), sensitivity %.3f, specificity %.3f at 0.5; %s",
         summary["auc"],
-        *summary["auc_ci95"],
+        _interval(summary["auc_ci95"]),
         summary["at_0.5"]["sensitivity"],
         summary["at_0.5"]["specificity"],
         path,
     )
     return path
+
+
+def _interval(bounds: list) -> str:
+    """A CI for the log: ``low-high``, or why there is none (``--bootstrap 0``)."""
+    low, high = bounds
+    return "not computed (--bootstrap 0)" if low is None else f"{low:.4f}-{high:.4f}"
 
 
 def _report(config, chosen, out, images, combined, spread, metric_rows, figures) -> None:
@@ -181,14 +196,13 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
 
 
 def _multiclass(
-    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores
+    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
 ) -> Path:
     from deepcovidxr import metrics, plots
     from deepcovidxr.tensorboard_images import write_images
 
     results = out.folder
     combined = chosen.combine(scores)
-    spread = trust.image_uncertainty(chosen, scores)
     probs = trust.probabilities(chosen, combined)
     header, rows = class_rows(images.names, images.labels, combined, chosen.classes)
     cells = [["" if probs is None else f"{probs[i]:.6f}", f"{spread[i]:.6f}"] for i in range(len(rows))]
@@ -221,22 +235,19 @@ def _multiclass(
             "member_macro_auc": member_auc,
             "uncertainty": UNCERTAINTY_NOTE + "; multi-class: of the predicted class's probability",
             "referral": referral,
-            "calibration": held_out
-            if held_out is not None
-            else "none stored with the ensemble weights (rerun ensemble.py to fit one on Validation)",
+            "calibrated": chosen.calibrated,
+            "calibration": held_out if held_out is not None else chosen.uncalibrated_reason,
         },
     )
     figures = plots.multiclass_evaluation_plots(results, images.labels, combined, chosen.classes, "Ensemble on Test")
     figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
     _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
-    low, high = summary["macro_auc_ci95"]
     log.info(
-        "Test (%d classes): macro AUC %.4f (95%% CI %.4f-%.4f), accuracy %.3f; %s",
+        "Test (%d classes): macro AUC %.4f (95%% CI %s), accuracy %.3f; %s",
         len(chosen.classes),
         summary["macro"]["auc"],
-        low,
-        high,
+        _interval(summary["macro_auc_ci95"]),
         summary["accuracy"],
         path,
     )

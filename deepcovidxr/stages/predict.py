@@ -23,7 +23,7 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, layout, trust
 from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
-from deepcovidxr.batch import ERROR
+from deepcovidxr.batch import ERROR, digest, file_stamp
 from deepcovidxr.configs import PredictConfig
 from deepcovidxr.cropping import segment_files
 from deepcovidxr.engines import CACHE_FOLDER
@@ -39,8 +39,15 @@ from deepcovidxr.inference import (
 )
 from deepcovidxr.input_check import OK
 from deepcovidxr.layout import Member
-from deepcovidxr.predictor import MemberLoader, ViewStore, image_seed, member_opener, score_members
-from deepcovidxr.stages.common import StageResult, relative_name
+from deepcovidxr.predictor import (
+    MemberLoader,
+    ScoreJournal,
+    ViewStore,
+    image_seed,
+    member_opener,
+    score_members,
+)
+from deepcovidxr.stages.common import StageResult, ensemble_options, relative_name
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -114,16 +121,20 @@ class _LazyCropper:
         return self.cropper.probabilities(inputs)
 
 
-def folder_calibration(folder: Path, members: list[tuple[Member, Path]], open_cropper, workers: int):
+def folder_calibration(
+    folder: Path, members: list[tuple[Member, Path]], open_cropper, workers: int, unet: tuple[Path, str]
+):
     """int8 calibration from a folder of X-rays: each file is decoded, cropped and viewed like a
     predicted image, lazily (only when a member's quantised export has to be built; a warm cache
-    never crops them). The cache key's digest covers the files' names and bytes and the U-Net file."""
+    never crops them). The cache key's digest covers the files' names and bytes and the U-Net that
+    crops them (``unet``: its file and precision; another U-Net moves the crop views)."""
     from deepcovidxr.engines import Calibration, file_sha256
 
     files = [f for f in iter_input_files(folder)]
     if not files:
         raise MissingInputError(f"--calibration {folder}: no files")
     digest = hashlib.sha256(b"views-v1\0")
+    digest.update(f"unet {file_sha256(unet[0])} {unet[1]}\0".encode())
     for path in files:
         digest.update(relative_name(path, folder).as_posix().encode() + b"\0" + file_sha256(path).encode())
     views = views_of(members)
@@ -173,7 +184,7 @@ class _NoQc:
 
 
 def run(config: PredictConfig) -> StageResult | Path:
-    from deepcovidxr.lungs.cropper import LungCropper, locate
+    from deepcovidxr.lungs.cropper import LungCropper, default_unet_path, locate
     from deepcovidxr.reports import QcCollector, QcItem
 
     started = time.perf_counter()
@@ -182,6 +193,8 @@ def run(config: PredictConfig) -> StageResult | Path:
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     classes = getattr(chosen, "classes", None) or class_names.common(chosen.members)
     binary = class_names.is_binary(classes)
+    # Before any work: a named operating point the weights lack (or hold for other members) is refused.
+    cut = trust.threshold(chosen, config.threshold) if binary else None
     files = shard_files(list(iter_input_files(config.input)), config.shard)
     names = [relative_name(f, config.input).as_posix() for f in files]
     engine, precision = config.engine, resolved_precision(config.engine, config.precision)
@@ -194,6 +207,8 @@ def run(config: PredictConfig) -> StageResult | Path:
         precision,
         f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "",
     )
+
+    unet = (Path(config.unet) if config.unet else default_unet_path(), unet_precision(engine, precision))
 
     def open_cropper() -> LungCropper:
         return LungCropper(
@@ -211,7 +226,7 @@ def run(config: PredictConfig) -> StageResult | Path:
                 "--precision int8 needs --calibration DIR: chest X-rays that are not the ones predicted "
                 "(e.g. a Validation set); or use --precision fp32/bf16"
             )
-        calibration = folder_calibration(config.calibration, chosen.members, open_cropper, config.workers)
+        calibration = folder_calibration(config.calibration, chosen.members, open_cropper, config.workers, unet)
     elif config.calibration is not None:
         log.warning("--calibration is used by --precision int8 only; ignored at %s", precision)
     # Checks the engine/precision pair (installed runtime, bf16 CPU, calibration) before any work.
@@ -237,8 +252,29 @@ def run(config: PredictConfig) -> StageResult | Path:
     timings: dict[str, float] = {}
     scored: list[int] = []
     scores = np.zeros((0, len(chosen.members)), np.float64)
-    if files:
-        loader = MemberLoader(chosen.members, opener, ahead=LOADER_AHEAD)
+    journal = ScoreJournal(
+        config.output / layout.PREDICT_JOURNAL, _fingerprint(config, chosen, files, names, unet, info, calibration)
+    )
+    remaining = [(m, p) for m, p in chosen.members if not journal.has(m)]
+    resumed = journal.load_crop() if files and not remaining else None
+    if resumed is not None:  # a killed run scored every member: its outputs are all that is left
+        log.info("predict: every member was scored by an interrupted run with these files and options")
+        status.update({int(i): (v[0], v[1]) for i, v in resumed["status"].items()})
+        checks.update({int(i): v for i, v in resumed["checks"].items()})
+        flagged.update(resumed["flagged"])
+        scored = resumed["scored"]
+        if scored:
+            scores, _ = score_members(
+                None,
+                len(scored),
+                chosen.members,
+                config.batch_size,
+                config.tta,
+                tta_variance=tta_variance,
+                journal=journal,
+            )
+    if files and resumed is None:
+        loader = MemberLoader(remaining, opener, ahead=LOADER_AHEAD)
         store = ViewStore(layout.scratch_dir(config.output), len(files), views_of(chosen.members))
         try:
 
@@ -279,6 +315,7 @@ def run(config: PredictConfig) -> StageResult | Path:
             timings.update(crop_s=time.perf_counter() - crop_start, unet_open_s=cropper.seconds)
             del cropper
             scored = [i for i in range(len(files)) if status.get(i, (ERROR, ""))[0] != ERROR and i not in flagged]
+            journal.save_crop({"status": status, "checks": checks, "flagged": sorted(flagged), "scored": scored})
             if flagged:
                 log.warning(
                     "predict: %d image(s) not scored: the input check flags them (--score-flagged scores them)",
@@ -298,13 +335,13 @@ def run(config: PredictConfig) -> StageResult | Path:
                     seeds,
                     loader=loader,
                     tta_variance=tta_variance,
+                    journal=journal,
                 )
                 timings.update(member_timings)
             else:
                 log.info("predict: no readable image; no member opened")
         finally:
             store.close()
-    cut = trust.threshold(chosen, config.threshold) if binary else None
     combined = chosen.combine(scores) if len(scored) else np.zeros((0, *(() if binary else (len(classes),))))
     extra = _trust_values(chosen, scores, combined, tta_variance if config.tta else None)
     rows = _rows(names, status, scored, scores, combined, classes, cut, extra, checks, flagged)
@@ -318,6 +355,7 @@ def run(config: PredictConfig) -> StageResult | Path:
         {**info, "timings": timings, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     )
     report = _report(config, chosen, header, rows, files, names)
+    journal.close()
     status_column = header.index("crop_status")
     errors = sum(1 for r in rows if r[status_column] == ERROR)
     for row in rows:
@@ -334,13 +372,31 @@ def run(config: PredictConfig) -> StageResult | Path:
     return StageResult(path, {"ok": len(rows) - errors, ERROR: errors})
 
 
+def _fingerprint(
+    config: PredictConfig, chosen, files: list[Path], names: list[str], unet, info: dict, calibration
+) -> str:
+    """What a resumed run must share with the killed one: the files (names, sizes, modification
+    times), the ensemble (member files, weights, rule), the crop (U-Net, precision), the engine,
+    TTA, seed and what is scored."""
+    return digest(
+        {
+            **ensemble_options(chosen),
+            "unet": list(unet),
+            "engine": [info["engine"], info["precision"]],
+            "calibration": getattr(calibration, "digest", None),
+            "tta": config.tta,
+            "seed": config.seed,
+            "score_flagged": config.score_flagged,
+            "files": [[name, file_stamp(path)] for name, path in zip(names, files, strict=True)],
+        }
+    )
+
+
 def _trust_values(chosen, scores: np.ndarray, combined: np.ndarray, tta_variance: list | None) -> dict:
     """Per scored image: the calibrated probability (when stored) and the uncertainty."""
     if not len(scores):
         return {"probability": None, "uncertainty": np.zeros(0)}
-    variance = tta_variance[0] if tta_variance else None
-    if variance is not None and not chosen.binary:
-        variance = None  # multi-class: the members' spread only (trust.image_uncertainty)
+    variance = tta_variance[0] if tta_variance else None  # trust.image_uncertainty: evaluate's definition too
     return {
         "probability": trust.probabilities(chosen, combined),
         "uncertainty": trust.image_uncertainty(chosen, scores, variance),

@@ -28,13 +28,19 @@ def run(config: ResizeConfig) -> StageResult:
     if config.size < 8:
         raise UsageError(f"size must be at least 8 pixels, got {config.size}")
     files = list(iter_input_files(config.input))
-    report = BatchReport(config.output / layout.RESIZE_REPORT, REPORT_COLUMNS, overwrite=config.overwrite)
+    report = BatchReport(
+        config.output / layout.RESIZE_REPORT, REPORT_COLUMNS, overwrite=config.overwrite, options={"size": config.size}
+    )
     planned = {}
     for path in files:
         relative = relative_name(path, config.input)
         planned[relative.as_posix()] = (path, relative, config.output / layout.output_name(relative))
     clashes = refuse_collisions(report, {name: [item[2]] for name, item in planned.items()})
-    todo = [item for name, item in planned.items() if name not in clashes and not report.finished(name, item[2])]
+    todo = [
+        item
+        for name, item in planned.items()
+        if name not in clashes and not report.finished(name, item[2], source=item[0])
+    ]
     log.info("resize to %d: %d files, %d already done", config.size, len(files), len(files) - len(todo))
 
     def work(item: tuple[Path, Path, Path]) -> dict:

@@ -28,7 +28,7 @@ from deepcovidxr.imageio import write_gray
 from deepcovidxr.inference import THRESHOLD, resolve_ensemble
 from deepcovidxr.layout import CropMode
 from deepcovidxr.preprocess import to_model_input
-from deepcovidxr.stages.common import StageResult, crop_for_explanation, plan_outputs
+from deepcovidxr.stages.common import StageResult, crop_for_explanation, explanation_options, plan_outputs
 from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,12 @@ def run(config: GradcamConfig) -> StageResult:
     classes = tuple(chosen.classes)
     binary = class_names.is_binary(classes)
     wanted = resolve_target(config.target, classes)
-    report = BatchReport(config.output / layout.GRADCAM_REPORT, report_columns(classes), overwrite=config.overwrite)
+    report = BatchReport(
+        config.output / layout.GRADCAM_REPORT,
+        report_columns(classes),
+        overwrite=config.overwrite,
+        options=explanation_options(config, chosen),
+    )
     found, todo = plan_outputs(config.path, config.output, report, layout.gradcam_names)
     log.info("Grad-CAM: %d files, %d to do, %d members", found, len(todo), len(chosen.members))
     views = tuple(dict.fromkeys((m.size, m.crop) for m, _ in chosen.members))
