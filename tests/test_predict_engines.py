@@ -369,3 +369,23 @@ def test_int8_calibration_from_a_tree_takes_every_class(tmp_path: Path) -> None:
     assert sum(p.parent.name == "Positive" for p in chosen) == 10  # all of the smaller class
     assert chosen[:4] == [files[0], files[90], files[1], files[91]]
     assert calibration_files(files[:5], folder) == files[:5]
+
+
+def test_int8_calibration_key_covers_the_unet(tmp_path: Path) -> None:
+    """Regression: the int8 calibration digest left out the U-Net that crops the calibration
+    images, so quantised crop members calibrated under another U-Net were reused from the cache."""
+    from deepcovidxr.stages.predict import folder_calibration
+
+    images = tmp_path / "calibration"
+    images.mkdir()
+    (images / "a.png").write_bytes(b"any bytes: nothing is decoded until an export needs them")
+    first, second = tmp_path / "u1.weights.h5", tmp_path / "u2.weights.h5"
+    first.write_bytes(b"one U-Net")
+    second.write_bytes(b"another U-Net")
+
+    def key(unet: tuple[Path, str]) -> str:
+        return folder_calibration(images, [], lambda: None, 1, unet).digest
+
+    assert key((first, "fp32")) == key((first, "fp32"))
+    assert key((first, "fp32")) != key((second, "fp32"))
+    assert key((first, "fp32")) != key((first, "bf16"))
