@@ -490,7 +490,9 @@ Multi-node (one process per node, TF_CONFIG set per process; see README "Multi-n
 @dataclass(frozen=True, kw_only=True)
 class TrainAllConfig(MemberTraining):
     """Train all 24 ensemble members (or a chosen subset) one after another with train.py's schedule.
-    Finished members are skipped, so rerunning the same command resumes an interrupted run.
+    A member is skipped only when its record (<stem>_done.json) says it was trained with the same
+    settings on the same data; an unfinished phase resumes from its last epoch; a member file with
+    no record (the authors', an older version's) is refused unless --overwrite, never overwritten.
 
     -w may be a folder of pretrain.py outputs (nih_weight_<Model>_<size>.h5, chosen per member) and
     -hy a tuner.py output folder (each member's tuned values) or one file for all.

@@ -5,7 +5,9 @@ Keras 3's ``model.fit`` does not run under that strategy (keras-team/keras#20585
 does what fit does for us elsewhere, driven by the same ``schedule.Schedule``: the same phases,
 epochs, optimizer, class weights (per-sample weights in the loss), best-validation-AUC checkpoint
 rule, early stopping and plateau rule with warm-up (``EpochRule``), and the same skip of a finished
-member. Under mixed_float16 the loss is scaled (``LossScaleOptimizer``), as compile() does for fit.
+member (``schedule.finished_member``: its record must match this run's settings and data, decided
+by the chief). Phases are not checkpointed here: an interrupted run starts the member over.
+Under mixed_float16 the loss is scaled (``LossScaleOptimizer``), as compile() does for fit.
 Gradients are all-reduced every step, so every worker ends with the same weights. Worker 0 (the
 chief) writes the member; the others write nothing unless ``DEEPCOVIDXR_WORKER_COPIES`` names a
 folder (used by the tests to compare workers).
@@ -24,17 +26,20 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import hyperparams
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import TrainConfig
 from deepcovidxr.errors import UsageError
 from deepcovidxr.layout import RunPaths
 from deepcovidxr.schedule import (
     PLATEAU_FACTOR,
+    RunRecord,
     Schedule,
+    finish_member,
+    finished_member,
     learning_rate_of,
     macro_auc_or_nan,
     phase_optimizer,
+    resolved_hyperparameters,
     set_learning_rate,
     set_precision,
     weighted_loss,
@@ -48,18 +53,31 @@ def task_index() -> int:
     return int(config.get("task", {}).get("index", 0))
 
 
-def _chief_decides(strategy, chief_says: bool) -> bool:
-    """The chief's answer on every worker (an all-reduce): workers that each looked at their own
-    disk could disagree, and one that trained alone would wait for the others forever."""
+TRAIN, SKIP, REFUSE = 0, 1, 2  # the chief's decision about a member, as all workers receive it
+
+
+def _chief_decides(strategy, chief_says: int) -> int:
+    """The chief's answer (the others say 0) on every worker (an all-reduce): workers that each
+    looked at their own disk could disagree, and one that trained alone (or stopped alone) would
+    leave the others waiting forever."""
     import tensorflow as tf
 
-    vote = tf.constant(1.0 if chief_says else 0.0)
+    vote = tf.constant(float(chief_says))
 
     @tf.function
     def agree():
         return strategy.run(lambda: tf.distribute.get_replica_context().all_reduce("SUM", vote))
 
-    return float(strategy.experimental_local_results(agree())[0]) > 0
+    return round(float(strategy.experimental_local_results(agree())[0]))
+
+
+def _chief_decision(paths: RunPaths, record: RunRecord, overwrite: bool) -> tuple[int, UsageError | None]:
+    """The chief's look at the member file: train, skip (finished, its record matches) or refuse
+    (a member file no record describes), through the rule ``train.py`` follows."""
+    try:
+        return (SKIP if finished_member(paths, record, overwrite) else TRAIN), None
+    except UsageError as error:
+        return REFUSE, error
 
 
 def synchronized_moments(inputs, axes: list[int]):
@@ -122,11 +140,14 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     chief = index == 0
     member = config.member
     paths = RunPaths(config.output, member)
-    if _chief_decides(strategy, chief and Schedule.finished_member(paths, config.overwrite)):
+    record = RunRecord.for_member(config)
+    says, refusal = _chief_decision(paths, record, config.overwrite) if chief else (TRAIN, None)
+    decision = _chief_decides(strategy, says)
+    if decision == REFUSE:
+        raise refusal or UsageError(f"the chief worker refused to train {member.short_name}; see its log")
+    if decision == SKIP:
         return paths.final
-    hp = hyperparams.load(config.hyperparameters).with_overrides(
-        learning_rate=config.learning_rate, momentum=config.momentum, dropout_rate=config.dropout
-    )
+    hp = resolved_hyperparameters(config)
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
     classes, train_files, val_files = training_splits(config.path, config.size, paths.unreadable if chief else None)
@@ -250,8 +271,10 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             },
         )
     copies = os.environ.get("DEEPCOVIDXR_WORKER_COPIES")
-    target = paths.final if chief else (paths.worker_copy(copies, index) if copies else None)
-    if target is not None:  # the member file last: its existence marks the member finished
+    # the chief's member goes through the final phase's checkpoint, so that finish_member writes
+    # the record naming its digest before the member file
+    target = paths.checkpoint("final") if chief else (paths.worker_copy(copies, index) if copies else None)
+    if target is not None:
         save_member(
             model,
             target,
@@ -265,4 +288,6 @@ def train_member_multiworker(config: TrainConfig) -> Path:
             },
             classes=classes,
         )
+    if chief:
+        finish_member(paths, record, target)
     return paths.final

@@ -4,7 +4,7 @@ multi-worker ``tf.function`` loop (``distributed``).
 One ``Schedule`` holds what a run does: its phases (frozen backbone, then everything; only the
 second from random weights), most epochs, optimizer and learning rate, the warm-up before early
 stopping and the learning-rate plateau rule watch the validation AUC, the class weights, and the
-skip rule for a finished member. ``EpochRule`` is the per-phase bookkeeping (best checkpoint by
+skip rule for a finished member (:class:`RunRecord`). ``EpochRule`` is the per-phase bookkeeping (best checkpoint by
 validation AUC, early stopping, plateau cut) as plain Python, so both loops take the same
 decisions from the same numbers; Keras ``fit`` runs it through ``ScheduleCallback``.
 
@@ -15,16 +15,19 @@ categorical cross-entropy to match the head (sigmoid or softmax).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from deepcovidxr import classes as class_names
 from deepcovidxr.errors import UsageError
-from deepcovidxr.layout import PHASES, Member, RunPaths
+from deepcovidxr.layout import PHASES, Member, RunPaths, Split
 
 log = logging.getLogger(__name__)
 
@@ -220,15 +223,6 @@ class Schedule:
             class_weight=resolve_class_weights(config.class_weight, train_labels, classes),
         )
 
-    @staticmethod
-    def finished_member(paths: RunPaths, overwrite: bool) -> bool:
-        """A member whose final file exists is done (outputs are atomic, the member file is
-        written last); --overwrite retrains."""
-        if paths.final.is_file() and not overwrite:
-            log.info("%s exists; skipping (--overwrite retrains)", paths.final)
-            return True
-        return False
-
     def rule(self, phase: str) -> EpochRule:
         return EpochRule(patience=PATIENCE[phase], warmup=self.warmup)
 
@@ -299,3 +293,184 @@ def best_checkpoint(path: Path, member: Member | None, info: dict, classes=None)
     for loops whose stopping is Keras's own (tuner trials, NIH pretraining)."""
     never = sys.maxsize  # a warm-up that never ends: no plateau cut, no stop
     return schedule_callback(EpochRule(patience=never, warmup=never), path, member, info, classes)
+
+
+# ---- what a run was trained with: completion records and the skip rule ------------------------
+
+
+def resolved_hyperparameters(config):
+    """The hyperparameters file (or the defaults) with the explicit flags over it."""
+    from deepcovidxr import hyperparams
+
+    return hyperparams.load(config.hyperparameters).with_overrides(
+        learning_rate=config.learning_rate, momentum=config.momentum, dropout_rate=config.dropout
+    )
+
+
+def data_fingerprint(view_dir: Path, classes) -> dict:
+    """The Train and Validation images of a view folder, each by relative name, size and mtime,
+    hashed: cheap (no image is read) and changed by any image added, removed, moved between
+    classes or rewritten."""
+    from deepcovidxr.data import list_split
+
+    digest = hashlib.sha256()
+    count = 0
+    for split in (Split.TRAIN, Split.VALIDATION):
+        for name in list_split(view_dir, split, tuple(classes)).files:
+            stat = Path(name).stat()
+            relative = Path(name).relative_to(view_dir).as_posix()
+            digest.update(f"{relative}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            count += 1
+    return {"files": count, "sha256": digest.hexdigest()}
+
+
+def weights_identity(weights: str | None) -> str | dict:
+    """-w as the record holds it: none, imagenet, or a file by name, size and content digest (a
+    file rewritten in place under the same name is other initial weights)."""
+    from deepcovidxr.engines import file_sha256  # the one file hasher (the export cache's key)
+
+    if weights is None or str(weights).lower() == "none":
+        return "none"
+    path = Path(weights)
+    if path.is_file():
+        return {"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
+    return str(weights)
+
+
+def _canonical(value):
+    """As it reads back from the record's JSON (tuples as lists, int keys as strings)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything that shapes a training run (``settings``) and the data it trains on (``data``,
+    :func:`data_fingerprint`). A phase is done, and a member file finished, only when the record
+    written when it ended equals this one; a record that differs is ignored with a warning
+    naming what changed, and the work redone."""
+
+    settings: dict
+    data: dict
+
+    @classmethod
+    def for_member(cls, config) -> RunRecord:
+        """This run's record, from a TrainConfig: its resolved hyperparameters, the classes and the
+        data fingerprint of its view folder (computed here, once per member)."""
+        from deepcovidxr import classes as class_names
+
+        hp = resolved_hyperparameters(config)
+        classes = class_names.discover(config.path)
+        settings = {
+            "member": config.member.short_name,
+            "backbone": config.model,
+            "size": config.size,
+            "crop": config.member.crop.value,
+            "classes": list(classes),
+            "phases": list(PHASES[1:] if config.from_scratch else PHASES),
+            "epochs": config.epochs,
+            "optimizer": config.optimizer,
+            "learning_rate": hp.learning_rate,
+            "momentum": hp.momentum,
+            "dropout": hp.dropout_rate,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
+            "warmup": config.warmup,
+            "class_weight": config.class_weight,
+            "oversample": config.oversample,
+            "mixed_precision": config.mixed_precision,
+            "initial_weights": weights_identity(config.weights),
+            "repeats": config.repeats,
+        }
+        return cls(_canonical(settings), data_fingerprint(config.path, classes))
+
+    def with_settings(self, **values) -> RunRecord:
+        """One run of ``--repeats``: its own seed, one repeat."""
+        return replace(self, settings=_canonical({**self.settings, **values}))
+
+    @property
+    def key(self) -> str:
+        text = json.dumps({"settings": self.settings, "data": self.data}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def differences(self, stored: dict | None) -> list[str]:
+        """What a stored record says differently ([] when it is this run's), for the warning."""
+        if stored is None:
+            return ["no record"]
+        before = stored.get("settings", {})
+        changes = [
+            f"{name} {before.get(name)!r} -> {self.settings.get(name)!r}"
+            for name in sorted(set(before) | set(self.settings))
+            if before.get(name) != self.settings.get(name)
+        ]
+        if stored.get("data") != self.data:
+            files = (stored.get("data") or {}).get("files")
+            changes.append(f"other data (Train/Validation: {files} -> {self.data['files']} files, or files changed)")
+        return changes
+
+    def write(self, path: Path, **extra) -> None:
+        from deepcovidxr.atomic import write_json
+
+        write_json(path, {"settings": self.settings, "data": self.data, "key": self.key, **extra})
+
+    def matches(self, path: Path, what: str) -> bool:
+        """Whether the record at ``path`` is this run's; a record of another run is logged as
+        ignored (``what`` names the work it was about)."""
+        stored = read_record(path)
+        if stored is None:
+            return False
+        changes = self.differences(stored)
+        if changes:
+            log.warning("%s was done with other settings or data (%s); ignored, redoing it", what, "; ".join(changes))
+        return not changes
+
+
+def read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def finished_member(paths: RunPaths, record: RunRecord, overwrite: bool) -> bool:
+    """The skip rule of both loops and train_all: a member file is finished when its record
+    (``paths.member_record``) matches this run's settings and data and names this very file's
+    digest. A record that differs means our own earlier run under other settings or data: the
+    member is retrained over it. A member file no record describes (another tool's, the
+    authors', an older version's run) is a user's file: refused rather than overwritten.
+    ``--overwrite`` retrains in every case."""
+    from deepcovidxr.engines import file_sha256
+
+    if not paths.final.is_file() or overwrite:
+        return False
+    stored = read_record(paths.member_record)
+    if stored is None:
+        raise UsageError(
+            f"{paths.final} exists, but no {paths.member_record.name} records how it was trained (a file from "
+            "elsewhere or an older version); move it away, or pass --overwrite to retrain it"
+        )
+    if not record.matches(paths.member_record, str(paths.final)):
+        return False
+    if stored.get("member_sha256") != file_sha256(paths.final):
+        log.warning("%s is not the file its record describes (an interrupted write?); retraining it", paths.final)
+        return False
+    log.info("%s exists and its record matches; skipping (--overwrite retrains)", paths.final)
+    return True
+
+
+def finish_member(paths: RunPaths, record: RunRecord, source: Path, **extra) -> Path:
+    """Copy a trained member file (and its sidecar) to the final name, the record first: it
+    names the file's digest, so a member file whose copy was interrupted never passes for
+    finished."""
+    from deepcovidxr.atomic import write_bytes
+    from deepcovidxr.models import sidecar
+
+    data = Path(source).read_bytes()
+    write_bytes(sidecar(paths.final), sidecar(source).read_bytes())
+    record.write(
+        paths.member_record,
+        member_sha256=hashlib.sha256(data).hexdigest(),
+        finished=time.strftime("%FT%T"),
+        **extra,
+    )
+    write_bytes(paths.final, data)  # last: with the record, what marks the member finished
+    return paths.final

@@ -4,7 +4,16 @@ Each phase gets fresh callbacks (the original reused its learning-rate callback 
 best-validation-AUC checkpoint, early stopping (patience 5, then 10), learning rate x0.1 after 3
 flat epochs. SGD with Nesterov momentum in both phases. The final member is written directly as
 ``<output>/<Prefix>_<size>_up_<crop>.h5`` with its curves, CSV log, TensorBoard logs and the run's
-config. A finished member is skipped on a rerun; a finished phase 1 is not repeated.
+config.
+
+Reruns (issue 19): a phase is done only when its completion record (``RunPaths.phase_record``,
+written when the phase ends) holds this run's settings and data fingerprint
+(``schedule.RunRecord``); a checkpoint alone proves nothing (it is written at the first improving
+epoch). An unfinished phase resumes at its last epoch from ``RunPaths.resume_state`` (weights,
+optimizer slots, learning rate, the ``EpochRule``'s counters and the history so far, saved every
+epoch); a state, record or checkpoint of other settings or data is ignored with a warning and the
+phase redone. A finished member is skipped only when its record matches
+(``schedule.finished_member``).
 
 The classes are the tree's class folders (:func:`deepcovidxr.classes.discover`): Negative/Positive
 trains the original's sigmoid member; three or more classes a softmax member (categorical
@@ -13,19 +22,32 @@ cross-entropy, macro one-vs-rest validation AUC), its sidecar naming the classes
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import hyperparams
 from deepcovidxr.atomic import atomic_path, write_json
 from deepcovidxr.configs import TrainConfig
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.layout import Member, PretrainPaths, RunPaths, Split, TunerPaths
-from deepcovidxr.schedule import EpochRule, Schedule, compile_member, schedule_callback, set_precision
+from deepcovidxr.schedule import (
+    EpochRule,
+    RunRecord,
+    Schedule,
+    compile_member,
+    finish_member,
+    finished_member,
+    learning_rate_of,
+    read_record,
+    resolved_hyperparameters,
+    schedule_callback,
+    set_learning_rate,
+    set_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +63,24 @@ def distribution_strategy():
 
 
 def phase_callbacks(
-    phase: str, paths: RunPaths, member: Member, info: dict, rule: EpochRule, classes: tuple[str, ...] | None = None
+    phase: str,
+    paths: RunPaths,
+    member: Member,
+    info: dict,
+    rule: EpochRule,
+    classes: tuple[str, ...] | None = None,
+    progress=None,
 ) -> list:
-    """Fresh instances for every phase (``rule`` too): nothing (counters, best scores) carries
-    over. The schedule's rule (checkpoint, plateau, stopping) runs first so the CSV log sees the
-    epoch's learning rate."""
+    """Fresh instances for every phase (``rule`` too, unless restored from the phase's resume
+    state). The schedule's rule (checkpoint, plateau, stopping) runs first so the epoch's history
+    row sees its learning rate; ``progress`` (:func:`progress_callback`) then writes the history
+    and the resume state (without it, Keras' CSV log writes the history)."""
     import keras
 
     paths.plots(phase).mkdir(parents=True, exist_ok=True)
     return [
         schedule_callback(rule, paths.checkpoint(phase), member, {**info, "phase": phase}, classes),
-        keras.callbacks.CSVLogger(str(paths.history(phase))),
+        progress if progress is not None else keras.callbacks.CSVLogger(str(paths.history(phase))),
         keras.callbacks.TensorBoard(log_dir=str(paths.tensorboard / phase), write_graph=False, profile_batch=0),
     ]
 
@@ -60,24 +89,126 @@ def train_member(config: TrainConfig) -> Path:
     """Run both phases for one member (``--repeats`` times when asked); return the final ``_up_``
     file."""
     paths = RunPaths(config.output, config.member)
-    if Schedule.finished_member(paths, config.overwrite):
+    record = RunRecord.for_member(config)
+    if finished_member(paths, record, config.overwrite):
         return paths.final
     if config.repeats > 1:
-        return _best_of_repeats(config, paths)
-    return _train_once(config, paths)
+        return _best_of_repeats(config, paths, record)
+    return _train_once(config, paths, record)
 
 
-def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
+@dataclass
+class PhaseState:
+    """An unfinished phase as the last finished epoch left it."""
+
+    epochs_done: int
+    stopped: bool
+    learning_rate: float
+    rule: dict
+    history: dict[str, list[float]]
+    weights: list
+    optimizer: list
+
+
+def save_phase_state(path: Path, key: str, model, rule: EpochRule, history: dict, epochs_done: int, stopped: bool):
+    """One ``.npz`` (atomic): the model's weights, the optimizer's variables, and as JSON the
+    record key it belongs to, the epochs done, the learning rate, the rule's counters and the
+    history."""
+    meta = {
+        "key": key,
+        "epochs_done": epochs_done,
+        "stopped": stopped,
+        "learning_rate": learning_rate_of(model.optimizer),
+        "rule": asdict(rule),
+        "history": history,
+    }
+    weights = model.get_weights()
+    slots = [np.asarray(v) for v in model.optimizer.variables]
+    arrays = {f"w{i}": w for i, w in enumerate(weights)} | {f"o{i}": v for i, v in enumerate(slots)}
+    meta |= {"weights": len(weights), "optimizer": len(slots)}
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        np.savez(handle, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_phase_state(path: Path, key: str) -> PhaseState | None:
+    """The resume state at ``path`` when it belongs to the run of record ``key``; a state of
+    another run (other settings or data) or an unreadable one is ignored with a warning."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            if meta.get("key") != key:
+                log.warning("%s belongs to a run of other settings or data; ignored, the phase starts over", path)
+                return None
+            weights = [arrays[f"w{i}"] for i in range(meta["weights"])]
+            slots = [arrays[f"o{i}"] for i in range(meta["optimizer"])]
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("%s is unreadable (%s); ignored, the phase starts over", path, error)
+        return None
+    return PhaseState(
+        meta["epochs_done"], meta["stopped"], meta["learning_rate"], meta["rule"], meta["history"], weights, slots
+    )
+
+
+def restore_phase_state(model, state: PhaseState) -> None:
+    """Weights, optimizer slots (built first: Keras builds them lazily) and learning rate of a
+    compiled model."""
+    model.set_weights(state.weights)
+    optimizer = model.optimizer
+    optimizer.build(model.trainable_variables)
+    variables = list(optimizer.variables)
+    shapes = [tuple(v.shape) for v in variables] == [tuple(s.shape) for s in state.optimizer]
+    if shapes:
+        for variable, value in zip(variables, state.optimizer, strict=True):
+            variable.assign(value)
+    else:  # the weights still resume; momentum builds up again
+        log.warning("the saved optimizer state does not fit this optimizer; its slots start afresh")
+    set_learning_rate(optimizer, state.learning_rate)
+
+
+def progress_callback(path: Path, history_csv: Path, key: str, rule: EpochRule, history: dict):
+    """After each epoch (and after the schedule's rule): the epoch's numbers appended to
+    ``history`` and written as the phase's history CSV, then the resume state saved."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.history = {k: list(v) for k, v in history.items()}
+
+        def on_epoch_end(self, epoch: int, logs=None) -> None:
+            for name, value in (logs or {}).items():
+                self.history.setdefault(name, []).append(float(value))
+            _write_history(history_csv, self.history)
+            save_phase_state(path, key, self.model, rule, self.history, epoch + 1, bool(self.model.stop_training))
+
+    return Progress()
+
+
+def _forget_phase(paths: RunPaths, phase: str) -> None:
+    """Before a phase starts over: its checkpoint, record, resume state and history are from an
+    unfinished or other run and must not pass for this one's (a stale checkpoint would be
+    copied in as the member when no epoch of this run improves)."""
+    from deepcovidxr.models import sidecar
+
+    checkpoint = paths.checkpoint(phase)
+    if checkpoint.is_file():
+        log.warning("%s is from an unfinished or other run; removed, phase %s starts over", checkpoint, phase)
+    for path in (checkpoint, sidecar(checkpoint), paths.phase_record(phase), paths.resume_state(phase)):
+        path.unlink(missing_ok=True)
+    paths.history(phase).unlink(missing_ok=True)
+
+
+def _train_once(config: TrainConfig, paths: RunPaths, record: RunRecord) -> Path:
     import keras
 
     from deepcovidxr.data import make_dataset
-    from deepcovidxr.models import build_member, head_for, set_backbone_trainable, sidecar
+    from deepcovidxr.models import build_member, head_for, set_backbone_trainable
     from deepcovidxr.reports import plot_training_curves
 
     member = config.member
-    hp = hyperparams.load(config.hyperparameters).with_overrides(
-        learning_rate=config.learning_rate, momentum=config.momentum, dropout_rate=config.dropout
-    )
+    hp = resolved_hyperparameters(config)
     keras.utils.set_random_seed(config.seed)
     policy = set_precision(config.mixed_precision)
     classes, train_files, val_files = training_splits(config.path, config.size, paths.unreadable)
@@ -132,15 +263,24 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
         log.info("random initial weights: skipping the frozen-backbone phase")
 
     histories: dict[str, dict] = {}
-    rule = None
+    best_epochs: dict[str, int] = {}
+    retrained = config.overwrite  # once a phase trains, the later phases' records are from before
     for phase in schedule.phases:
         done = paths.checkpoint(phase)
+        what = f"{member.short_name} phase {phase}"
+        if not retrained and done.is_file() and record.matches(paths.phase_record(phase), what):
+            log.info("%s already done (%s); going on", what, paths.phase_record(phase).name)
+            histories[phase] = _read_history(paths.history(phase))
+            best_epochs[phase] = int(read_record(paths.phase_record(phase)).get("best_epoch", 0))
+            paths.resume_state(phase).unlink(missing_ok=True)
+            continue
+        # an earlier phase trained in this run: whatever this phase left before started elsewhere
+        state = None if retrained else load_phase_state(paths.resume_state(phase), record.key)
+        retrained = True
+        if state is None:
+            _forget_phase(paths, phase)
         with strategy.scope():
             if phase == "initial":
-                if done.is_file() and not config.overwrite:
-                    log.info("phase 1 already done (%s); going on to phase 2", done)
-                    histories[phase] = _read_history(paths.history(phase))
-                    continue
                 model = build_member(
                     member.backbone,
                     member.size,
@@ -162,25 +302,38 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
                 )
                 set_backbone_trainable(model, True)
             compile_member(model, schedule.learning_rate, schedule.momentum, schedule.optimizer, classes)
+            if state is not None:
+                restore_phase_state(model, state)
         trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
         log.info("phase %s: %d trainable parameters, up to %d epochs", phase, trainable, schedule.epochs)
-        rule = schedule.rule(phase)
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=schedule.epochs,
-            callbacks=phase_callbacks(phase, paths, member, info, rule, classes),
-            verbose=2,
+        rule = EpochRule(**state.rule) if state is not None else schedule.rule(phase)
+        start = state.epochs_done if state is not None else 0
+        progress = progress_callback(
+            paths.resume_state(phase), paths.history(phase), record.key, rule, state.history if state else {}
         )
-        histories[phase] = history.history
-        if not done.is_file():
+        if state is not None:
+            log.info("resuming phase %s at epoch %d (%s)", phase, start + 1, paths.resume_state(phase).name)
+        if start < schedule.epochs and not (state is not None and state.stopped):
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=schedule.epochs,
+                initial_epoch=start,
+                callbacks=phase_callbacks(phase, paths, member, info, rule, classes, progress),
+                verbose=2,
+            )
+        histories[phase] = progress.history
+        best_epochs[phase] = rule.best_epoch
+        if not done.is_file() or not np.isfinite(rule.best_score):
             # every epoch's validation loss was NaN or infinite: the run diverged
             raise UsageError(
                 f"{member.short_name} phase {phase}: no epoch had a finite validation loss (training diverged); "
                 "try a lower --learning-rate"
             )
-    with atomic_path(sidecar(paths.final)) as tmp:
-        tmp.write_bytes(sidecar(paths.checkpoint("final")).read_bytes())
+        record.write(
+            paths.phase_record(phase), phase=phase, best_epoch=rule.best_epoch, finished=time.strftime("%FT%T")
+        )
+        paths.resume_state(phase).unlink(missing_ok=True)
     _write_log(paths.log_csv, histories)
     plot_training_curves(paths.curves, histories, title=member.short_name)
     write_json(
@@ -189,13 +342,11 @@ def _train_once(config: TrainConfig, paths: RunPaths) -> Path:
             **run_config,
             "finished": time.strftime("%FT%T"),
             "final": paths.final.name,
-            "best": _best_epoch(histories["final"], rule.best_epoch),
+            "best": _best_epoch(histories["final"], best_epochs["final"]),
             "history": {p: {k: [float(v) for v in vs] for k, vs in h.items()} for p, h in histories.items()},
         },
     )
-    # the member file last: its existence is what marks the member finished
-    with atomic_path(paths.final) as tmp:
-        tmp.write_bytes(paths.checkpoint("final").read_bytes())
+    finish_member(paths, record, paths.checkpoint("final"))
     log.info("wrote %s", paths.final)
     return paths.final
 
@@ -272,7 +423,7 @@ def repeat_order(val_auc: float, val_loss: float) -> tuple[float, float]:
     return (-auc, loss)
 
 
-def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
+def _best_of_repeats(config: TrainConfig, paths: RunPaths, record: RunRecord) -> Path:
     """covid-cxr's best-of-N: seeds seed, seed+1, ...; the best run by :func:`repeat_order` is
     copied (atomically) to the final file; every run is listed in ``repeats.csv``."""
     import csv
@@ -284,16 +435,14 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
     import keras
 
     from deepcovidxr.atomic import write_text
-    from deepcovidxr.models import sidecar
 
     runs = []
     for seed in range(config.seed, config.seed + config.repeats):
         run = paths.repeat(seed)
         log.info("%s: run %d of %d (seed %d)", config.member.short_name, len(runs) + 1, config.repeats, seed)
-        if run.final.is_file() and not config.overwrite:
-            log.info("%s exists; keeping that run", run.final)
-        else:
-            _train_once(dataclasses.replace(config, seed=seed, output=run.output, repeats=1), run)
+        own = record.with_settings(seed=seed, repeats=1)
+        if not finished_member(run, own, config.overwrite):
+            _train_once(dataclasses.replace(config, seed=seed, output=run.output, repeats=1), run, own)
         best = json.loads(run.config.read_text(encoding="utf-8"))["best"]
         runs.append({"seed": seed, "val_auc": float(best["val_auc"]), "val_loss": float(best["val_loss"]), "run": run})
         keras.backend.clear_session()
@@ -321,10 +470,7 @@ def _best_of_repeats(config: TrainConfig, paths: RunPaths) -> Path:
             "kept_seed": kept["seed"],
         },
     )
-    with atomic_path(sidecar(paths.final)) as tmp:
-        tmp.write_bytes(sidecar(best_run.final).read_bytes())
-    with atomic_path(paths.final) as tmp:  # last: the member is finished once this exists
-        tmp.write_bytes(best_run.final.read_bytes())
+    finish_member(paths, record, best_run.final, kept_seed=kept["seed"])
     log.info(
         "kept seed %d (val AUC %.4f, val loss %.4f): %s", kept["seed"], kept["val_auc"], kept["val_loss"], paths.final
     )
@@ -338,6 +484,22 @@ def _read_history(path: Path) -> dict:
         return {}
     rows = list(csv.DictReader(path.open(newline="", encoding="utf-8")))
     return {key: [float(r[key]) for r in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
+
+
+def _write_history(path: Path, history: dict[str, list[float]]) -> None:
+    """One phase's history as Keras' CSV log wrote it: ``epoch`` (from 0), then the sorted keys."""
+    import csv
+    import io
+
+    from deepcovidxr.atomic import write_text
+
+    keys = sorted(history)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", *keys])
+    for epoch in range(max((len(v) for v in history.values()), default=0)):
+        writer.writerow([epoch, *(history[k][epoch] if epoch < len(history[k]) else "" for k in keys)])
+    write_text(path, out.getvalue())
 
 
 def _write_log(path: Path, histories: dict[str, dict]) -> None:

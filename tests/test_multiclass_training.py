@@ -266,11 +266,13 @@ def test_train_py_on_a_binary_tree_is_unchanged(tmp_path: Path) -> None:
             f"{stem}.json",
             f"{stem}_config.json",
             f"{stem}_curves.png",
+            f"{stem}_done.json",
             f"{stem}_log.csv",
             "run_config.json",
             f"save_plots_final/{stem}/history.csv",
             f"save_weights_final/{stem}.h5",
             f"save_weights_final/{stem}.json",
+            f"save_weights_final/{stem}_done.json",
             f"tensorboard/{stem}/final/train/EVENTS",
             f"tensorboard/{stem}/final/validation/EVENTS",
         ]

@@ -1,5 +1,6 @@
 """One schedule for both training loops: Keras fit (train.py) and the multi-worker tf.function loop
-(train.py --multi-worker) skip a finished member and feed the same class weights to the loss."""
+(train.py --multi-worker) follow one skip rule for a finished member and feed the same class
+weights to the loss."""
 
 from __future__ import annotations
 
@@ -83,14 +84,19 @@ def unbalanced_view(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize("multi_worker", [False, True], ids=["fit", "multi-worker"])
-def test_a_finished_member_is_not_retrained(unbalanced_view: Path, tmp_path: Path, multi_worker: bool) -> None:
+def test_a_member_file_without_a_record_is_neither_trusted_nor_overwritten(
+    unbalanced_view: Path, tmp_path: Path, multi_worker: bool
+) -> None:
+    """Both loops follow schedule.finished_member: a member file that no completion record
+    describes (another tool's, an older version's) is refused with exit 2, untouched (a finished
+    member with a matching record is skipped: tests/test_training_resume.py)."""
     final = tmp_path / "ResNet50_32_up_uncrop.h5"
     final.write_bytes(b"finished earlier")
     os.utime(final, (1_000_000_000, 1_000_000_000))
     done = _train(unbalanced_view, tmp_path, multi_worker=multi_worker)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 2, done.stderr[-3000:]
     assert final.read_bytes() == b"finished earlier" and final.stat().st_mtime == 1_000_000_000
-    assert "skipping" in done.stderr
+    assert "--overwrite" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("multi_worker", [False, True], ids=["fit", "multi-worker"])

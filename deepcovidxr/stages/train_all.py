@@ -1,5 +1,7 @@
 """train_all.py: the chosen members one after another with train.py schedule; finished ones are
-skipped, so a rerun resumes.
+skipped, so a rerun resumes. "Finished" is train.py's rule (``schedule.finished_member``): the
+member's record matches this run's settings and data; a member file no record describes fails
+that member (exit 2 at the end) without stopping the others.
 """
 
 from __future__ import annotations
