@@ -53,6 +53,26 @@ def run_script(
     )
 
 
+def save_random_members(folder: Path, names: tuple[str, ...], weights: dict[str, float] | None = None) -> Path:
+    """Random-weight members (``weights=None``; member ``i`` seeded ``i``) saved in the member format
+    in ``folder``, plus ``ensemble_weights.json`` when ``weights`` is given; returns ``folder``."""
+    import json
+
+    import keras
+
+    from deepcovidxr.layout import Member
+    from deepcovidxr.models import build_member, save_member
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, name in enumerate(names):
+        member = Member.parse(name)
+        keras.utils.set_random_seed(index)
+        save_member(build_member(member.backbone, member.size, weights=None), folder / member.legacy_filename, member)
+    if weights is not None:
+        (folder / "ensemble_weights.json").write_text(json.dumps(weights), encoding="utf-8")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def lung_cropper():
     """One U-Net for the whole session: the weights shipped in unet/."""

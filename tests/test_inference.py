@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_phantom_tree, run_script, shared
+from conftest import make_phantom_tree, run_script, save_random_members, shared
 from PIL import Image
 
 from deepcovidxr import ensemble
@@ -23,17 +23,7 @@ MEMBERS = ("res_224_uncrop", "res_331_crop")
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two random-weight members and an ensemble_weights.json naming just them."""
-    import keras
-
-    from deepcovidxr.models import build_member, save_member
-
-    folder = tmp_path_factory.mktemp("weights")
-    for index, name in enumerate(MEMBERS):
-        member = Member.parse(name)
-        keras.utils.set_random_seed(index)
-        save_member(build_member(member.backbone, member.size), folder / member.legacy_filename, member)
-    (folder / "ensemble_weights.json").write_text(json.dumps({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}), encoding="utf-8")
-    return folder
+    return save_random_members(tmp_path_factory.mktemp("weights"), MEMBERS, {MEMBERS[0]: 0.25, MEMBERS[1]: 0.75})
 
 
 @pytest.fixture(scope="module")

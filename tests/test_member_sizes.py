@@ -11,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_phantom_tree
-
-from deepcovidxr.layout import Member
+from conftest import make_phantom_tree, save_random_members
 
 SIZE, OTHER = 64, 96
 MEMBERS = (f"res_{SIZE}_uncrop", f"res_{OTHER}_uncrop")
@@ -23,10 +21,8 @@ MEMBERS = (f"res_{SIZE}_uncrop", f"res_{OTHER}_uncrop")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A 64 px uncrop phantom tree with a 96 px view resized from it (so predict.py, given the
     64 px files, makes the same 96 px view), and two random-weight ResNet-50 members."""
-    import keras
 
     from deepcovidxr.imageio import read_gray, write_gray
-    from deepcovidxr.models import build_member, save_member
     from deepcovidxr.preprocess import lanczos_resize
 
     root = tmp_path_factory.mktemp("small")
@@ -35,13 +31,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         target = root / "tree" / str(OTHER) / "uncrop" / path.relative_to(view)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_gray(target, lanczos_resize(read_gray(path), OTHER))
-    weights = root / "members"
-    weights.mkdir()
-    for index, name in enumerate(MEMBERS):
-        member = Member.parse(name)
-        keras.utils.set_random_seed(index)
-        save_member(build_member(member.backbone, member.size, weights=None), weights / member.legacy_filename, member)
-    return root / "tree", weights
+    return root / "tree", save_random_members(root / "members", MEMBERS)
 
 
 def _rows(path: Path) -> dict[str, dict]:

@@ -8,15 +8,12 @@ evaluation or the ensemble (the manifest said ok)."""
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_script, shared
+from conftest import run_script, save_random_members, shared
 from PIL import Image
-
-from deepcovidxr.layout import Member
 
 MEMBERS = ("res_224_uncrop", "res_224_crop")
 
@@ -52,17 +49,7 @@ def films(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def members(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    from deepcovidxr.models import build_member, save_member
-
-    folder = tmp_path_factory.mktemp("members")
-    for index, name in enumerate(MEMBERS):
-        member = Member.parse(name)
-        keras.utils.set_random_seed(index)
-        save_member(build_member(member.backbone, member.size, weights=None), folder / member.legacy_filename, member)
-    (folder / "weights.json").write_text(json.dumps({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5}), encoding="utf-8")
-    return folder
+    return save_random_members(tmp_path_factory.mktemp("members"), MEMBERS, {MEMBERS[0]: 0.5, MEMBERS[1]: 0.5})
 
 
 def test_tree_and_raw_files_give_the_same_scores(films, members: Path, tmp_path: Path) -> None:
@@ -88,7 +75,7 @@ def test_tree_and_raw_files_give_the_same_scores(films, members: Path, tmp_path:
     assert len(written) == 6 and all(name.endswith(".png") for name in written)  # lossless, whatever came in
 
     evaluated = run_script(
-        "evaluate.py", "-w", members, "-i", tree, "-o", tmp_path / "eval", "-e", members / "weights.json"
+        "evaluate.py", "-w", members, "-i", tree, "-o", tmp_path / "eval", "-e", members / "ensemble_weights.json"
     )
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     with (tmp_path / "eval" / "Results" / "predictions.csv").open(newline="", encoding="utf-8") as handle:
@@ -96,7 +83,7 @@ def test_tree_and_raw_files_give_the_same_scores(films, members: Path, tmp_path:
     assert len(tree_scores) == 6  # the TIFF and the BMP reached evaluation
 
     predicted = run_script(
-        "predict.py", "-w", members, "-i", images, "-o", tmp_path / "pred", "-e", members / "weights.json"
+        "predict.py", "-w", members, "-i", images, "-o", tmp_path / "pred", "-e", members / "ensemble_weights.json"
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     with (tmp_path / "pred" / "predictions.csv").open(newline="", encoding="utf-8") as handle:
