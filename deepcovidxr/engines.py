@@ -6,7 +6,8 @@ A Runner takes what a Keras member takes, float32 NHWC batches already preproces
 batch size (the exported graphs keep a variable batch dimension, so a short last batch is not
 padded), and returns one sigmoid score per image.
 
-Exports are built on first use and cached (default: ``<members>/.engine_cache``) as
+Exports are built on first use and cached (default: ``<members>/.engine_cache`` when that folder
+can be written, else a folder under ``$XDG_CACHE_HOME/deepcovidxr``; :func:`default_cache_folder`) as
 ``<stem>.<kind>.<precision>.<key digest>.<ext>`` plus a JSON manifest written last. The key holds
 the member file's sha256, the engine, the precision, the calibration images' digest (int8) and the
 versions of every package that shaped the artifact; the manifest also records each artifact's size
@@ -14,17 +15,23 @@ and sha256. An entry is used only when its manifest exists, its key equals the w
 artifacts hash as recorded, so an interrupted export, a truncated file, a retrained member or an
 upgraded converter all lead to a rebuild, never to a stale or partial model being run.
 
-Conversion paths (chosen because they work offline with the pinned TensorFlow/Keras/numpy):
-Keras -> ONNX through Keras 3's own ``model.export(format="onnx")`` (tf2onnx under the hood, with
-Keras' numpy-2 patch); ONNX -> OpenVINO IR with ``openvino.convert_model`` (weights kept fp32);
-int8 through ONNX Runtime static quantization (QDQ) or, for OpenVINO, NNCF post-training
-quantization when ``nncf`` is installed. Nothing falls back silently: a missing runtime or an
-unsupported precision is a :class:`UsageError` naming what to install or use instead.
+Conversion paths (chosen because they work offline with the pinned TensorFlow/Keras/numpy, and
+because each keeps the largest member, Inception-ResNet-V2 at 331 px, below 4 GB; see
+benchmarks/bench_export_memory.py): Keras -> ONNX through tf2onnx's large-model mode with Keras'
+numpy-2 patch (:func:`to_onnx`); Keras -> OpenVINO IR straight from the traced TensorFlow function
+with ``openvino.convert_model`` (weights kept fp32; no ONNX step); int8 through ONNX Runtime static
+quantization (QDQ) or, for OpenVINO, NNCF post-training quantization when ``nncf`` is installed.
+A member's conversion runs in a fresh process (:data:`ISOLATE_EXPORTS`,
+:mod:`deepcovidxr.export_worker`) so its memory is returned when it ends; exports are built one at
+a time, under a per-entry file lock that several processes sharing a cache respect.
+Nothing falls back silently: a missing runtime or an unsupported precision is a
+:class:`UsageError` naming what to install or use instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import importlib
 import importlib.metadata
@@ -32,16 +39,24 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None  # type: ignore[assignment]
 
 from deepcovidxr import __version__, hardware
 from deepcovidxr.atomic import atomic_path, write_json
@@ -57,7 +72,8 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "score"
 MANIFEST_SUFFIX = ".manifest.json"
 # Bump when the way artifacts are built changes, so old cache entries stop matching.
-CACHE_FORMAT = 1
+# 2: ONNX through tf2onnx's large-model mode; OpenVINO IR straight from TensorFlow (no ONNX step).
+CACHE_FORMAT = 2
 
 # pip name and import name of what each step needs; the pinned versions are in requirements.txt.
 _CONVERTER_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx")
@@ -152,24 +168,85 @@ def head_scores(output: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------- converters
 
 
+def _forward_function(model):
+    """The member's inference pass as one traced function with a free batch dimension."""
+    import tensorflow as tf
+
+    spec = _model_spec(model)
+    return tf.function(lambda x: model(x, training=False), input_signature=spec, autograph=False), spec
+
+
 def to_onnx(model, destination: Path) -> Path:
-    """Keras member -> ONNX file (input ``input`` (batch, s, s, 3), output ``score`` (batch, 1)), atomically."""
-    require("tf2onnx", "tf2onnx", "ONNX export", "--format tflite or saved_model")
+    """Keras member -> ONNX file (input ``input`` (batch, s, s, 3), output ``score`` (batch, units)), atomically.
+
+    tf2onnx in its large-model mode, which skips TensorFlow's grappler pass over a frozen copy of
+    every weight (5.7 GB for Inception-ResNet-V2 at 331 px) and keeps the weights out of the graph
+    while tf2onnx rewrites it; with :func:`_lean_tf2onnx_nodes` the largest member peaks at ~3.3 GB
+    where ``keras.Model.export(format="onnx")`` went past 8.5 GB (benchmarks/bench_export_memory.py)."""
+    tf2onnx = require("tf2onnx", "tf2onnx", "ONNX export", "--format tflite or saved_model")
     onnx = require("onnx", "onnx", "ONNX export", "--format tflite or saved_model")
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    function, spec = _forward_function(model)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=destination.parent) as scratch:
-        raw = Path(scratch) / "raw.onnx"
-        with warnings.catch_warnings(), _normalisation_as_constants(model):
-            # tf2onnx's numpy-2 shim (applied by Keras) probes deprecated numpy aliases.
+        archive, unpacked = Path(scratch) / "model.zip", Path(scratch) / "model"
+        with warnings.catch_warnings(), _normalisation_as_constants(model), _lean_tf2onnx_nodes():
+            # tf2onnx's numpy-2 shim (Keras') probes deprecated numpy aliases.
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            model.export(str(raw), format="onnx", input_signature=_model_spec(model), verbose=False)
-        proto = onnx.load(str(raw))
+            _patch_tf2onnx_for_numpy2()
+            tf2onnx.convert.from_function(function, spec, large_model=True, output_path=str(archive))
+        del function
+        gc.collect()
+        with zipfile.ZipFile(archive) as bundle:  # the graph plus one file per weight tensor
+            bundle.extractall(unpacked)
+        proto = onnx.load(str(unpacked / "__MODEL_PROTO.onnx"))  # pulls the weights back in
     _name_onnx_io(proto)
     with atomic_path(destination) as tmp:
         onnx.save(proto, str(tmp))
     return destination
+
+
+def _patch_tf2onnx_for_numpy2() -> None:
+    """Keras' own fix for tf2onnx 1.17 under numpy 2 (what ``Model.export(format="onnx")`` applies)."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:  # a Keras without it: a tf2onnx that needs no patch
+        return
+    patch_tf2onnx()
+
+
+@contextlib.contextmanager
+def _lean_tf2onnx_nodes() -> Iterator[None]:
+    """tf2onnx rewrites each node's NodeProto after every optimiser pass (24 passes) by clearing its
+    attributes and copying them in again. Under protobuf's upb backend a cleared message keeps its
+    memory in its arena, so every pass added one more copy of every weight (+210 MB a pass for
+    Inception-ResNet-V2). Giving each node a fresh NodeProto instead lets the old one, and its
+    arena, be freed; the node's contents are the same."""
+    from onnx import NodeProto
+    from tf2onnx import graph
+
+    original = graph.Node.update_proto
+
+    def update_proto(node, external_tensor_storage=None):
+        fresh = NodeProto()
+        for descriptor, value in node.op.ListFields():
+            if descriptor.name == "attribute":
+                continue  # written by the original from the node's attributes
+            if hasattr(value, "extend"):
+                getattr(fresh, descriptor.name).extend(value)
+            elif descriptor.message_type is not None:
+                getattr(fresh, descriptor.name).CopyFrom(value)
+            else:
+                setattr(fresh, descriptor.name, value)
+        node._op = fresh
+        original(node, external_tensor_storage)
+
+    graph.Node.update_proto = update_proto
+    try:
+        yield
+    finally:
+        graph.Node.update_proto = original
 
 
 @contextlib.contextmanager
@@ -245,20 +322,95 @@ def replace_folder(source: Path, destination: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-# format -> (suffix of the exported file, name of its converter in this module)
+def to_openvino(model, destination: Path) -> Path:
+    """Keras member -> OpenVINO IR (``destination`` .xml + .bin beside it, weights fp32), converted
+    from the traced TensorFlow function by ``openvino.convert_model``: no ONNX step (Inception-ResNet-V2
+    at 331 px: 12 s and ~2.8 GB, against 99 s and 8.5+ GB through tf2onnx)."""
+    ov = require("openvino", "openvino", "engine 'openvino'", _ALTERNATIVE["openvino"])
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    function, _ = _forward_function(model)
+    with _normalisation_as_constants(model):
+        converted = ov.convert_model(function.get_concrete_function(), share_weights=False)
+    del function
+    _write_ir(ov, converted, destination)
+    return destination
+
+
+def _write_ir(ov, model, destination: Path) -> None:
+    """Save an OpenVINO model as ``destination`` (.xml) + .bin, each renamed into place."""
+    with tempfile.TemporaryDirectory(prefix=".ir-", dir=destination.parent) as scratch:
+        xml = Path(scratch) / destination.name
+        # compress_to_fp16 defaults to True, which would round the weights: fp32 parity needs fp32.
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+        # The .bin first: an .xml in place always has its weights beside it.
+        os.replace(xml.with_suffix(".bin"), destination.with_suffix(".bin"))
+        os.replace(xml, destination)
+
+
+# format -> (suffix of the exported file, name of its converter in this module): export.py's formats
 CONVERTERS: dict[str, tuple[str, str]] = {
     "onnx": (".onnx", "to_onnx"),
     "tflite": (".tflite", "to_tflite"),
     "saved_model": ("", "to_saved_model"),
 }
+# ... plus the OpenVINO IR the openvino engine runs.
+EXPORT_FORMATS = {**CONVERTERS, "openvino": (".xml", "to_openvino")}
 
 
 def convert(model, fmt: str, destination: Path) -> Path:
-    """Export a Keras member in ``fmt`` (onnx, tflite, saved_model). The converter is looked up by
-    name at call time, so a test can spy on it."""
-    if fmt not in CONVERTERS:
+    """Export a Keras member in ``fmt`` (onnx, tflite, saved_model, or openvino for the engine). The
+    converter is looked up by name at call time, so a test can spy on it."""
+    if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose one of {', '.join(CONVERTERS)}")
-    return globals()[CONVERTERS[fmt][1]](model, destination)
+    return globals()[EXPORT_FORMATS[fmt][1]](model, destination)
+
+
+# Exports of member files run in a fresh Python process each (``python -m deepcovidxr.export_worker``):
+# a converter's peak and whatever TensorFlow keeps afterwards go back to the OS when it exits, so
+# opening 24 members on a cold cache costs one export's memory, not their sum, and a process that
+# runs ONNX Runtime or OpenVINO never imports TensorFlow. False: convert in this process (tests that
+# spy on the converters).
+ISOLATE_EXPORTS = True
+WORKER_MODULE = "deepcovidxr.export_worker"
+
+
+def run_export_worker(request: dict) -> dict:
+    """Run one export request in a fresh process (:mod:`deepcovidxr.export_worker`) and return
+    its result (the last stdout line, JSON). The package is found where this one was imported from."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    completed = subprocess.run(
+        [sys.executable, "-m", WORKER_MODULE, json.dumps(request)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        env=env,
+        check=False,
+    )
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        tail = "\n".join(completed.stderr.strip().splitlines()[-15:])
+        if completed.returncode == 2:  # the worker's UsageError: one line a user can act on
+            raise UsageError(tail.splitlines()[-1] if tail else f"export of {request.get('path')} refused")
+        raise RuntimeError(
+            f"export of {request.get('path')} to {request.get('format')} failed (exit {completed.returncode}):\n{tail}"
+        )
+    log.debug("export worker stderr:\n%s", completed.stderr)
+    return json.loads(lines[-1])
+
+
+def member_request(member: Member, member_path: Path, fmt: str, destination: Path, parity: bool = False) -> dict:
+    """What :mod:`deepcovidxr.export_worker` needs to export one member file."""
+    return {
+        "format": fmt,
+        "path": str(member_path),
+        "member": [member.backbone, member.size, member.crop.value],
+        "destination": str(destination),
+        "parity": parity,
+    }
 
 
 # ------------------------------------------------------------------------------------------ cache
@@ -335,8 +487,48 @@ class CacheEntry:
                 stale.unlink(missing_ok=True)
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder: ``$DEEPCOVIDXR_CACHE``, else ``$XDG_CACHE_HOME/deepcovidxr``
+    (``~/.cache/deepcovidxr``)."""
+    if os.environ.get("DEEPCOVIDXR_CACHE"):
+        return Path(os.environ["DEEPCOVIDXR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepcovidxr"
+
+
+def _writable(folder: Path) -> bool:
+    """Whether this process can create files in ``folder`` (made if missing). Tried, not asked:
+    ``os.access`` answers yes to root on a read-only mount's mode bits and says nothing of quotas."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+_ANNOUNCED: set[Path] = set()
+
+
+def default_cache_folder(members_folder: Path) -> Path:
+    """Where exports of the models in ``members_folder`` are cached when no folder is given:
+    ``<members>/.engine_cache`` when that can be written, else (a read-only folder on a shared
+    server) a folder of its own under :func:`user_cache_dir`, keyed by the members folder's path.
+    Logged once per folder."""
+    members_folder = Path(members_folder).resolve()
+    folder = members_folder / CACHE_FOLDER
+    reason = "beside the members"
+    if not _writable(folder):
+        digest = hashlib.sha256(str(members_folder).encode()).hexdigest()[:16]
+        folder = user_cache_dir() / "engine_cache" / f"{members_folder.name}-{digest}"
+        reason = f"{members_folder} is not writable"
+    if folder not in _ANNOUNCED:
+        _ANNOUNCED.add(folder)
+        log.info("engine cache: %s (%s)", folder, reason)
+    return folder
+
+
 def _cache_folder(member_path: Path, cache_dir: Path | None) -> Path:
-    folder = Path(cache_dir) if cache_dir is not None else Path(member_path).parent / CACHE_FOLDER
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_folder(Path(member_path).parent)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -346,17 +538,57 @@ def _cache_folder(member_path: Path, cache_dir: Path | None) -> Path:
     return folder
 
 
+# One in-process conversion at a time (re-entrant: an int8 build opens its fp32 entry): two
+# converters in one process would add up their peak memory. Exports in worker processes are
+# scheduled by export_missing instead, within EXPORT_MEMORY_BUDGET.
+_BUILD_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _entry_lock(entry: CacheEntry) -> Iterator[None]:
+    """An exclusive lock on one member/kind/precision of a cache folder, across processes
+    (``flock`` on a hidden lock file, released by the kernel if the process dies). Its name does not
+    start with the entry prefix, so a commit's clean-up of stale entries never removes it."""
+    path = entry.folder / f".{entry.prefix}lock"
+    with path.open("a+b") as handle:
+        if fcntl is None:  # no flock (Windows): one process per cache folder
+            yield
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is exporting it; waiting", entry.path.name)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _cached(entry: CacheEntry, build: Callable[[CacheEntry], dict | None], stats: dict) -> CacheEntry:
-    """Use ``entry`` if it is valid, else build it (``build`` writes ``entry.files``) and commit it."""
+    """Use ``entry`` if it is valid, else build it (``build`` writes ``entry.files``) and commit it.
+
+    The build holds the entry's lock and checks again once it has it: of several processes (say
+    ``predict.py --shard k/N`` jobs) wanting one export, one builds and the others then use its
+    entry, and none removes files another is writing. ``stats["probe"]``: only say whether a build
+    is due (``stats["missing"]``), build nothing."""
     if entry.valid():
         log.debug("engine cache hit: %s", entry.path)
         return entry
-    for path in [*entry.files.values(), entry.manifest]:
-        path.unlink(missing_ok=True)  # a partial or mismatched entry is never half-reused
-    start = time.perf_counter()
-    info = build(entry)
-    seconds = time.perf_counter() - start
-    entry.commit(seconds, info)
+    if stats.get("probe"):
+        stats["missing"] = True
+        return entry
+    with _entry_lock(entry):
+        if entry.valid():  # built by another process while this one waited
+            log.info("%s: built by another process; using it", entry.path.name)
+            return entry
+        for path in [*entry.files.values(), entry.manifest]:
+            path.unlink(missing_ok=True)  # a partial or mismatched entry is never half-reused
+        log.info("one-time export: %s (cached in %s for later runs)", entry.path.name, entry.folder)
+        start = time.perf_counter()
+        info = build(entry)
+        seconds = time.perf_counter() - start
+        entry.commit(seconds, info)
     stats["built"] = [*stats.get("built", []), entry.path.name]
     stats["build_seconds"] = stats.get("build_seconds", 0.0) + seconds
     log.info("built %s in %.1f s", entry.path.name, seconds)
@@ -550,15 +782,36 @@ def _load_keras(member: Member, member_path: Path):
     return load_member(member_path, member)
 
 
+_DEFAULT_LOADER = _load_keras
+
+
 @dataclass(frozen=True)
 class _Source:
-    """What an export is made from: a Keras model file, its digest and how to load it."""
+    """What an export is made from: a Keras model file, its digest and how to load it. ``member``:
+    the ensemble member the file holds (its exports run in a worker process, which loads it by
+    itself), None for another model (the lung U-Net: ``load`` here)."""
 
     stem: str
     path: Path
     sha256: str
     load: Callable[[], Any] = field(compare=False)
     extra: dict = field(default_factory=dict, compare=False)
+    member: Member | None = field(default=None, compare=False)
+
+    def export(self, fmt: str, destination: Path) -> None:
+        """Write ``destination`` in ``fmt``: a member in a fresh process (:data:`ISOLATE_EXPORTS`),
+        anything else here."""
+        # A worker loads the file with models.load_member; a loader replaced in this process (a
+        # test's stand-in model) exists only here, so its exports are made here.
+        if self.isolated:
+            run_export_worker(member_request(self.member, self.path, fmt, destination))
+        else:
+            with _BUILD_LOCK:  # two converters in one process would add up their peaks
+                convert(self.load(), fmt, destination)
+
+    @property
+    def isolated(self) -> bool:
+        return ISOLATE_EXPORTS and self.member is not None and _load_keras is _DEFAULT_LOADER
 
 
 class Calibration:
@@ -605,8 +858,8 @@ def _onnx_fp32(source: _Source, folder: Path, stats: dict) -> CacheEntry:
 
     def build(entry: CacheEntry) -> dict:
         require("tensorflow", "tensorflow", "ONNX export")
-        to_onnx(source.load(), entry.path)
-        return {"converter": "keras.Model.export(format='onnx') / tf2onnx"}
+        source.export("onnx", entry.path)
+        return {"converter": "tf2onnx.convert.from_function (large-model mode, fresh node protos)"}
 
     return _cached(entry, build, stats)
 
@@ -664,26 +917,15 @@ def _onnx_int8(
 
 
 def _openvino_ir(source: _Source, folder: Path, stats: dict) -> CacheEntry:
-    key = _base_key(source, "openvino", "fp32", (*_CONVERTER_PACKAGES, "openvino"))
+    key = _base_key(source, "openvino", "fp32", ("tensorflow", "keras", "openvino"))
     entry = CacheEntry(folder, source.stem, "openvino", "fp32", key, (".xml", ".bin"))
 
     def build(entry: CacheEntry) -> dict:
-        import openvino as ov
-
-        fp32 = _onnx_fp32(source, folder, stats)  # needed only to build: a valid IR is used alone
-        _save_ir(ov, ov.convert_model(str(fp32.path)), entry)
-        return {"converter": "openvino.convert_model(onnx), weights kept fp32"}
+        require("tensorflow", "tensorflow", "OpenVINO export")
+        source.export("openvino", entry.files[".xml"])
+        return {"converter": "openvino.convert_model(traced tf.function), weights kept fp32"}
 
     return _cached(entry, build, stats)
-
-
-def _save_ir(ov, model, entry: CacheEntry) -> None:
-    with tempfile.TemporaryDirectory(prefix=".ir-", dir=entry.folder) as scratch:
-        xml = Path(scratch) / entry.files[".xml"].name
-        # compress_to_fp16 defaults to True, which would round the weights: fp32 parity needs fp32.
-        ov.save_model(model, str(xml), compress_to_fp16=False)
-        os.replace(xml.with_suffix(".bin"), entry.files[".bin"])
-        os.replace(xml, entry.files[".xml"])
 
 
 def _openvino_int8(
@@ -695,7 +937,7 @@ def _openvino_int8(
         # Without NNCF, OpenVINO runs ONNX Runtime's statically quantised ONNX (QDQ is read natively).
         log.info("nncf not installed: OpenVINO int8 runs ONNX Runtime's quantised ONNX model")
         return _onnx_int8(member, source, folder, calibration, stats)
-    key = _base_key(source, "openvino", "int8", (*_CONVERTER_PACKAGES, "openvino", "nncf"))
+    key = _base_key(source, "openvino", "int8", ("tensorflow", "keras", "openvino", "nncf"))
     key.update(_calibration_key(calibration))
     entry = CacheEntry(folder, source.stem, "openvino", "int8", key, (".xml", ".bin"))
 
@@ -708,7 +950,7 @@ def _openvino_int8(
         # One image per calibration item: NNCF's subset_size counts items.
         dataset = nncf.Dataset([images[i : i + 1] for i in range(len(images))])
         quantized = nncf.quantize(ov.Core().read_model(str(ir.path)), dataset, subset_size=len(images))
-        _save_ir(ov, quantized, entry)
+        _write_ir(ov, quantized, entry.files[".xml"])
         return {"quantizer": "nncf.quantize (default preset, fast bias correction)"}
 
     return _cached(entry, build, stats)
@@ -810,25 +1052,159 @@ def open_member(
     if precision == "int8" and not isinstance(calibration, Calibration):
         calibration = _check_calibration(member, calibration)
     folder = _cache_folder(member_path, cache_dir)
-    source = _Source(_stem(member), member_path, file_sha256(member_path), lambda: _load_keras(member, member_path))
-    runner = _open(source, folder, engine, precision, calibration, threads, member, member.short_name)
+    runner = _open(_member_source(member, member_path), folder, engine, precision, calibration, threads, member)
     runner.stats["open_seconds"] = time.perf_counter() - started
     return runner
 
 
-def _open(source: _Source, folder: Path, engine: str, precision: str, calibration, threads, member, name) -> Runner:
-    stats: dict = {}
+def _member_source(member: Member, member_path: Path) -> _Source:
+    member_path = Path(member_path)
+    return _Source(
+        _stem(member),
+        member_path,
+        file_sha256(member_path),
+        lambda: _load_keras(member, member_path),
+        member=member,
+    )
+
+
+def _entry(source: _Source, folder: Path, engine: str, precision: str, calibration, member, stats: dict) -> CacheEntry:
+    """The cache entry ``engine`` at ``precision`` runs, built if missing (unless ``stats["probe"]``)."""
     if engine == "onnxruntime":
         if precision == "int8":
-            entry = _onnx_int8(member, source, folder, calibration, stats)
-        else:
-            entry = _onnx_fp32(source, folder, stats)
-        return OnnxRuntimeRunner(member, entry.path, precision, stats, threads, name)
+            return _onnx_int8(member, source, folder, calibration, stats)
+        return _onnx_fp32(source, folder, stats)
     if precision == "int8":
-        entry = _openvino_int8(member, source, folder, calibration, stats)
-    else:  # fp32 and bf16 share the fp32 IR; bf16 is a compile-time hint of the CPU plugin
-        entry = _openvino_ir(source, folder, stats)
+        return _openvino_int8(member, source, folder, calibration, stats)
+    return _openvino_ir(source, folder, stats)  # fp32 and bf16 share the fp32 IR (bf16: a compile hint)
+
+
+def _open(
+    source: _Source, folder: Path, engine: str, precision: str, calibration, threads, member, name=None
+) -> Runner:
+    stats: dict = {}
+    entry = _entry(source, folder, engine, precision, calibration, member, stats)
+    name = name or _member_name(member, source.path.name)
+    if engine == "onnxruntime":
+        return OnnxRuntimeRunner(member, entry.path, precision, stats, threads, name)
     return OpenVinoRunner(member, entry.path, precision, stats, threads, name, _blob_cache(folder))
+
+
+def export_missing(
+    members: list[tuple[Member, Path]],
+    engine: str,
+    precision: str,
+    cache_dir: Path | None = None,
+    calibration: np.ndarray | Calibration | None = None,
+) -> list[str]:
+    """Build every export ``engine`` at ``precision`` needs for ``members`` that is not cached yet,
+    one member after another with a progress bar (a user's first run on a cold cache spends minutes
+    here), before any member is opened; returns the names of the members exported. Keras needs no
+    export. Call it where a stage knows its members, before scoring."""
+    if engine == "keras":
+        return []
+    if precision == "auto":
+        precision = default_precision(engine)
+    check_engine(engine, precision, calibration)
+    missing = []
+    for member, path in members:
+        images = calibration
+        if precision == "int8" and not isinstance(calibration, Calibration):
+            images = _check_calibration(member, calibration)  # as open_member keys it
+        probe = {"probe": True}
+        source = _member_source(member, path)
+        _entry(source, _cache_folder(path, cache_dir), engine, precision, images, member, probe)
+        if probe.get("missing"):
+            missing.append((member, path, source, images))
+    if not missing:
+        return []
+    from tqdm import tqdm
+
+    log.info("one-time export of %d of %d members to %s (cached for later runs)", len(missing), len(members), engine)
+    parallel = precision != "int8" and all(source.isolated for _, _, source, _ in missing)
+    with tqdm(total=len(missing), desc=f"one-time {engine} export", unit="member") as bar:
+
+        def build(item: tuple) -> None:
+            member, path, source, images = item
+            _entry(source, _cache_folder(path, cache_dir), engine, precision, images, member, {})
+            with lock:
+                bar.update()
+                bar.set_postfix_str(f"{member.short_name} done, {len(missing) - bar.n} left")
+
+        lock = threading.Lock()
+        bar.set_postfix_str(f"{len(missing)} left")
+        if parallel:
+            # The caller's own memory counts: the demo, holding its trained members, exports one
+            # at a time; predict.py, which has not imported TensorFlow, two.
+            budget = EXPORT_MEMORY_BUDGET - _resident_bytes()
+            _within_budget([(item, export_memory_estimate(item[1])) for item in missing], build, budget)
+        else:  # int8 quantises in this process, one member at a time
+            for item in missing:
+                build(item)
+    return [member.short_name for member, *_ in missing]
+
+
+# Worker exports at once: the two cores of a workstation (conversion is mostly one thread);
+# within the memory budget below, so a cold cache's tree of processes stays under ~5 GB.
+EXPORT_WORKERS = 2
+EXPORT_MEMORY_BUDGET = 5.0e9  # bytes: the workers' estimated peaks plus this process's own memory
+
+
+def export_memory_estimate(member_path: Path) -> float:
+    """A worker's peak resident memory exporting this member file, in bytes: TensorFlow and the
+    converter (~1 GB) plus about six copies of the weights. Measured: Inception-ResNet-V2 331 px
+    (a 215 MB file) 2.3-2.8 GB (benchmarks/bench_export_memory.py)."""
+    return 1.0e9 + 6 * Path(member_path).stat().st_size
+
+
+def _resident_bytes() -> float:
+    """This process's resident memory now (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm", encoding="utf-8") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _within_budget(jobs: list[tuple[object, float]], run: Callable[[object], None], budget: float) -> None:
+    """Run ``run(job)`` for every job on up to :data:`EXPORT_WORKERS` threads (each drives one
+    worker process), starting a job only while the estimates of those running plus its own stay
+    within ``budget`` bytes (a job alone always starts). Largest first, so the big
+    members never end up paired at the tail; the first error is raised once all have stopped."""
+    pending = sorted(jobs, key=lambda job: -job[1])
+    condition = threading.Condition()
+    running: list[float] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with condition:
+                while True:
+                    if not pending or errors:
+                        return
+                    fits = [j for j in pending if not running or sum(running) + j[1] <= budget]
+                    if fits:
+                        job = fits[0]
+                        pending.remove(job)
+                        running.append(job[1])
+                        break
+                    condition.wait()
+            try:
+                run(job[0])
+            except BaseException as error:  # handed to the caller after the others stop
+                errors.append(error)
+            finally:
+                with condition:
+                    running.remove(job[1])
+                    condition.notify_all()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, EXPORT_WORKERS))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def open_model(
@@ -873,12 +1249,16 @@ __all__ = [
     "check_engine",
     "convert",
     "cpu_supports_bf16",
+    "default_cache_folder",
     "default_precision",
+    "export_missing",
     "file_sha256",
     "head_scores",
     "open_member",
     "open_model",
     "to_onnx",
+    "to_openvino",
     "to_saved_model",
     "to_tflite",
+    "user_cache_dir",
 ]

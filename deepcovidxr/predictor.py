@@ -176,10 +176,18 @@ class MemberLoader:
                 self._launched += 1
 
     def start(self) -> MemberLoader:
-        """Begin opening the first ``ahead`` members (idempotent, thread-safe)."""
+        """Begin opening the first ``ahead`` members (idempotent, thread-safe). A ``load`` with a
+        ``prepare(members)`` (an engine's one-time exports, :func:`member_opener`) runs it first,
+        once, in the calling thread: its progress bar says what a cold cache is doing."""
         with self._lock:
-            if self._started is None:
+            first = self._started is None
+            if first:
                 self._started = time.perf_counter()
+        prepare = getattr(self.load, "prepare", None)
+        if first and prepare is not None and self.paths:
+            exported = prepare(self.paths)
+            if exported:
+                self.timings["export_s"] = time.perf_counter() - self._started
         self._launch_until(self.ahead)
         return self
 
@@ -218,7 +226,10 @@ def member_opener(
     def load(path: Path, member: Member):
         return engines.open_member(member, path, engine, precision, cache_dir, calibration, threads)
 
-    load.engine, load.precision = engine, precision  # type: ignore[attr-defined]
+    def prepare(members: list[tuple[Member, Path]]) -> list[str]:
+        return engines.export_missing(members, engine, precision, cache_dir, calibration)
+
+    load.engine, load.precision, load.prepare = engine, precision, prepare  # type: ignore[attr-defined]
     return load
 
 

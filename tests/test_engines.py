@@ -112,7 +112,9 @@ def spied(built, member_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def _entries(folder: Path) -> list[str]:
-    return sorted(p.name for p in (folder / engines.CACHE_FOLDER).iterdir())
+    # Entries only: the hidden per-entry lock files stay (removing a lock file another process may
+    # hold would let a third take a second lock on a new file).
+    return sorted(p.name for p in (folder / engines.CACHE_FOLDER).iterdir() if not p.name.startswith("."))
 
 
 def test_changed_member_file_rebuilds(spied) -> None:
@@ -218,3 +220,175 @@ def test_int8_runs_close(engine, built, member_file, images, calibration, keras_
         # Other calibration images are another key: a new quantised model, never the old one.
         other = engines.open_member(MEMBER, member_file, engine, "int8", calibration=calibration[:8])
         assert other.stats["built"] and other.path != runner.path
+
+
+# A process that opens a member whose export is not cached yet: the conversion takes a while and
+# its file appears at its end (written atomically), then the manifest is written. Two such
+# processes started 0.5 s apart once unlinked each other's files (issue 19).
+_RACER = """
+import json, shutil, sys, time
+from pathlib import Path
+from deepcovidxr import engines
+from deepcovidxr.layout import CropMode, Member
+
+member_path, source, delay = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+
+def slow_export(model, destination):
+    time.sleep(1.0)
+    shutil.copyfile(source, destination)
+    time.sleep(1.0)
+    return destination
+
+engines.to_onnx = slow_export
+engines._load_keras = lambda member, path: None
+engines.ISOLATE_EXPORTS = False
+time.sleep(delay)
+runner = engines.open_member(Member("ResNet-50", 32, CropMode.UNCROP), member_path, "onnxruntime")
+sys.stdout.write(json.dumps({"path": str(runner.path), "built": bool(runner.stats.get("built"))}) + "\\n")
+"""
+
+
+def test_two_processes_building_one_entry_at_once_both_succeed(
+    built, member_file: Path, images, keras_scores, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    folder = tmp_path / "members"
+    folder.mkdir()
+    path = Path(shutil.copy(member_file, folder / member_file.name))
+    script = tmp_path / "racer.py"
+    script.write_text(_RACER, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    racers = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(path), str(built["runner"].path), str(delay)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            env=env,
+        )
+        for delay in (0.0, 1.5)
+    ]
+    outcomes = [racer.communicate(timeout=300) for racer in racers]
+    for racer, (_, stderr) in zip(racers, outcomes, strict=True):
+        assert racer.returncode == 0, stderr[-2000:]
+    results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outcomes]
+    assert results[0]["path"] == results[1]["path"]
+    assert [r["built"] for r in results] == [True, False]  # the second waited for the first's entry
+    runner = engines.open_member(MEMBER, path, "onnxruntime")
+    assert "built" not in runner.stats  # the entry both left is valid
+    assert np.max(np.abs(runner.predict(images) - keras_scores)) <= PARITY
+
+
+def test_read_only_members_folder_caches_in_the_user_cache(
+    spied, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, spy = spied
+    members = path.parent
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("DEEPCOVIDXR_CACHE", raising=False)
+    # A shared server's read-only folder. Tests run as root, which writes through mode bits, so the
+    # writability probe is told what a user would find.
+    members.chmod(0o555)
+    monkeypatch.setattr(engines, "_writable", lambda folder: not Path(folder).is_relative_to(members), raising=False)
+    try:
+        with caplog.at_level("INFO", logger="deepcovidxr.engines"):
+            runner = engines.open_member(MEMBER, path, "onnxruntime")
+    finally:
+        members.chmod(0o755)
+    assert runner.path.is_relative_to(tmp_path / "xdg" / "deepcovidxr") and spy.calls == 1
+    assert not (members / engines.CACHE_FOLDER).exists()
+    assert "not writable" in caplog.text and str(tmp_path / "xdg") in caplog.text
+
+
+def test_openvino_converts_without_an_onnx_step(member_file: Path, images, keras_scores, tmp_path: Path) -> None:
+    """The IR comes straight from the traced TensorFlow function (in an export worker process): no
+    ONNX file is made on the way, which is where the memory went (issue 19)."""
+    folder = tmp_path / "members"
+    folder.mkdir()
+    path = Path(shutil.copy(member_file, folder / member_file.name))
+    runner = engines.open_member(MEMBER, path, "openvino")
+    assert runner.stats["built"] == [runner.path.name] and runner.path.suffix == ".xml"
+    assert not list((folder / engines.CACHE_FOLDER).glob("*.onnx"))
+    assert np.max(np.abs(runner.predict(images) - keras_scores)) <= PARITY
+
+
+# Keras' model.export(format="onnx") peaked at 5.9 GB for this ResNet-50 at 32 px (94 MB of weights):
+# grappler over a frozen copy of the graph, then tf2onnx's 24 optimiser passes each leaving one more
+# copy of every weight in protobuf arenas. Measured with the fix: 1.5 GB.
+EXPORT_PEAK_GB = 2.5
+
+_EXPORT_ONLY = """
+import sys
+from pathlib import Path
+import keras
+from deepcovidxr import engines
+from deepcovidxr.models import build_member
+keras.utils.set_random_seed(0)
+engines.to_onnx(build_member("ResNet-50", 32, weights=None), Path(sys.argv[1]))
+"""
+
+
+def test_onnx_export_peak_memory(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = tmp_path / "stderr.txt"
+    with log.open("w", encoding="utf-8") as errors:
+        command = [sys.executable, "-c", _EXPORT_ONLY, str(tmp_path / "m.onnx")]
+        process = subprocess.Popen(command, stderr=errors, env=env)
+        _, status, usage = os.wait4(process.pid, 0)  # the child's own peak RSS, as /usr/bin/time -v reports it
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, log.read_text(encoding="utf-8")[-2000:]
+    peak_gb = usage.ru_maxrss / 1024**2
+    print(f"ONNX export of ResNet-50 at 32 px: peak RSS {peak_gb:.2f} GB")
+    assert (tmp_path / "m.onnx").is_file() and peak_gb < EXPORT_PEAK_GB
+
+
+def test_export_missing_builds_a_cold_cache_once(spied) -> None:
+    """What a stage calls before scoring: every missing export built (with a progress bar), then
+    nothing on a warm cache; Keras needs none."""
+    path, spy = spied
+    assert engines.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == [MEMBER.short_name]
+    assert spy.calls == 1
+    assert engines.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == []
+    assert engines.export_missing([(MEMBER, path)], "keras", "fp32") == []
+    assert spy.calls == 1 and "built" not in engines.open_member(MEMBER, path, "onnxruntime").stats
+
+
+def test_worker_exports_run_in_parallel_within_the_memory_budget(monkeypatch) -> None:
+    """A cold cache exports two members at once (one worker process each), but never two whose
+    estimated peaks exceed the budget together; a failure is raised once the others stopped."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    running: list[str] = []
+    seen: list[list[str]] = []
+
+    def job(name: str) -> None:
+        with lock:
+            running.append(name)
+            seen.append(sorted(running))
+        time.sleep(0.05)
+        with lock:
+            running.remove(name)
+
+    sizes = {"big1": 3.0, "big2": 3.0, "small1": 1.0, "small2": 1.0}
+    engines._within_budget([(name, size) for name, size in sizes.items()], job, 4.0)
+    assert {name for group in seen for name in group} == set(sizes)
+    assert any(len(group) == 2 for group in seen)  # parallel
+    assert all(sum(sizes[n] for n in group) <= 4.0 for group in seen)  # within the budget
+    seen.clear()
+    engines._within_budget([(name, size) for name, size in sizes.items()], job, 0.5)
+    assert all(len(group) == 1 for group in seen) and len(seen) == 4  # a job alone always starts
+
+    def failing(name: str) -> None:
+        if name == "small1":
+            raise RuntimeError("export of small1 failed")
+
+    with pytest.raises(RuntimeError, match="small1"):
+        engines._within_budget([(name, size) for name, size in sizes.items()], failing, 4.0)

@@ -389,3 +389,25 @@ def test_int8_calibration_key_covers_the_unet(tmp_path: Path) -> None:
     assert key((first, "fp32")) == key((first, "fp32"))
     assert key((first, "fp32")) != key((second, "fp32"))
     assert key((first, "fp32")) != key((first, "bf16"))
+
+
+def test_a_cold_cache_shows_its_one_time_export(world, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The first run on a cold cache exports every member before opening one, under a progress bar
+    that names the engine and counts the members left; a warm run shows no such bar."""
+    from deepcovidxr import classes as class_names
+
+    monkeypatch.setattr(
+        engines,
+        "_load_keras",
+        lambda member, path: tiny_member(
+            class_names.outputs(class_names.member_classes(path)), MEMBERS.index(member.short_name)
+        ),
+    )
+    cold = _config(world, tmp_path / "cold", engine="openvino", engine_cache=tmp_path / "cache")
+    predict_stage.run(cold)
+    err = capsys.readouterr().err
+    assert "one-time openvino export" in err and "left" in err
+    info = json.loads((tmp_path / "cold" / "predictions_info.json").read_text(encoding="utf-8"))
+    assert info["timings"]["export_s"] > 0
+    predict_stage.run(_config(world, tmp_path / "warm", engine="openvino", engine_cache=tmp_path / "cache"))
+    assert "one-time" not in capsys.readouterr().err

@@ -29,9 +29,9 @@ DEFAULT_UNET = shipped.unet_weights()
 def default_cache_dir() -> Path:
     """Where an exported U-Net is cached when no cache folder is given: ``$DEEPCOVIDXR_CACHE``, else
     ``$XDG_CACHE_HOME/deepcovidxr`` (``~/.cache/deepcovidxr``); the package data may be read-only."""
-    if os.environ.get("DEEPCOVIDXR_CACHE"):
-        return Path(os.environ["DEEPCOVIDXR_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deepcovidxr"
+    from deepcovidxr.engines import user_cache_dir
+
+    return user_cache_dir()
 
 
 def default_unet_path() -> Path:

@@ -4,28 +4,29 @@ which describes the ensemble well enough to run it without this package: members
 
 Each exported member is checked against its Keras original on a small random batch and the
 largest absolute score difference is recorded (``parity_max_abs_diff``) when a runtime for the
-format is installed.
+format is installed: every output column (one for the binary task, one per class for a softmax
+member). The conversion runs in a process of its own (:mod:`deepcovidxr.export_worker`).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from deepcovidxr import DISCLAIMER, __version__, engines
+from deepcovidxr import DISCLAIMER, __version__, engines, export_worker
+from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
 from deepcovidxr.configs import ExportConfig
 from deepcovidxr.layout import Member
 from deepcovidxr.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
+# Re-exported: the checks live beside the conversion in the worker process.
+parity = export_worker.parity
+run_exported = export_worker.run_exported
 
 REPORT = "ensemble.json"
-CLASS_NAMES = ["Negative", "Positive"]
 PARITY_WARN = 1e-4
 # How each format names the score tensor (ONNX: renamed by engines.to_onnx; the others: Keras' exporters).
 OUTPUT_NAMES = {
@@ -84,61 +85,23 @@ def input_contract(size: int) -> dict:
     }
 
 
-def parity(model, fmt: str, path: Path, size: int, seed: int = 0) -> float | None:
-    """Largest |exported - Keras| score on two random standardised images; None when no runtime
-    for the format is installed here (the export itself does not need one)."""
-    batch = np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype(np.float32)
-    expected = np.asarray(model(batch, training=False))[:, 0]
-    got = run_exported(fmt, path, batch)
-    return None if got is None else float(np.max(np.abs(got - expected)))
-
-
-def run_exported(fmt: str, path: Path, batch: np.ndarray) -> np.ndarray | None:
-    """Scores (n,) of an exported member file on a preprocessed batch, with the format's own
-    runtime (onnxruntime, the TFLite interpreter, tf.saved_model); None if that is not installed."""
-    if fmt == "onnx":
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            return None
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return session.run([engines.OUTPUT_NAME], {engines.INPUT_NAME: batch})[0][:, 0]
-    import tensorflow as tf
-
-    if fmt == "tflite":
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # tf.lite.Interpreter's deprecation notice
-            interpreter = tf.lite.Interpreter(model_path=str(path))
-        detail = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(detail["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(detail["index"], batch)
-        interpreter.invoke()
-        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[:, 0]
-    loaded = tf.saved_model.load(str(path))
-    return np.asarray(loaded.serve(tf.constant(batch)))[:, 0]
-
-
-def export_member(member: Member, member_path: Path, fmt: str, output: Path) -> dict:
-    """Export one member; returns its ensemble.json entry."""
-    from deepcovidxr.models import load_member
-
+def export_member(member: Member, member_path: Path, fmt: str, output: Path, classes: tuple[str, ...]) -> dict:
+    """Export one member (in a process of its own: :data:`deepcovidxr.engines.ISOLATE_EXPORTS`,
+    so 24 members cost one export's memory) and check every output column against Keras; returns
+    its ensemble.json entry."""
     suffix = engines.CONVERTERS[fmt][0]
     destination = Path(output) / f"{Path(member.legacy_filename).stem}{suffix}"
-    model = load_member(member_path, member)
-    start = time.perf_counter()
-    engines.convert(model, fmt, destination)
-    seconds = time.perf_counter() - start
-    difference = parity(model, fmt, destination, member.size)
+    request = engines.member_request(member, member_path, fmt, destination, parity=True)
+    result = engines.run_export_worker(request) if engines.ISOLATE_EXPORTS else export_worker.export(request)
+    seconds, difference = result["seconds"], result["parity_max_abs_diff"]
     if difference is not None and difference > PARITY_WARN:
         log.warning("%s: exported scores differ from Keras by up to %.2e", destination.name, difference)
     log.info(
-        "%s -> %s in %.1f s (max |diff| vs Keras %s)",
+        "%s -> %s in %.1f s (max |diff| vs Keras over %d column(s) %s)",
         member_path.name,
         destination.name,
         seconds,
+        class_names.outputs(classes),
         "not checked" if difference is None else f"{difference:.1e}",
     )
     digest = engines.tree_sha256(destination) if destination.is_dir() else engines.file_sha256(destination)
@@ -147,6 +110,7 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path) -> 
         "backbone": member.backbone,
         "size": member.size,
         "crop": member.crop.value,
+        "classes": list(classes),
         "file": destination.name,
         "sha256": digest,
         "source": member_path.name,
@@ -157,16 +121,36 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path) -> 
     }
 
 
+def output_contract(fmt: str, classes: tuple[str, ...], combination: dict) -> dict:
+    """What each member file outputs, as ensemble.json states it: one sigmoid unit for the binary
+    task, a softmax over the classes otherwise (:mod:`deepcovidxr.classes`)."""
+    units = class_names.outputs(classes)
+    if class_names.is_binary(classes):
+        meaning = (
+            f"probability of class {classes[1]!r} (COVID-19 positive); the ensemble score is "
+            f"{combination['description']}, positive when >= {combination['threshold']}"
+        )
+        return {"name": OUTPUT_NAMES[fmt], "shape": [None, units], "activation": "sigmoid", "meaning": meaning}
+    meaning = (
+        f"probability of each class, in the order of class_names ({', '.join(classes)}); rows sum to 1; "
+        f"the ensemble's probabilities are {combination['description']} per class, the predicted class "
+        "the largest"
+    )
+    return {"name": OUTPUT_NAMES[fmt], "shape": [None, units], "activation": "softmax", "meaning": meaning}
+
+
 def run(config: ExportConfig) -> ExportResult:
     """Export every chosen member (default: those with a non-zero weight) and write ensemble.json."""
     from deepcovidxr.inference import resolve_ensemble
 
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
+    # The classes the members were trained on (their sidecars), as predict.py reads them.
+    classes = tuple(getattr(chosen, "classes", None) or class_names.common(chosen.members))
     config.output.mkdir(parents=True, exist_ok=True)
     log.info("export: %d members as %s to %s", len(chosen.members), config.format, config.output)
     entries = []
     for (member, path), weight in zip(chosen.members, chosen.weights, strict=True):
-        entry = export_member(member, path, config.format, config.output)
+        entry = export_member(member, path, config.format, config.output, classes)
         entry["weight"] = float(weight)
         entries.append(entry)
     combination = _combination(chosen)
@@ -178,14 +162,8 @@ def run(config: ExportConfig) -> ExportResult:
             "format": config.format,
             "members": entries,
             "combination": combination,
-            "class_names": CLASS_NAMES,
-            "output": {
-                "name": OUTPUT_NAMES[config.format],
-                "shape": [None, 1],
-                "activation": "sigmoid",
-                "meaning": f"probability of class {CLASS_NAMES[1]!r} (COVID-19 positive); "
-                f"the ensemble score is {combination['description']}, positive when >= {combination['threshold']}",
-            },
+            "class_names": list(classes),
+            "output": output_contract(config.format, classes, combination),
             "versions": {
                 "deepcovidxr": __version__,
                 **{p: engines.package_version(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx")},

@@ -26,7 +26,7 @@ from deepcovidxr.atomic import write_json
 from deepcovidxr.batch import ERROR, digest, file_stamp
 from deepcovidxr.configs import PredictConfig
 from deepcovidxr.cropping import segment_files
-from deepcovidxr.engines import CACHE_FOLDER
+from deepcovidxr.engines import default_cache_folder
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imageio import iter_input_files
 from deepcovidxr.inference import (
@@ -216,7 +216,7 @@ def run(config: PredictConfig) -> StageResult | Path:
             batch_size=config.batch_size,
             precision=unet_precision(engine, precision),
             engine=engine,
-            cache_dir=cache if cache is not None else Path(config.weights) / CACHE_FOLDER,
+            cache_dir=cache if cache is not None else default_cache_folder(config.weights),
         )
 
     calibration = None
