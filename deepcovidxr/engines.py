@@ -22,8 +22,9 @@ numpy-2 patch (:func:`to_onnx`); Keras -> OpenVINO IR straight from the traced T
 with ``openvino.convert_model`` (weights kept fp32; no ONNX step); int8 through ONNX Runtime static
 quantization (QDQ) or, for OpenVINO, NNCF post-training quantization when ``nncf`` is installed.
 A member's conversion runs in a fresh process (:data:`ISOLATE_EXPORTS`,
-:mod:`deepcovidxr.export_worker`) so its memory is returned when it ends; exports are built one at
-a time, under a per-entry file lock that several processes sharing a cache respect.
+:mod:`deepcovidxr.export_worker`) so its memory is returned when it ends; :func:`export_missing`
+runs up to two at a time within a memory budget, each under a per-entry file lock that several
+processes sharing a cache respect.
 Nothing falls back silently: a missing runtime or an unsupported precision is a
 :class:`UsageError` naming what to install or use instead.
 """
@@ -95,12 +96,21 @@ class Runner(Protocol):
 # ---------------------------------------------------------------------------------------- helpers
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's sha256, remembered for its path, size and modification time: a stage asks for
+    each member's digest twice (the cold-cache check, then opening), and 24 members are 1.6 GB."""
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with Path(path).open("rb") as handle:
+            while block := handle.read(chunk):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def tree_sha256(folder: Path) -> str:
@@ -1098,7 +1108,8 @@ def export_missing(
     calibration: np.ndarray | Calibration | None = None,
 ) -> list[str]:
     """Build every export ``engine`` at ``precision`` needs for ``members`` that is not cached yet,
-    one member after another with a progress bar (a user's first run on a cold cache spends minutes
+    two worker processes at a time within :data:`EXPORT_MEMORY_BUDGET` (int8: one after another,
+    in this process), with a progress bar (a user's first run on a cold cache spends minutes
     here), before any member is opened; returns the names of the members exported. Keras needs no
     export. Call it where a stage knows its members, before scoring."""
     if engine == "keras":

@@ -126,17 +126,14 @@ def _remove_stale(tree: DataTree, expected: set[Path], recorded: dict[str, dict]
     wrote (its manifest names them) that are not at this run's place for them (another split,
     label, size or name) are removed, so no image sits in two splits; an image no manifest names
     was put there by someone else, and the run refuses before anything is touched."""
-    on_disk = (
-        {
-            path
-            for size in tree.root.iterdir()
-            if size.is_dir() and size.name.isdigit()
-            for path in size.glob("*/*/*/*")
-            if path.is_file() and path.parent.parent.name in {s.value for s in Split}
-        }
-        if tree.root.is_dir()
-        else set()
-    )
+    splits = {split.value for split in Split}
+    on_disk = {  # <size>/<crop>/<split>/<class>/<image>
+        path
+        for path in tree.root.glob("*/*/*/*/*")
+        if path.is_file()
+        and path.relative_to(tree.root).parts[0].isdigit()
+        and path.relative_to(tree.root).parts[2] in splits
+    }
     stale = on_disk - expected
     if not stale:
         return

@@ -23,7 +23,7 @@ import numpy as np
 from deepcovidxr import DISCLAIMER, layout, trust
 from deepcovidxr import classes as class_names
 from deepcovidxr.atomic import write_json
-from deepcovidxr.batch import ERROR, digest, file_stamp
+from deepcovidxr.batch import ERROR, digest, file_stamp, stamped
 from deepcovidxr.configs import PredictConfig
 from deepcovidxr.cropping import segment_files
 from deepcovidxr.engines import default_cache_folder
@@ -214,7 +214,7 @@ def run(config: PredictConfig) -> StageResult | Path:
         return LungCropper(
             config.unet,
             batch_size=config.batch_size,
-            precision=unet_precision(engine, precision),
+            precision=unet[1],
             engine=engine,
             cache_dir=cache if cache is not None else default_cache_folder(config.weights),
         )
@@ -378,17 +378,20 @@ def _fingerprint(
     """What a resumed run must share with the killed one: the files (names, sizes, modification
     times), the ensemble (member files, weights, rule), the crop (U-Net, precision), the engine,
     TTA, seed and what is scored."""
+    # stamped: a member or U-Net retrained at the same path is another run, never resumed into
     return digest(
-        {
-            **ensemble_options(chosen),
-            "unet": list(unet),
-            "engine": [info["engine"], info["precision"]],
-            "calibration": getattr(calibration, "digest", None),
-            "tta": config.tta,
-            "seed": config.seed,
-            "score_flagged": config.score_flagged,
-            "files": [[name, file_stamp(path)] for name, path in zip(names, files, strict=True)],
-        }
+        stamped(
+            {
+                **ensemble_options(chosen),
+                "unet": list(unet),
+                "engine": [info["engine"], info["precision"]],
+                "calibration": getattr(calibration, "digest", None),
+                "tta": config.tta,
+                "seed": config.seed,
+                "score_flagged": config.score_flagged,
+                "files": [[name, file_stamp(path)] for name, path in zip(names, files, strict=True)],
+            }
+        )
     )
 
 
