@@ -8,7 +8,7 @@ Steps, each skipped on a rerun when its output already exists (``--work`` keeps 
 2. ``train.py`` for each ``--members`` entry (BACKBONE:VIEW:EPOCHS) from random weights
    (``-w none``: ImageNet weights cannot be downloaded here), Adam -> ``<work>/members``;
 3. an ensemble weights JSON over exactly those members (``--ensemble equal``: equal weights written
-   by ``deepcovidxr.ensemble.save_weights``; ``fitted``: ``ensemble.py`` on the tree's Validation);
+   by ``deepcovidxr.scoring.combination.save_weights``; ``fitted``: ``ensemble.py`` on the tree's Validation);
 4. ``evaluate.py`` on the tree's Test split for each ``--cases`` entry, each in a fresh process; the
    first run fills the export cache and is not timed, the second is (process start to exit); int8
    is calibrated on the tree's Validation split (``--calibration <tree>``), never on Test.
@@ -102,12 +102,12 @@ def split_counts(tree: Path, size: int) -> dict[str, dict[str, int]]:
 
 
 def parse_member(text: str, size: int):
-    from deepcovidxr.layout import CropMode, Member
+    from deepcovidxr.contract.layout import CropMode, Member
 
     parts = text.split(":")
     if len(parts) != 3 or not parts[2].isdigit():
         raise SystemExit(f"--members entries are BACKBONE:VIEW:EPOCHS (e.g. ResNet-50:uncrop:4), got {text!r}")
-    from deepcovidxr import backbones
+    from deepcovidxr.contract import backbones
 
     return Member(backbones.get(parts[0]).name, size, CropMode(parts[1])), int(parts[2])
 
@@ -152,7 +152,7 @@ def train_members(specs, tree: Path, work: Path, args) -> tuple[Path, dict[str, 
 
 
 def write_weights(specs, members: Path, tree: Path, work: Path, how: str, seed: int) -> Path:
-    from deepcovidxr import ensemble
+    from deepcovidxr.scoring import combination as ensemble
 
     names = [member.short_name for member, _ in specs]
     folder = work / f"ensemble_{how}"

@@ -39,8 +39,8 @@ CASES = (
 
 
 def images(size: int, count: int, offset: int) -> np.ndarray:
-    from deepcovidxr.imageio import read_gray
-    from deepcovidxr.preprocess import lanczos_resize, to_model_input
+    from deepcovidxr.imaging.preprocess import lanczos_resize, to_model_input
+    from deepcovidxr.imaging.reader import read_gray
 
     files = sorted(p for p in (SHARED / "cxr").rglob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if len(files) < offset + count:
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import keras
 
-    from deepcovidxr import engines
-    from deepcovidxr.layout import CropMode, Member
-    from deepcovidxr.models import build_member, save_member
+    from deepcovidxr.contract.layout import CropMode, Member
+    from deepcovidxr.networks.members import build_member, save_member
+    from deepcovidxr.runtime import engines
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-engines-"))
     member = Member(args.backbone, args.size, CropMode.UNCROP)

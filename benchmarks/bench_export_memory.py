@@ -6,7 +6,7 @@ built with random weights (``weights=None``: the weights' values do not change t
 memory) and saved in the member format. Each case runs in a fresh process under ``/usr/bin/time -v``
 (its "Maximum resident set size"; without that program, the same figure from ``os.wait4``):
 
-- ``onnx`` / ``openvino`` / ``tflite``: ``python -m deepcovidxr.export_worker`` (what export.py and
+- ``onnx`` / ``openvino`` / ``tflite``: ``python -m deepcovidxr.runtime.export_worker`` (what export.py and
   the engine cache run for one member): load, convert, check every output column against Keras;
 - ``cache:openvino`` / ``cache:onnxruntime``: a process that fills an empty engine cache for the member
   with ``engines.export_missing`` and scores a batch with ``engines.open_member``, as predict.py does
@@ -44,8 +44,8 @@ MAKE_MEMBER = """
 import sys
 from pathlib import Path
 import keras
-from deepcovidxr.layout import CropMode, Member
-from deepcovidxr.models import build_member, save_member
+from deepcovidxr.contract.layout import CropMode, Member
+from deepcovidxr.networks.members import build_member, save_member
 member = Member({backbone!r}, {size}, CropMode({crop!r}))
 keras.utils.set_random_seed(0)
 model = build_member(member.backbone, member.size, weights=None)
@@ -56,8 +56,8 @@ COLD_CACHE = """
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from deepcovidxr import engines
-from deepcovidxr.layout import CropMode, Member
+from deepcovidxr.runtime import engines
+from deepcovidxr.contract.layout import CropMode, Member
 path, engine, cache = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 member = Member({backbone!r}, {size}, CropMode({crop!r}))
 start = time.perf_counter()
@@ -102,7 +102,8 @@ def measure(command: list[str], log: Path) -> tuple[float, float, dict]:
 def keras_scores(path: Path, log: Path) -> list[float]:
     """The member's Keras scores on the batch the cold-cache case scores (for its parity)."""
     script = (
-        "import json, sys\nimport numpy as np\nfrom pathlib import Path\nfrom deepcovidxr.models import load_member\n"
+        "import json, sys\nimport numpy as np\nfrom pathlib import Path\n"
+        "from deepcovidxr.networks.members import load_member\n"
         f"model = load_member(Path(sys.argv[1]))\nbatch = np.random.default_rng(0).normal(size=(2, {SIZE}, {SIZE}, 3))"
         ".astype(np.float32)\nsys.stdout.write(json.dumps(np.asarray(model(batch, training=False))[:, 0].tolist()))\n"
     )
@@ -115,8 +116,8 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     args = parser.parse_args()
 
-    from deepcovidxr import engines
-    from deepcovidxr.layout import CropMode, Member
+    from deepcovidxr.contract.layout import CropMode, Member
+    from deepcovidxr.runtime import engines
 
     member = Member(BACKBONE, SIZE, CropMode(CROP))
     args.work.mkdir(parents=True, exist_ok=True)

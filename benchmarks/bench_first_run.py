@@ -36,8 +36,8 @@ def _make_members(folder: Path) -> None:
     """The 24 members at production sizes with random weights (built once, reused)."""
     import keras
 
-    from deepcovidxr.layout import ensemble_members
-    from deepcovidxr.models import build_member, save_member
+    from deepcovidxr.contract.layout import ensemble_members
+    from deepcovidxr.networks.members import build_member, save_member
 
     folder.mkdir(parents=True, exist_ok=True)
     for member in ensemble_members():
@@ -147,7 +147,7 @@ def _weights(members: Path, scratch: Path) -> Path:
     benchmark independent of them)."""
     import json
 
-    from deepcovidxr.layout import ensemble_members
+    from deepcovidxr.contract.layout import ensemble_members
 
     path = scratch / "ensemble_weights.json"
     members_24 = ensemble_members()

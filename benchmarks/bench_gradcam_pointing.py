@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.backbones import get
-    from deepcovidxr.layout import DataTree
-    from deepcovidxr.phantom_tasks import gradcam_pointing, write_view_tree
+    from deepcovidxr.contract.backbones import get
+    from deepcovidxr.contract.layout import DataTree
+    from tools.phantom_tasks import gradcam_pointing, write_view_tree
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench_pointing_"))
     columns = "size  map    train_s  best_val_auc  detected  inside  grid_ceiling  chance  lower_zone  median_dist_px"

@@ -1,11 +1,11 @@
 """The input check on images it never saw: flagged rates per kind of image, and its cost.
 
 Kinds: frontal films (../shared/data/cxr, lungmasks/*/images, nih/images; and our chest phantoms,
-deepcovidxr.synthetic, which the demo and the tests crop), lateral films and CT slices
+deepcovidxr.synthetic.phantoms, which the demo and the tests crop), lateral films and CT slices
 (nonfrontal/), generated photos (input_check.synthetic_photo) and scikit-image's sample pictures.
 
 Held-out rates come from patient-split cross-validation of the whole fitting procedure
-(deepcovidxr.input_check_fit): each of ``--cv`` splits fits on half of the patient groups (and the
+(tools.input_check_fit): each of ``--cv`` splits fits on half of the patient groups (and the
 augmented copies of those groups' films) and counts the flags on the other half's originals; the
 counts are pooled. The shipped model is fitted the same way on everything (``--fit``) and is
 measured on photos and phantoms of seeds no fit used. The cost per image (features + model, on
@@ -34,11 +34,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from deepcovidxr import atomic, input_check, input_check_fit, shipped  # noqa: E402
-from deepcovidxr.imageio import read_gray_info  # noqa: E402
-from deepcovidxr.lungs import segment  # noqa: E402
+from deepcovidxr.contract import atomic, shipped  # noqa: E402
+from deepcovidxr.imaging.reader import read_gray_info  # noqa: E402
+from deepcovidxr.lungs import input_check, segment  # noqa: E402
 from deepcovidxr.lungs.cropper import LungCropper, locate  # noqa: E402
-from deepcovidxr.synthetic import make_phantom  # noqa: E402
+from deepcovidxr.synthetic.phantoms import make_phantom  # noqa: E402
+from tools import input_check_fit  # noqa: E402
 
 DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shared" / "data"))
 FIT_PHOTOS = 200
@@ -75,7 +76,7 @@ def photos(fit: bool) -> list[tuple[str, str, str]]:
 
 
 def phantoms(fit: bool) -> list[tuple[str, str, str]]:
-    """Our chest phantoms (deepcovidxr.synthetic, the demo's and tests' films) count as frontal films."""
+    """Our chest phantoms (deepcovidxr.synthetic.phantoms, the demo's and tests' films) count as frontal films."""
     seeds = range(PHANTOM_SEED, PHANTOM_SEED + FIT_PHANTOMS) if fit else range(HELDOUT_SEED, HELDOUT_SEED + 40)
     return [("frontal_phantom", f"phantom:{s}", f"phantom:{s}") for s in seeds]
 

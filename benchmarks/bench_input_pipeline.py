@@ -26,8 +26,8 @@ import numpy as np
 
 
 def _tree(source: Path, target: Path, size: int) -> int:
-    from deepcovidxr.imageio import read_gray, write_gray
-    from deepcovidxr.preprocess import lanczos_resize
+    from deepcovidxr.imaging.preprocess import lanczos_resize
+    from deepcovidxr.imaging.reader import read_gray, write_gray
 
     count = 0
     for label in ("Negative", "Positive"):
@@ -41,7 +41,7 @@ def _tree(source: Path, target: Path, size: int) -> int:
 def _pipeline_rate(files, size: int, batch: int, batches: int, threads: int | None) -> float:
     import tensorflow as tf
 
-    from deepcovidxr.data import make_dataset
+    from deepcovidxr.data.tfdata import make_dataset
 
     ds = make_dataset(files, size, batch, training=True, seed=0, repeat=True)
     if threads:
@@ -61,8 +61,8 @@ def _pipeline_rate(files, size: int, batch: int, batches: int, threads: int | No
 def _step_rate(size: int, batch: int, steps: int) -> float:
     import keras
 
-    from deepcovidxr.models import build_member
-    from deepcovidxr.training import compile_member
+    from deepcovidxr.networks.members import build_member
+    from deepcovidxr.training.trainer import compile_member
 
     model = build_member("ResNet-50", size)
     compile_member(model, 1e-3, 0.9)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.data import list_split
+    from deepcovidxr.data.tfdata import list_split
 
     cores = os.cpu_count() or 1
     print(f"{cores} cores, batch {args.batch_size}, images from {args.data}")

@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO))
 def _make_members(folder: Path) -> None:
     import keras
 
-    from deepcovidxr.layout import ensemble_members
-    from deepcovidxr.models import build_member, save_member
+    from deepcovidxr.contract.layout import ensemble_members
+    from deepcovidxr.networks.members import build_member, save_member
 
     folder.mkdir(parents=True, exist_ok=True)
     for member in ensemble_members():
@@ -50,9 +50,9 @@ def _make_members(folder: Path) -> None:
 
 def _floor(folder: Path, engine: str, precision: str, count: int, batch: int) -> float:
     """Seconds per image summed over members: forward passes only, inputs ready in memory."""
-    from deepcovidxr import engines
-    from deepcovidxr.layout import ensemble_members
-    from deepcovidxr.predictor import member_scores
+    from deepcovidxr.contract.layout import ensemble_members
+    from deepcovidxr.inference.streaming import member_scores
+    from deepcovidxr.runtime import engines
 
     rng = np.random.default_rng(0)
     total = 0.0

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.configs import CropConfig, ResizeConfig
-    from deepcovidxr.imageio import iter_input_files
+    from deepcovidxr.config.stages import CropConfig, ResizeConfig
+    from deepcovidxr.imaging.reader import iter_input_files
     from deepcovidxr.lungs.cropper import LungCropper
     from deepcovidxr.stages.crop import run as run_crop
     from deepcovidxr.stages.resize import run as run_resize

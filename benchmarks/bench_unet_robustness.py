@@ -6,7 +6,7 @@ file's metadata (never trained on by any of them, if they share the split):
 * ``clean``: Dice of the mask ``crop_img.py --save-masks`` writes, against the manual mask, for
   all films, normal films (``*_0``) and TB films (``*_1``, real pathology);
 * ``painted``: the same films with lower-zone opacities painted in at full resolution by the
-  phantom generator (:func:`deepcovidxr.synthetic.lower_zone_opacities`, a different pattern from
+  phantom generator (:func:`deepcovidxr.synthetic.phantoms.lower_zone_opacities`, a different pattern from
   the U-Net's training augmentation), manual mask unchanged: Dice, and ``kept``, the fraction of
   painted opacity pixels that the predicted mask keeps (1.0: the opacity stays inside the lung);
 
@@ -46,7 +46,7 @@ class HeldOutFilm:
 
 def _painted(gray: np.ndarray, truth: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(film with opacities, boolean opacity pixels inside the true lung)."""
-    from deepcovidxr.synthetic import lower_zone_opacities
+    from deepcovidxr.synthetic.phantoms import lower_zone_opacities
 
     rng = np.random.default_rng(seed)
     lung = truth.astype(np.uint8)
@@ -59,7 +59,7 @@ def _painted(gray: np.ndarray, truth: np.ndarray, seed: int) -> tuple[np.ndarray
 
 def load_heldout(pairs: list, seed: int) -> list[HeldOutFilm]:
     """Read each held-out pair once and paint its opacities (seeded per film)."""
-    from deepcovidxr.imageio import read_gray
+    from deepcovidxr.imaging.reader import read_gray
     from deepcovidxr.lungs.train import MASK_THRESHOLD
 
     films = []
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.imageio import iter_input_files, read_gray
+    from deepcovidxr.imaging.reader import iter_input_files, read_gray
     from deepcovidxr.lungs.train import find_pairs
     from deepcovidxr.lungs.unet import sidecar_path
 

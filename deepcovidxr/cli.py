@@ -1,5 +1,5 @@
 """Command-line plumbing shared by every stage script: logging, the exit-code contract, the one
-call a script makes (:func:`main`) and the package's console entry points."""
+call a script makes (:func:`main`) and the installed ``deepcovidxr STAGE`` command."""
 
 from __future__ import annotations
 
@@ -66,11 +66,11 @@ def main(stem: str, argv: list[str] | None = None) -> int:
     """Everything a stage script does: parse its flags (and ``--config``) into its config, set up
     logging, record the run in ``run_config.json`` and run the stage."""
     from deepcovidxr import stages
-    from deepcovidxr.config import dump_run, resolve
+    from deepcovidxr.config.schema import dump_run, resolve
 
     stage = stages.get(stem)
     try:
-        config, verbose = resolve(stage.config_class(), stem, argv, stages.STAGES)
+        config, verbose = resolve(stage.config_class, stem, argv, stages.STAGES)
     except SystemExit as done:  # --help, or a usage error argparse has already explained
         return int(done.code or 0)
     configure_logging(verbose)
@@ -83,26 +83,14 @@ def main(stem: str, argv: list[str] | None = None) -> int:
 
 
 def dispatch(argv: list[str] | None = None) -> int:
-    """``deepcovidxr STAGE [flags]``: any stage by its script name or its command's suffix."""
+    """``deepcovidxr STAGE [flags]`` (and ``python -m deepcovidxr``): any stage by its script's
+    stem (``deepcovidxr crop_img``) or its short alias (``deepcovidxr crop``)."""
     from deepcovidxr import stages
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = {s.command.removeprefix("deepcovidxr-"): s.stem for s in stages.STAGES.values()}
-    names.update({stem: stem for stem in stages.STAGES})
+    names = stages.names()
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in names:
-        listing = "\n".join(
-            f"  {s.command.removeprefix('deepcovidxr-'):<15} ({s.stem}.py)" for s in stages.STAGES.values()
-        )
+        listing = "\n".join(f"  {s.stem:<15} {f'(or {s.alias})' if s.alias else ''}" for s in stages.STAGES.values())
         print(f"usage: deepcovidxr STAGE [flags]   (deepcovidxr STAGE --help)\n\nstages:\n{listing}\n\n{DISCLAIMER}")
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     return main(names[argv[0]], argv[1:])
-
-
-def entry(stem: str) -> Callable[[], int]:
-    """A console entry point for one stage (see ``[project.scripts]``)."""
-
-    def command() -> int:
-        return main(stem)
-
-    command.__name__ = stem
-    return command

@@ -3,74 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from deepcovidxr.phantom_tasks import write_view_tree as make_phantom_tree  # noqa: F401 (tests import it from here)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shared" / "data"))
-UNET_WEIGHTS = REPO / "unet" / "lung_unet.weights.h5"
+from tests.support.helpers import UNET_WEIGHTS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-
-def shared(*parts: str) -> Path:
-    """A path under ../shared/data; skips the test when it is absent, unless
-    DEEPCOVIDXR_REQUIRE_SHARED=1 (CI), where absence is a failure."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        message = f"shared data not found: {path} (set DEEPCOVIDXR_SHARED_DATA or clone ../shared beside the repo)"
-        if os.environ.get("DEEPCOVIDXR_REQUIRE_SHARED") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-# A machine whose locale is plain ASCII (CI ran under one): Python's default text encoding is then
-# ASCII, so any text file opened without encoding="utf-8" fails on a non-ASCII byte.
-ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
-
-
-def run_script(
-    script: str, *args: str, timeout: int = 600, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """Run a stage script as a user would, in a subprocess, from the repo root; ``env`` adds to
-    (or overrides) the environment, e.g. ``ASCII_LOCALE``."""
-    return subprocess.run(
-        [sys.executable, str(REPO / script), *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-        timeout=timeout,
-        env=None if env is None else {**os.environ, **env},
-    )
-
-
-def save_random_members(folder: Path, names: tuple[str, ...], weights: dict[str, float] | None = None) -> Path:
-    """Random-weight members (``weights=None``; member ``i`` seeded ``i``) saved in the member format
-    in ``folder``, plus ``ensemble_weights.json`` when ``weights`` is given; returns ``folder``."""
-    import json
-
-    import keras
-
-    from deepcovidxr.layout import Member
-    from deepcovidxr.models import build_member, save_member
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, name in enumerate(names):
-        member = Member.parse(name)
-        keras.utils.set_random_seed(index)
-        save_member(build_member(member.backbone, member.size, weights=None), folder / member.legacy_filename, member)
-    if weights is not None:
-        (folder / "ensemble_weights.json").write_text(json.dumps(weights), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -86,4 +25,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """The longest module first: under xdist (``--dist loadfile --no-loadscope-reorder``,
     pyproject.toml; xdist would otherwise put the modules with most tests first and this 2-test
     module last) one worker trains test_phantom_learning's member while the other takes the rest."""
-    items.sort(key=lambda item: item.module.__name__ != "test_phantom_learning")
+    items.sort(key=lambda item: not item.module.__name__.endswith("test_phantom_learning"))

@@ -8,7 +8,7 @@ paint opacities into the lung fields while the mask stays the whole lung (opacif
 lung), and draw tubes and wires across the image (they are not lung).
 
 The opacity shapes here are deliberately unlike the phantoms' lesions
-(:func:`deepcovidxr.synthetic.lower_zone_opacities`), which the robustness benchmark uses, so
+(:func:`deepcovidxr.synthetic.phantoms.lower_zone_opacities`), which the robustness benchmark uses, so
 the benchmark does not test the model on the pattern it was trained on.
 """
 

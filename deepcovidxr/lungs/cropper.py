@@ -3,7 +3,7 @@
 Decoding and box geometry are numpy/OpenCV work that threads can share; the U-Net runs on the
 caller's thread in fixed-size batches. On Keras the last batch is padded so the graph is traced
 once; on ONNX Runtime / OpenVINO (``engine=``) the U-Net is exported once, cached like the members
-(:func:`deepcovidxr.engines.open_model`), takes any batch size, and TensorFlow is not imported
+(:func:`deepcovidxr.runtime.engines.open_model`), takes any batch size, and TensorFlow is not imported
 at all on a warm cache.
 """
 
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import shipped
+from deepcovidxr.contract import shipped
+from deepcovidxr.imaging.geometry import Box, resize_gray, scale_box, square_box
 from deepcovidxr.lungs import segment
-from deepcovidxr.lungs.segment import Box, CropStatus, LungBox
+from deepcovidxr.lungs.segment import CropStatus, LungBox
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ DEFAULT_UNET = shipped.unet_weights()
 def default_cache_dir() -> Path:
     """Where an exported U-Net is cached when no cache folder is given: ``$DEEPCOVIDXR_CACHE``, else
     ``$XDG_CACHE_HOME/deepcovidxr`` (``~/.cache/deepcovidxr``); the package data may be read-only."""
-    from deepcovidxr.engines import user_cache_dir
+    from deepcovidxr.runtime.engines import user_cache_dir
 
     return user_cache_dir()
 
@@ -57,12 +58,12 @@ class CropResult:
 def locate(gray: np.ndarray, probability256: np.ndarray) -> CropResult:
     """Box rules for one image, given its U-Net probability map (thread-safe, no model)."""
     height, width = gray.shape
-    lung = segment.lung_box(probability256, segment.resize_gray(gray, segment.UNET_SIZE, segment.UNET_SIZE))
+    lung = segment.lung_box(probability256, resize_gray(gray, segment.UNET_SIZE, segment.UNET_SIZE))
     if lung.status is CropStatus.FALLBACK:
         whole = Box(0, 0, width, height)
         return CropResult(whole, whole, lung, probability256)
-    tight = segment.scale_box(lung.box256, segment.UNET_SIZE, width, height)
-    return CropResult(segment.square_box(tight, width, height), tight, lung, probability256)
+    tight = scale_box(lung.box256, segment.UNET_SIZE, width, height)
+    return CropResult(square_box(tight, width, height), tight, lung, probability256)
 
 
 def export_friendly(model):
@@ -127,7 +128,7 @@ class LungCropper:
     def _open_engine(self, engine: str, precision: str, fold: bool, cache_dir: Path | None) -> None:
         import json
 
-        from deepcovidxr import engines
+        from deepcovidxr.runtime import engines
 
         precision = {"auto": engines.default_precision(engine), "float32": "fp32", "mixed": "bf16"}.get(
             precision, precision

@@ -18,10 +18,11 @@ import cv2
 import numpy as np
 
 from deepcovidxr import __version__
-from deepcovidxr.atomic import write_json
-from deepcovidxr.configs import UnetTrainConfig
+from deepcovidxr.config.stages import UnetTrainConfig
+from deepcovidxr.contract.atomic import write_json
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.imageio import read_gray
+from deepcovidxr.imaging.geometry import resize_gray
+from deepcovidxr.imaging.reader import read_gray
 from deepcovidxr.lungs import segment
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def split_heldout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[P
 
 
 def load_256(pairs: list[Pair]) -> tuple[np.ndarray, np.ndarray]:
-    images = np.stack([segment.resize_gray(read_gray(p.image), 256, 256) for p in pairs])
+    images = np.stack([resize_gray(read_gray(p.image), 256, 256) for p in pairs])
     masks = []
     for p in pairs:
         mask = (read_gray(p.mask) > MASK_THRESHOLD).astype(np.float32)
@@ -94,7 +95,7 @@ def heldout_dice(model, pairs: list[Pair], batch_size: int = 16) -> list[float]:
         probabilities = np.asarray(model.predict_on_batch(batch), dtype=np.float32)[..., 0]
         for pair, gray, probability in zip(chunk, grays, probabilities, strict=True):
             truth = read_gray(pair.mask) > MASK_THRESHOLD
-            small = segment.resize_gray(gray, 256, 256)
+            small = resize_gray(gray, 256, 256)
             lung = segment.lung_box(probability, small)
             predicted = segment.full_resolution_mask(probability, lung, truth.shape[1], truth.shape[0])
             scores.append(dice(predicted > 0, truth))

@@ -9,7 +9,7 @@ per-image standardisation, see :mod:`deepcovidxr.lungs.segment`):
   trains about six times faster on a CPU and is what we ship in ``unet/``.
 
 Weights we write are Keras 3 ``.weights.h5`` files with a JSON sidecar naming the architecture;
-imlab's legacy Keras 2 HDF5 is read by :func:`deepcovidxr.legacy_h5.copy_weights_in_order`.
+imlab's legacy Keras 2 HDF5 is read by :func:`deepcovidxr.networks.legacy_h5.copy_weights_in_order`.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from deepcovidxr import hardware
 from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.runtime import hardware
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def load_unet(path: Path, dtype: str | None = None, fold: bool = True) -> tuple[
         if fold and meta["architecture"] == "light":
             return fold_batch_norm(model, dtype), {**meta, "inference_dtype": dtype, "batch_norm_folded": True}
         return model, {**meta, "inference_dtype": dtype}
-    from deepcovidxr.legacy_h5 import copy_weights_in_order
+    from deepcovidxr.networks.legacy_h5 import copy_weights_in_order
 
     model = build_unet("imlab", dtype)
     copy_weights_in_order(path, model)

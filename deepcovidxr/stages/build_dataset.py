@@ -12,19 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import layout
-from deepcovidxr.batch import ERROR, BatchReport, stamped
-from deepcovidxr.configs import DatasetConfig
-from deepcovidxr.cropping import crop_columns, segment_files
-from deepcovidxr.dataset import LEFT_OUT, MANIFEST_COLUMNS, patient_split, read_labels
+from deepcovidxr.config.stages import DatasetConfig
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.file_report import ERROR, BatchReport, stamped
+from deepcovidxr.contract.layout import CropMode, DataTree, Split
+from deepcovidxr.data.dataset import LEFT_OUT, MANIFEST_COLUMNS, patient_split, read_labels
 from deepcovidxr.errors import UsageError
-from deepcovidxr.imageio import write_gray
-from deepcovidxr.input_check import OK
-from deepcovidxr.layout import CropMode, DataTree, Split
+from deepcovidxr.imaging.reader import write_gray
+from deepcovidxr.imaging.views import make_views
 from deepcovidxr.lungs.cropper import LungCropper, locate
-from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+from deepcovidxr.lungs.input_check import OK
+from deepcovidxr.lungs.pipeline import crop_columns, segment_files
+from deepcovidxr.reports.montage import QcCollector, QcItem, write_qc_montage
 from deepcovidxr.stages.common import StageResult, crop_options
-from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepcovidxr import layout
-from deepcovidxr.batch import ERROR, BatchReport
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.file_report import ERROR, BatchReport
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,9 @@ def crop_for_explanation(todo: list[tuple], config, report: BatchReport, handle)
     """The explanation stages' crop (Grad-CAM, LIME): ``todo`` items ``(path, name)`` through the
     U-Net in batches; ``handle(item, gray, probability, input_check)`` keeps what the stage needs,
     and only failures become final rows of ``report`` (the explanation writes the others)."""
-    from deepcovidxr.cropping import segment_files
     from deepcovidxr.lungs.cropper import LungCropper
-    from deepcovidxr.reports import QcCollector
+    from deepcovidxr.lungs.pipeline import segment_files
+    from deepcovidxr.reports.montage import QcCollector
 
     if not todo:
         return
@@ -87,7 +87,7 @@ def plan_outputs(source: Path, output: Path, report: BatchReport, names) -> tupl
     """The per-image stages' plan: every input under ``source`` with its outputs (``names(relative)``
     -> paths relative to ``output``); clashing outputs become error rows (never written) and inputs
     whose outputs and finished report row exist are skipped (resume). Returns (inputs found, todo)."""
-    from deepcovidxr.imageio import iter_input_files
+    from deepcovidxr.imaging.reader import iter_input_files
 
     planned = {}
     for path in iter_input_files(source):

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import layout
-from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.configs import CropConfig
-from deepcovidxr.cropping import crop_columns, segment_files
-from deepcovidxr.imageio import iter_input_files, write_gray
-from deepcovidxr.input_check import OK
+from deepcovidxr.config.stages import CropConfig
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.file_report import ERROR, BatchReport
+from deepcovidxr.imaging.reader import iter_input_files, write_gray
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.cropper import LungCropper, locate
-from deepcovidxr.reports import QcCollector, QcItem, write_qc_montage
+from deepcovidxr.lungs.input_check import OK
+from deepcovidxr.lungs.pipeline import crop_columns, segment_files
+from deepcovidxr.reports.montage import QcCollector, QcItem, write_qc_montage
 from deepcovidxr.stages.common import StageResult, crop_options, refuse_collisions, relative_name
 
 log = logging.getLogger(__name__)

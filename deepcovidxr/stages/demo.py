@@ -19,14 +19,15 @@ from urllib.parse import quote
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, layout
-from deepcovidxr.atomic import write_text
-from deepcovidxr.configs import DatasetConfig, DemoConfig
-from deepcovidxr.imageio import read_gray
-from deepcovidxr.layout import CropMode, DataTree, Member
-from deepcovidxr.reports import write_view_strip
+from deepcovidxr import DISCLAIMER
+from deepcovidxr.config.stages import DatasetConfig, DemoConfig
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.atomic import write_text
+from deepcovidxr.contract.layout import CropMode, DataTree, Member
+from deepcovidxr.imaging.reader import read_gray
+from deepcovidxr.reports.montage import write_view_strip
 from deepcovidxr.stages import build_dataset
-from deepcovidxr.synthetic import write_class_set, write_phantom_set
+from deepcovidxr.synthetic.phantoms import write_class_set, write_phantom_set
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def write_index(
 
 def run(config: DemoConfig) -> DemoResult:
     """Phantoms -> dataset tree -> train members -> ensemble -> evaluate -> predict -> Grad-CAM."""
-    from deepcovidxr.configs import EnsembleConfig, EvaluateConfig, GradcamConfig, PredictConfig, TrainAllConfig
+    from deepcovidxr.config.stages import EnsembleConfig, EvaluateConfig, GradcamConfig, PredictConfig, TrainAllConfig
     from deepcovidxr.stages import ensemble, evaluate, predict, train_all, vis_sample
 
     output = config.output

@@ -2,7 +2,7 @@
 ensemble reported on Test; the weights file records the rule.
 
 Multi-class members (three or more classes): the weighted rule's search maximises the macro
-one-vs-rest AUC on Validation (:func:`deepcovidxr.ensemble.dirichlet_search`), the weights JSON
+one-vs-rest AUC on Validation (:func:`deepcovidxr.scoring.combination.dirichlet_search`), the weights JSON
 records the classes, ``member_auc.csv`` holds macro AUCs (``member, test_macro_auc, weight``),
 ``ensemble_predictions.csv`` holds ``Filenames, Predictions, Actual, p_<class>...`` (class names,
 rows summing to 1), ``individual_predictions.csv`` every member's ``<member>.p_<class>``, and the
@@ -16,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, calibration, ensemble, layout, multiclass_calibration
-from deepcovidxr import classes as class_names
-from deepcovidxr.atomic import write_json
-from deepcovidxr.batch import ERROR
-from deepcovidxr.configs import EnsembleConfig
+from deepcovidxr import DISCLAIMER
+from deepcovidxr.config.stages import EnsembleConfig
+from deepcovidxr.contract import classes as class_names
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.file_report import ERROR
+from deepcovidxr.contract.layout import Split
 from deepcovidxr.errors import UsageError
-from deepcovidxr.inference import (
+from deepcovidxr.inference.ensemble import (
     THRESHOLD,
     EngineChoice,
     Ensemble,
@@ -33,7 +35,8 @@ from deepcovidxr.inference import (
     write_csv,
     write_unreadable,
 )
-from deepcovidxr.layout import Split
+from deepcovidxr.scoring import calibration, multiclass_calibration
+from deepcovidxr.scoring import combination as ensemble
 from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
@@ -121,7 +124,8 @@ def run(config: EnsembleConfig) -> StageResult:
 
 def _binary_report(config, out, names, weights, test, test_scores, combined, fitted) -> None:
     """member_auc.csv, the Test predictions, the figures and the summary of a binary ensemble."""
-    from deepcovidxr import metrics, plots
+    from deepcovidxr.reports import plots
+    from deepcovidxr.scoring import metrics
 
     results = out.folder
     member_rows = [
@@ -169,7 +173,8 @@ def _binary_report(config, out, names, weights, test, test_scores, combined, fit
 
 def _multiclass(config, out, names, classes, weights, test, test_scores, combined, fitted) -> None:
     """The multi-class counterpart of :func:`_binary_report`."""
-    from deepcovidxr import metrics, plots
+    from deepcovidxr.reports import plots
+    from deepcovidxr.scoring import metrics
 
     results = out.folder
     summary = metrics.multiclass_metrics(test.labels, combined, classes, seed=config.seed)

@@ -5,7 +5,7 @@ Binary ensembles write what they always did. Multi-class ensembles (three or mor
 ``Results/predictions.csv`` (``Filenames``, ``Predictions`` and ``Actual`` as class names, one
 ``p_<class>`` column per class, rows summing to 1; no member columns), every member's probability
 of every class in ``Results/member_probabilities.csv`` (``Filenames``, ``<member>.p_<class>``),
-``Results/metrics.json`` (:func:`deepcovidxr.metrics.multiclass_metrics`, plus each member's macro
+``Results/metrics.json`` (:func:`deepcovidxr.scoring.metrics.multiclass_metrics`, plus each member's macro
 AUC) and the one-vs-rest ROC curves and the row-normalised confusion matrix.
 """
 
@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, layout, trust
-from deepcovidxr.atomic import write_json
-from deepcovidxr.batch import ERROR
-from deepcovidxr.configs import EvaluateConfig
-from deepcovidxr.inference import (
+from deepcovidxr import DISCLAIMER
+from deepcovidxr.config.stages import EvaluateConfig
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.file_report import ERROR
+from deepcovidxr.contract.layout import DataTree, Split
+from deepcovidxr.inference import reliability
+from deepcovidxr.inference.ensemble import (
     MEMBER_PROBABILITIES_CSV,
     THRESHOLD,
     EngineChoice,
@@ -35,8 +38,7 @@ from deepcovidxr.inference import (
     write_csv,
     write_unreadable,
 )
-from deepcovidxr.layout import DataTree, Split
-from deepcovidxr.report_page import Failure, ImageRow, write_report
+from deepcovidxr.reports.page import Failure, ImageRow, write_report
 from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,8 @@ def run(config: EvaluateConfig) -> StageResult:
         engine=EngineChoice.of(config, Split.VALIDATION),
         tta_variance=variance,
     )
-    # predict.py's definition: the TTA passes' variance joins the members' spread (trust.image_uncertainty)
-    spread = trust.image_uncertainty(chosen, scores, variance[0] if config.tta and variance else None)
+    # predict.py's definition: the TTA passes' variance joins the members' spread (reliability.image_uncertainty)
+    spread = reliability.image_uncertainty(chosen, scores, variance[0] if config.tta and variance else None)
     path = (_binary if chosen.binary else _multiclass)(config, chosen, out, images, scores, spread)
     errors = write_unreadable(out.unreadable, [(Split.TEST.value, images)])
     return StageResult(path, {"ok": len(images.names), ERROR: errors})
@@ -75,11 +77,12 @@ def run(config: EvaluateConfig) -> StageResult:
 def _binary(
     config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
 ) -> Path:
-    from deepcovidxr import metrics, plots
+    from deepcovidxr.reports import plots
+    from deepcovidxr.scoring import metrics
 
     results = out.folder
     combined = chosen.combine(scores)
-    probs = trust.probabilities(chosen, combined)
+    probs = reliability.probabilities(chosen, combined)
     rows = []
     for index, (name, label, score, member_row) in enumerate(
         zip(images.names, images.labels, combined, scores, strict=True)
@@ -110,7 +113,7 @@ def _binary(
         ],
         rows,
     )
-    fit = trust.stored_fit(chosen)
+    fit = reliability.stored_fit(chosen)
     # The Youden point chosen on Validation when the weights carry one; else chosen here, on Test,
     # and labelled so (metrics.json's at_youden.chosen_on, the report page).
     youden = fit.operating_points.get("youden") if fit else None
@@ -118,8 +121,8 @@ def _binary(
     summary["member_auc"] = {
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
     }
-    held_out = trust.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
-    referral = trust.referral(images.labels, combined, spread)
+    held_out = reliability.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
+    referral = reliability.referral(images.labels, combined, spread)
     write_json(
         out.metrics,
         {
@@ -137,12 +140,13 @@ def _binary(
         },
     )
     figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
-    figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
-    from deepcovidxr.tensorboard_images import write_images
+    figures += reliability.evaluation_figures(out, chosen, images.labels, combined, referral)
+    from deepcovidxr.reports.tensorboard_images import write_images
 
     # The same figures in TensorBoard, beside the members' training curves (tensorboard --logdir).
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
-    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
+    rows = reliability.metric_rows(summary, held_out, referral)
+    _report(config, chosen, out, images, combined, spread, rows, figures)
     log.info(
         "Test: AUC %.4f (95%% CI %s), sensitivity %.3f, specificity %.3f at 0.5; %s",
         summary["auc"],
@@ -189,7 +193,7 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
         members=chosen.names,
         engine=f"{config.engine} {config.precision}",
         metrics=metric_rows,
-        figures=trust.figures_of(figures),
+        figures=reliability.figures_of(figures),
         failures=[Failure(name, reason) for name, reason in images.unreadable],
         images=rows,
     )
@@ -198,12 +202,13 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
 def _multiclass(
     config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
 ) -> Path:
-    from deepcovidxr import metrics, plots
-    from deepcovidxr.tensorboard_images import write_images
+    from deepcovidxr.reports import plots
+    from deepcovidxr.reports.tensorboard_images import write_images
+    from deepcovidxr.scoring import metrics
 
     results = out.folder
     combined = chosen.combine(scores)
-    probs = trust.probabilities(chosen, combined)
+    probs = reliability.probabilities(chosen, combined)
     header, rows = class_rows(images.names, images.labels, combined, chosen.classes)
     cells = [["" if probs is None else f"{probs[i]:.6f}", f"{spread[i]:.6f}"] for i in range(len(rows))]
     path = write_csv(
@@ -217,8 +222,8 @@ def _multiclass(
     summary = metrics.multiclass_metrics(
         images.labels, combined, chosen.classes, n_boot=config.bootstrap, seed=config.seed
     )
-    referral = trust.referral(images.labels, combined, spread)
-    held_out = trust.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
+    referral = reliability.referral(images.labels, combined, spread)
+    held_out = reliability.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
     member_auc = {
         name: float(metrics.ovr_auc(images.labels, scores[:, i, :]).mean()) for i, name in enumerate(chosen.names)
     }
@@ -240,9 +245,10 @@ def _multiclass(
         },
     )
     figures = plots.multiclass_evaluation_plots(results, images.labels, combined, chosen.classes, "Ensemble on Test")
-    figures += trust.evaluation_figures(out, chosen, images.labels, combined, referral)
+    figures += reliability.evaluation_figures(out, chosen, images.labels, combined, referral)
     write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
-    _report(config, chosen, out, images, combined, spread, trust.metric_rows(summary, held_out, referral), figures)
+    rows = reliability.metric_rows(summary, held_out, referral)
+    _report(config, chosen, out, images, combined, spread, rows, figures)
     log.info(
         "Test (%d classes): macro AUC %.4f (95%% CI %s), accuracy %.3f; %s",
         len(chosen.classes),

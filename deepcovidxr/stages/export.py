@@ -5,7 +5,7 @@ which describes the ensemble well enough to run it without this package: members
 Each exported member is checked against its Keras original on a small random batch and the
 largest absolute score difference is recorded (``parity_max_abs_diff``) when a runtime for the
 format is installed: every output column (one for the binary task, one per class for a softmax
-member). The conversion runs in a process of its own (:mod:`deepcovidxr.export_worker`).
+member). The conversion runs in a process of its own (:mod:`deepcovidxr.runtime.export_worker`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from deepcovidxr import DISCLAIMER, __version__, engines, export_worker
-from deepcovidxr import classes as class_names
-from deepcovidxr.atomic import write_json
-from deepcovidxr.configs import ExportConfig
-from deepcovidxr.layout import Member
-from deepcovidxr.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from deepcovidxr import DISCLAIMER, __version__
+from deepcovidxr.config.stages import ExportConfig
+from deepcovidxr.contract import classes as class_names
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.layout import Member
+from deepcovidxr.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from deepcovidxr.runtime import engines, export_worker
 
 log = logging.getLogger(__name__)
 # Re-exported: the checks live beside the conversion in the worker process.
@@ -52,7 +53,7 @@ def _combination(chosen) -> dict:
     """The rule the resolved ensemble combines with. The rule travels with the weights: read it
     from the Ensemble object when it carries one (``method``/``rule``), else the published
     weighted sum of sigmoids."""
-    from deepcovidxr.inference import THRESHOLD
+    from deepcovidxr.inference.ensemble import THRESHOLD
 
     carried = (getattr(chosen, name, None) for name in ("method", "rule", "combination"))
     rule = next((value for value in carried if isinstance(value, str)), "weighted")
@@ -86,7 +87,7 @@ def input_contract(size: int) -> dict:
 
 
 def export_member(member: Member, member_path: Path, fmt: str, output: Path, classes: tuple[str, ...]) -> dict:
-    """Export one member (in a process of its own: :data:`deepcovidxr.engines.ISOLATE_EXPORTS`,
+    """Export one member (in a process of its own: :data:`deepcovidxr.runtime.engines.ISOLATE_EXPORTS`,
     so 24 members cost one export's memory) and check every output column against Keras; returns
     its ensemble.json entry."""
     suffix = engines.CONVERTERS[fmt][0]
@@ -123,7 +124,7 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path, cla
 
 def output_contract(fmt: str, classes: tuple[str, ...], combination: dict) -> dict:
     """What each member file outputs, as ensemble.json states it: one sigmoid unit for the binary
-    task, a softmax over the classes otherwise (:mod:`deepcovidxr.classes`)."""
+    task, a softmax over the classes otherwise (:mod:`deepcovidxr.contract.classes`)."""
     units = class_names.outputs(classes)
     if class_names.is_binary(classes):
         meaning = (
@@ -141,7 +142,7 @@ def output_contract(fmt: str, classes: tuple[str, ...], combination: dict) -> di
 
 def run(config: ExportConfig) -> ExportResult:
     """Export every chosen member (default: those with a non-zero weight) and write ensemble.json."""
-    from deepcovidxr.inference import resolve_ensemble
+    from deepcovidxr.inference.ensemble import resolve_ensemble
 
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     # The classes the members were trained on (their sidecars), as predict.py reads them.

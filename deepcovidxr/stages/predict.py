@@ -20,16 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import DISCLAIMER, layout, trust
-from deepcovidxr import classes as class_names
-from deepcovidxr.atomic import write_json
-from deepcovidxr.batch import ERROR, digest, file_stamp, stamped
-from deepcovidxr.configs import PredictConfig
-from deepcovidxr.cropping import segment_files
-from deepcovidxr.engines import default_cache_folder
+from deepcovidxr import DISCLAIMER
+from deepcovidxr.config.stages import PredictConfig
+from deepcovidxr.contract import classes as class_names
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.file_report import ERROR, digest, file_stamp, stamped
+from deepcovidxr.contract.layout import Member
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.imageio import iter_input_files
-from deepcovidxr.inference import (
+from deepcovidxr.imaging.reader import iter_input_files
+from deepcovidxr.imaging.views import make_views
+from deepcovidxr.inference import reliability
+from deepcovidxr.inference.ensemble import (
     THRESHOLD,
     decision,
     member_columns,
@@ -37,9 +39,7 @@ from deepcovidxr.inference import (
     views_of,
     write_csv,
 )
-from deepcovidxr.input_check import OK
-from deepcovidxr.layout import Member
-from deepcovidxr.predictor import (
+from deepcovidxr.inference.streaming import (
     MemberLoader,
     ScoreJournal,
     ViewStore,
@@ -47,8 +47,10 @@ from deepcovidxr.predictor import (
     member_opener,
     score_members,
 )
+from deepcovidxr.lungs.input_check import OK
+from deepcovidxr.lungs.pipeline import segment_files
+from deepcovidxr.runtime.engines import default_cache_folder
 from deepcovidxr.stages.common import StageResult, ensemble_options, relative_name
-from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def resolved_precision(engine: str, precision: str) -> str:
     """``--precision`` as the members run it: auto -> the engine's default (engines.default_precision)."""
     if precision != "auto":
         return precision
-    from deepcovidxr.engines import default_precision
+    from deepcovidxr.runtime.engines import default_precision
 
     return default_precision(engine)
 
@@ -128,7 +130,7 @@ def folder_calibration(
     predicted image, lazily (only when a member's quantised export has to be built; a warm cache
     never crops them). The cache key's digest covers the files' names and bytes and the U-Net that
     crops them (``unet``: its file and precision; another U-Net moves the crop views)."""
-    from deepcovidxr.engines import Calibration, file_sha256
+    from deepcovidxr.runtime.engines import Calibration, file_sha256
 
     files = [f for f in iter_input_files(folder)]
     if not files:
@@ -142,8 +144,8 @@ def folder_calibration(
     made: dict = {}
 
     def make(member: Member) -> np.ndarray:
+        from deepcovidxr.imaging.preprocess import to_model_input
         from deepcovidxr.lungs.cropper import locate
-        from deepcovidxr.preprocess import to_model_input
 
         with lock:
             if not made:
@@ -185,7 +187,7 @@ class _NoQc:
 
 def run(config: PredictConfig) -> StageResult | Path:
     from deepcovidxr.lungs.cropper import LungCropper, default_unet_path, locate
-    from deepcovidxr.reports import QcCollector, QcItem
+    from deepcovidxr.reports.montage import QcCollector, QcItem
 
     started = time.perf_counter()
     if config.merge:
@@ -194,7 +196,7 @@ def run(config: PredictConfig) -> StageResult | Path:
     classes = getattr(chosen, "classes", None) or class_names.common(chosen.members)
     binary = class_names.is_binary(classes)
     # Before any work: a named operating point the weights lack (or hold for other members) is refused.
-    cut = trust.threshold(chosen, config.threshold) if binary else None
+    cut = reliability.threshold(chosen, config.threshold) if binary else None
     files = shard_files(list(iter_input_files(config.input)), config.shard)
     names = [relative_name(f, config.input).as_posix() for f in files]
     engine, precision = config.engine, resolved_precision(config.engine, config.precision)
@@ -399,10 +401,10 @@ def _trust_values(chosen, scores: np.ndarray, combined: np.ndarray, tta_variance
     """Per scored image: the calibrated probability (when stored) and the uncertainty."""
     if not len(scores):
         return {"probability": None, "uncertainty": np.zeros(0)}
-    variance = tta_variance[0] if tta_variance else None  # trust.image_uncertainty: evaluate's definition too
+    variance = tta_variance[0] if tta_variance else None  # reliability.image_uncertainty: evaluate's definition too
     return {
-        "probability": trust.probabilities(chosen, combined),
-        "uncertainty": trust.image_uncertainty(chosen, scores, variance),
+        "probability": reliability.probabilities(chosen, combined),
+        "uncertainty": reliability.image_uncertainty(chosen, scores, variance),
     }
 
 
@@ -453,7 +455,7 @@ def _report(config: PredictConfig, chosen, header: list[str], rows: list[list], 
     """report.html beside predictions.csv: what was run, the images the input check flagged or that
     failed, the highest scores and the most uncertain with thumbnails (and Grad-CAM overlays when
     --gradcam names a visSample.py output)."""
-    from deepcovidxr.report_page import Failure, ImageRow, write_report
+    from deepcovidxr.reports.page import Failure, ImageRow, write_report
 
     column = {name: i for i, name in enumerate(header)}
     binary = chosen.binary

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr import nih
-from deepcovidxr.atomic import write_json
-from deepcovidxr.configs import PretrainConfig
+from deepcovidxr.config.stages import PretrainConfig
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.layout import PretrainPaths
+from deepcovidxr.data import nih
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.layout import PretrainPaths
-from deepcovidxr.pretraining import auroc_name, checkpoint_name
+from deepcovidxr.training.pretraining import auroc_name, checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +22,13 @@ log = logging.getLogger(__name__)
 def run(config: PretrainConfig) -> Path:
     import keras
 
-    from deepcovidxr.data import SplitFiles, make_dataset
-    from deepcovidxr.models import build_member, load_weights_file
-    from deepcovidxr.schedule import PLATEAU_PATIENCE, best_checkpoint, set_precision
+    from deepcovidxr.data.tfdata import SplitFiles, make_dataset
+    from deepcovidxr.networks.members import build_member, load_weights_file
+    from deepcovidxr.training.schedule import PLATEAU_PATIENCE, best_checkpoint, set_precision
 
     root = Path(config.path)
     if config.download:
-        from deepcovidxr.nih_download import download_nih
+        from deepcovidxr.data.nih_download import download_nih
 
         download_nih(root)
     elif not root.is_dir():

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deepcovidxr import layout
-from deepcovidxr.batch import ERROR, BatchReport
-from deepcovidxr.configs import ResizeConfig
+from deepcovidxr.config.stages import ResizeConfig
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.file_report import ERROR, BatchReport
 from deepcovidxr.errors import UsageError
-from deepcovidxr.imageio import ImageReadError, iter_input_files
-from deepcovidxr.resizing import resize_one
+from deepcovidxr.imaging.reader import ImageReadError, iter_input_files
+from deepcovidxr.imaging.resizing import resize_one
 from deepcovidxr.stages.common import StageResult, refuse_collisions, relative_name
 
 log = logging.getLogger(__name__)

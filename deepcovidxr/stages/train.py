@@ -4,19 +4,19 @@ loop), best of --repeats seeds.
 
 from __future__ import annotations
 
-from deepcovidxr.batch import ERROR, count_unreadable
-from deepcovidxr.configs import TrainConfig
+from deepcovidxr.config.stages import TrainConfig
+from deepcovidxr.contract.file_report import ERROR, count_unreadable
+from deepcovidxr.contract.layout import RunPaths
 from deepcovidxr.errors import UsageError
-from deepcovidxr.layout import RunPaths
 from deepcovidxr.stages.common import StageResult
-from deepcovidxr.training import train_member
+from deepcovidxr.training.trainer import train_member
 
 
 def run(config: TrainConfig) -> StageResult:
     """The train.py entry point: Keras fit on one host (all its GPUs), or the multi-worker loop.
     Exit code 1 when training had to leave unreadable files out (listed next to the member)."""
     if config.multi_worker:
-        from deepcovidxr.distributed import train_member_multiworker
+        from deepcovidxr.training.distributed import train_member_multiworker
 
         if config.repeats > 1:
             # each worker would need every run's numbers, which only the chief writes

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from deepcovidxr.batch import ERROR, count_unreadable
-from deepcovidxr.configs import TrainAllConfig, TrainConfig
+from deepcovidxr.config.stages import TrainAllConfig, TrainConfig
+from deepcovidxr.contract.file_report import ERROR, count_unreadable
+from deepcovidxr.contract.layout import Member, RunPaths
 from deepcovidxr.errors import DeepcovidxrError, MissingInputError, UsageError
-from deepcovidxr.layout import Member, RunPaths
 from deepcovidxr.stages.common import StageResult
-from deepcovidxr.training import member_hyperparameters, member_weights, train_member
+from deepcovidxr.training.trainer import member_hyperparameters, member_weights, train_member
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def run(config: TrainAllConfig) -> StageResult:
 
     import keras
 
-    from deepcovidxr.layout import DataTree, ensemble_members
+    from deepcovidxr.contract.layout import DataTree, ensemble_members
 
     members = [Member.parse(m) for m in config.members] if config.members else list(ensemble_members())
     tree = DataTree(Path(config.data))

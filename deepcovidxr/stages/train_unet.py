@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr.atomic import atomic_path
-from deepcovidxr.configs import UnetTrainConfig
+from deepcovidxr.config.stages import UnetTrainConfig
+from deepcovidxr.contract.atomic import atomic_path
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.augment import augment_pair
 from deepcovidxr.lungs.train import dice, find_pairs, initial_model, load_256, split_heldout, write_unet_metadata

@@ -8,11 +8,11 @@ import gc
 import logging
 from pathlib import Path
 
-from deepcovidxr import hyperparams
-from deepcovidxr.atomic import write_json
-from deepcovidxr.configs import TuneConfig
-from deepcovidxr.layout import TENSORBOARD, Member, Split, TunerPaths
-from deepcovidxr.tuning import SEARCH_SPACE, _write_hparams_experiment, _write_trials
+from deepcovidxr.config import hyperparams
+from deepcovidxr.config.stages import TuneConfig
+from deepcovidxr.contract.atomic import write_json
+from deepcovidxr.contract.layout import TENSORBOARD, Member, Split, TunerPaths
+from deepcovidxr.training.tuning import SEARCH_SPACE, _write_hparams_experiment, _write_trials
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +21,11 @@ def run(config: TuneConfig) -> Path:
     import keras
     import keras_tuner as kt
 
-    from deepcovidxr.classes import discover
-    from deepcovidxr.data import list_split, make_dataset
-    from deepcovidxr.layout import infer_crop
-    from deepcovidxr.models import build_member, head_for, set_backbone_trainable
-    from deepcovidxr.schedule import PLATEAU_PATIENCE, best_checkpoint, compile_member
+    from deepcovidxr.contract.classes import discover
+    from deepcovidxr.contract.layout import infer_crop
+    from deepcovidxr.data.tfdata import list_split, make_dataset
+    from deepcovidxr.networks.members import build_member, head_for, set_backbone_trainable
+    from deepcovidxr.training.schedule import PLATEAU_PATIENCE, best_checkpoint, compile_member
 
     member = Member(config.model, config.size, infer_crop(config.path, config.crop))
     paths = TunerPaths(Path(config.output), member)

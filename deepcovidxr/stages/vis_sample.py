@@ -5,7 +5,7 @@ overlay; the raw heatmap as float32 .npy in [0, 1] and an 8-bit PNG), one report
 
 ``--target``: ``predicted`` (default) or a class of the members (binary: ``positive`` /
 ``negative``, today's behaviour; multi-class: a class name, the Grad-CAM of its softmax unit).
-``--method lime`` hands the run to :mod:`deepcovidxr.lime_explain` (LIME of the whole ensemble).
+``--method lime`` hands the run to :mod:`deepcovidxr.explain.lime_ensemble` (LIME of the whole ensemble).
 """
 
 from __future__ import annotations
@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from deepcovidxr import classes as class_names
-from deepcovidxr import layout, plots
-from deepcovidxr.atomic import atomic_path
-from deepcovidxr.batch import BatchReport
-from deepcovidxr.configs import GradcamConfig
-from deepcovidxr.display import display_image, fit_scale, scaled_box
-from deepcovidxr.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, resolve_target, to_original
-from deepcovidxr.imageio import write_gray
-from deepcovidxr.inference import THRESHOLD, resolve_ensemble
-from deepcovidxr.layout import CropMode
-from deepcovidxr.preprocess import to_model_input
+from deepcovidxr.config.stages import GradcamConfig
+from deepcovidxr.contract import classes as class_names
+from deepcovidxr.contract import layout
+from deepcovidxr.contract.atomic import atomic_path
+from deepcovidxr.contract.file_report import BatchReport
+from deepcovidxr.contract.layout import CropMode
+from deepcovidxr.explain.display import display_image, fit_scale, scaled_box
+from deepcovidxr.explain.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, resolve_target, to_original
+from deepcovidxr.imaging.preprocess import to_model_input
+from deepcovidxr.imaging.reader import write_gray
+from deepcovidxr.imaging.views import make_views
+from deepcovidxr.inference.ensemble import THRESHOLD, resolve_ensemble
+from deepcovidxr.reports import plots
 from deepcovidxr.stages.common import StageResult, crop_for_explanation, explanation_options, plan_outputs
-from deepcovidxr.views import make_views
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +130,14 @@ def run(config: GradcamConfig) -> StageResult:
     """Crop in U-Net batches (the crop stage's pipelined loop), then Grad-CAM member by member
     over all images in batches, summing each image's fused map on disk; figures are written one
     image at a time at the end, so memory does not grow with the folder."""
-    from deepcovidxr.backbones import get as backbone
+    from deepcovidxr.contract.backbones import get as backbone
+    from deepcovidxr.inference.streaming import ViewStore
     from deepcovidxr.lungs.cropper import locate
-    from deepcovidxr.models import load_member
-    from deepcovidxr.predictor import ViewStore
-    from deepcovidxr.reports import QcItem
+    from deepcovidxr.networks.members import load_member
+    from deepcovidxr.reports.montage import QcItem
 
     if config.method == "lime":
-        from deepcovidxr.lime_explain import run as run_lime
+        from deepcovidxr.explain.lime_ensemble import run as run_lime
 
         return run_lime(config)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)

@@ -1,0 +1,1 @@
+"""Explanations of the ensemble: Grad-CAM and LIME."""

@@ -1,0 +1,2 @@
+"""Scoring images with the ensemble: Ensemble, streaming prediction, calibrated outputs and
+uncertainty."""

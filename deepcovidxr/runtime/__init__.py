@@ -1,0 +1,2 @@
+"""Running networks: inference engines (Keras, ONNX Runtime, OpenVINO), their export cache,
+precision, hardware."""

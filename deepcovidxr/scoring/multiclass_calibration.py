@@ -1,0 +1,156 @@
+"""Temperature scaling of a multi-class ensemble's class probabilities, fitted on Validation only.
+
+``p_T = softmax(log(p) / T)`` with one ``T`` for all classes (Guo et al. 2017), chosen to minimise
+the Validation log loss. One parameter cannot overfit a small Validation split, and the argmax
+never changes: ``Predictions``, the accuracy and the confusion matrix are the same before and after;
+only how confident the probabilities are changes. The per-class Platt or isotonic maps of the binary
+mode (:mod:`deepcovidxr.scoring.calibration`) would not keep the rows summing to 1 nor the argmax.
+
+Reported (Validation when fitted, Test by evaluate.py): the log loss, the multi-class Brier score
+(``mean over images of sum over classes (p - onehot)^2``) and the top-label expected calibration
+error (equal-width bins of the predicted class's probability, |confidence - accuracy| per bin,
+weighted by the bin's share; Guo et al. 2017), raw and calibrated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from deepcovidxr.scoring.calibration import bin_index
+
+METHOD = "temperature"
+# 1/T searched in this range: T from 0.02 (sharpen 50x) to 50 (flatten almost to uniform)
+INVERSE_BOUNDS = (0.02, 50.0)
+EPS = 1e-12
+
+
+def _checked(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, np.float64)
+    y = np.asarray(labels).astype(np.int64).ravel()
+    if p.ndim != 2 or p.shape[0] != y.size or p.shape[1] < 3:
+        raise ValueError(f"need (images, classes >= 3) probabilities and one label each, got {p.shape}, {y.shape}")
+    if not np.isfinite(p).all() or y.min(initial=0) < 0 or y.max(initial=0) >= p.shape[1]:
+        raise ValueError("probabilities must be finite and labels class indices")
+    return p, y
+
+
+def scale(probs: Any, temperature: float) -> np.ndarray:
+    """``softmax(log(p) / T)`` row by row (probabilities clipped away from 0 first)."""
+    z = np.log(np.clip(np.asarray(probs, np.float64), EPS, 1.0)) / float(temperature)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def log_loss(probs: Any, labels: Any) -> float:
+    p, y = _checked(probs, labels)
+    return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], EPS, 1.0))))
+
+
+def brier(probs: Any, labels: Any) -> float:
+    p, y = _checked(probs, labels)
+    onehot = np.eye(p.shape[1])[y]
+    return float(np.mean(((p - onehot) ** 2).sum(axis=1)))
+
+
+def top_label_ece(probs: Any, labels: Any, bins: int = 10) -> float:
+    p, y = _checked(probs, labels)
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    index = bin_index(confidence, bins)
+    gap = np.abs(
+        np.bincount(index, weights=confidence, minlength=bins) - np.bincount(index, weights=correct, minlength=bins)
+    )
+    return float(gap.sum() / y.size)
+
+
+def _figures(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, bins: int) -> dict[str, float]:
+    return {
+        "log_loss_raw": log_loss(raw, y),
+        "log_loss_calibrated": log_loss(calibrated, y),
+        "brier_raw": brier(raw, y),
+        "brier_calibrated": brier(calibrated, y),
+        "ece_raw": top_label_ece(raw, y, bins),
+        "ece_calibrated": top_label_ece(calibrated, y, bins),
+    }
+
+
+@dataclass(frozen=True)
+class MulticlassFit:
+    """What ensemble.py stores beside multi-class weights (``calibration`` in the weights JSON)."""
+
+    temperature: float
+    classes: tuple[str, ...]
+    n: int
+    validation: dict[str, float]
+
+    def apply(self, probs: Any) -> np.ndarray:
+        return scale(probs, self.temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        # The same top-level keys as the binary fit (ensemble.load_calibration checks them); no
+        # operating points: a multi-class decision is the argmax.
+        return {
+            "calibration": {"method": METHOD, "temperature": self.temperature, "n": self.n, "fitted_on": "Validation"},
+            "classes": list(self.classes),
+            "operating_points": {},
+            "validation": dict(self.validation),
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> MulticlassFit:
+        inner = payload["calibration"]
+        if inner.get("method") != METHOD or "classes" not in payload:
+            raise ValueError(f"not a multi-class temperature calibration: {inner.get('method')!r}")
+        return cls(
+            float(inner["temperature"]), tuple(payload["classes"]), int(inner.get("n", 0)), payload["validation"]
+        )
+
+
+def is_multiclass(payload: dict[str, Any] | None) -> bool:
+    """Whether a stored calibration is this module's (it names its classes; the binary fit does not)."""
+    return bool(payload) and "classes" in payload
+
+
+def fit(probs: Any, labels: Any, classes: tuple[str, ...], bins: int = 10) -> MulticlassFit:
+    """The temperature minimising the log loss of ``probs`` (Validation's ensemble probabilities)."""
+    p, y = _checked(probs, labels)
+    if len(classes) != p.shape[1]:
+        raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
+    logp = np.log(np.clip(p, EPS, 1.0))
+
+    def loss(inverse: float) -> float:
+        z = inverse * logp
+        z -= z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(y.size), y]))
+
+    # The loss is convex in 1/T (a log-sum-exp of linear functions minus a linear one): golden
+    # section on log(1/T) finds its minimum to ~1e-6 relative in 60 steps.
+    low, high = np.log(INVERSE_BOUNDS[0]), np.log(INVERSE_BOUNDS[1])
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(np.exp(a)), loss(np.exp(b))
+    for _ in range(60):
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(np.exp(a))
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(np.exp(b))
+    temperature = float(1.0 / np.exp((low + high) / 2.0))
+    return MulticlassFit(temperature, tuple(classes), int(y.size), _figures(p, scale(p, temperature), y, bins))
+
+
+def held_out_report(fitted: MulticlassFit, probs: Any, labels: Any, bins: int = 10) -> dict[str, Any]:
+    """How the Validation temperature does on another split (Test)."""
+    p, y = _checked(probs, labels)
+    return {
+        "calibration_method": METHOD,
+        "temperature": fitted.temperature,
+        **_figures(p, fitted.apply(p), y, bins),
+    }

@@ -1,0 +1,1 @@
+"""Training members: the schedule, the member loop, multi-worker training, tuning, NIH pretraining."""
