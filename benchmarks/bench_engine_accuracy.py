@@ -8,7 +8,7 @@ Steps, each skipped on a rerun when its output already exists (``--work`` keeps 
 2. ``train.py`` for each ``--members`` entry (BACKBONE:VIEW:EPOCHS) from random weights
    (``-w none``: ImageNet weights cannot be downloaded here), Adam -> ``<work>/members``;
 3. an ensemble weights JSON over exactly those members (``--ensemble equal``: equal weights written
-   by ``deepcovidxr.scoring.combination.save_weights``; ``fitted``: ``ensemble.py`` on the tree's Validation);
+   by ``deepcovidxr.scoring.weights_file.save_weights``; ``fitted``: ``ensemble.py`` on the tree's Validation);
 4. ``evaluate.py`` on the tree's Test split for each ``--cases`` entry, each in a fresh process; the
    first run fills the export cache and is not timed, the second is (process start to exit); int8
    is calibrated on the tree's Validation split (``--calibration <tree>``), never on Test.
@@ -152,22 +152,22 @@ def train_members(specs, tree: Path, work: Path, args) -> tuple[Path, dict[str, 
 
 
 def write_weights(specs, members: Path, tree: Path, work: Path, how: str, seed: int) -> Path:
-    from deepcovidxr.scoring import combination as ensemble
+    from deepcovidxr.scoring import weights_file
 
     names = [member.short_name for member, _ in specs]
     folder = work / f"ensemble_{how}"
-    path = folder / ensemble.WEIGHTS_JSON
-    if path.is_file() and set(ensemble.load_weights(path)) == set(names):
+    path = folder / weights_file.WEIGHTS_JSON
+    if path.is_file() and set(weights_file.load_weights(path)) == set(names):
         print(f"ensemble weights: reusing {path}")
         return path
     if how == "equal":
         folder.mkdir(parents=True, exist_ok=True)
-        ensemble.save_weights({name: 1.0 / len(names) for name in names}, folder)
+        weights_file.save_weights({name: 1.0 / len(names) for name in names}, folder)
     else:
         command = [*_script("ensemble.py"), "-w", str(members), "-d", str(tree), "-o", str(folder)]
         command += ["--members", *names, "--engine", "keras", "--precision", "fp32", "--seed", str(seed)]
         _run(command, work / "ensemble.log")
-        path = folder / "Ensemble_Results" / ensemble.WEIGHTS_JSON
+        path = folder / "Ensemble_Results" / weights_file.WEIGHTS_JSON
     print(f"ensemble weights ({how}): {path}: {json.loads(path.read_text(encoding='utf-8'))['weights']}")
     return path
 

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from deepcovidxr.contract.layout import CropMode, Member
     from deepcovidxr.networks.members import build_member, save_member
-    from deepcovidxr.runtime import engines
+    from deepcovidxr.runtime import hardware, load
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-engines-"))
     member = Member(args.backbone, args.size, CropMode.UNCROP)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         engine, precision = case.split(":")
         start = time.perf_counter()
         try:
-            runner = engines.open_member(member, path, engine, precision, calibration=calibration, threads=args.threads)
+            runner = load.open_member(member, path, engine, precision, calibration=calibration, threads=args.threads)
         except ValueError as error:  # UsageError: e.g. no bf16 on this CPU
             print(f"{case:18s} not available: {error}")
             continue
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         del runner
-    print(f"{args.backbone} {args.size} px, {os.cpu_count()} CPUs, bf16 capable: {engines.cpu_supports_bf16()}")
+    print(f"{args.backbone} {args.size} px, {os.cpu_count()} CPUs, bf16 capable: {hardware.cpu_supports_bf16()}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0

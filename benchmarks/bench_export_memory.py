@@ -9,7 +9,7 @@ memory) and saved in the member format. Each case runs in a fresh process under 
 - ``onnx`` / ``openvino`` / ``tflite``: ``python -m deepcovidxr.runtime.export_worker`` (what export.py and
   the engine cache run for one member): load, convert, check every output column against Keras;
 - ``cache:openvino`` / ``cache:onnxruntime``: a process that fills an empty engine cache for the member
-  with ``engines.export_missing`` and scores a batch with ``engines.open_member``, as predict.py does
+  with ``load.export_missing`` and scores a batch with ``load.open_member``, as predict.py does
   on a cold cache (the peak is that of the largest process, the caller or its export worker).
 
 Prints one row per case: peak RSS (GB), wall seconds of the process, the conversion's own seconds,
@@ -56,14 +56,14 @@ COLD_CACHE = """
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import load
 from deepcovidxr.contract.layout import CropMode, Member
 path, engine, cache = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 member = Member({backbone!r}, {size}, CropMode({crop!r}))
 start = time.perf_counter()
-engines.export_missing([(member, path)], engine, "fp32", cache)
+load.export_missing([(member, path)], engine, "fp32", cache)
 seconds = time.perf_counter() - start
-runner = engines.open_member(member, path, engine, "fp32", cache)
+runner = load.open_member(member, path, engine, "fp32", cache)
 batch = np.random.default_rng(0).normal(size=(2, {size}, {size}, 3)).astype(np.float32)
 scores = runner.predict(batch)
 sys.stdout.write(json.dumps({{"seconds": seconds, "parity_max_abs_diff": None, "scores": scores.tolist()}}) + "\\n")
@@ -117,7 +117,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from deepcovidxr.contract.layout import CropMode, Member
-    from deepcovidxr.runtime import engines
+    from deepcovidxr.runtime import convert, exports
 
     member = Member(BACKBONE, SIZE, CropMode(CROP))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -141,9 +141,9 @@ def main() -> int:
                 reference = keras_scores(path, args.work / "keras_scores.log")
             result["parity_max_abs_diff"] = max(abs(a - b) for a, b in zip(result["scores"], reference, strict=True))
         else:
-            suffix = engines.EXPORT_FORMATS[case][0]
-            request = engines.member_request(member, path, case, out / f"member{suffix}", parity=True)
-            command = [sys.executable, "-m", engines.WORKER_MODULE, json.dumps(request)]
+            suffix = convert.EXPORT_FORMATS[case][0]
+            request = exports.member_request(member, path, case, out / f"member{suffix}", parity=True)
+            command = [sys.executable, "-m", exports.WORKER_MODULE, json.dumps(request)]
             peak, wall, result = measure(command, log)
         difference = result["parity_max_abs_diff"]
         met = f"memory {'ok' if peak < TARGET_GB else 'MISSED'}, parity " + (

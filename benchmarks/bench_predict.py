@@ -52,12 +52,12 @@ def _floor(folder: Path, engine: str, precision: str, count: int, batch: int) ->
     """Seconds per image summed over members: forward passes only, inputs ready in memory."""
     from deepcovidxr.contract.layout import ensemble_members
     from deepcovidxr.inference.streaming import member_scores
-    from deepcovidxr.runtime import engines
+    from deepcovidxr.runtime import load
 
     rng = np.random.default_rng(0)
     total = 0.0
     for member in ensemble_members():
-        runner = engines.open_member(member, folder / member.legacy_filename, engine, precision)
+        runner = load.open_member(member, folder / member.legacy_filename, engine, precision)
         images = rng.integers(0, 255, (count, member.size, member.size), dtype=np.uint8)
         member_scores(runner, images[:batch], batch)  # warm-up (trace, first-call allocations)
         start = time.perf_counter()

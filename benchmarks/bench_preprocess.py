@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
-    from deepcovidxr.config.stages import CropConfig, ResizeConfig
+    from deepcovidxr.config.data_stages import CropConfig, ResizeConfig
     from deepcovidxr.imaging.reader import iter_input_files
     from deepcovidxr.lungs.cropper import LungCropper
     from deepcovidxr.stages.crop import run as run_crop

@@ -8,10 +8,13 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from deepcovidxr import DISCLAIMER
 from deepcovidxr.errors import DeepcovidxrError
+
+if TYPE_CHECKING:
+    from deepcovidxr.stages.common import StageResult
 
 
 def configure_logging(verbose: int = 0) -> None:
@@ -39,8 +42,8 @@ def configure_logging(verbose: int = 0) -> None:
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
-def run_stage(stage: Callable[[], Any], verbose: int = 0) -> int:
-    """Run a stage; print what it returns (its main output path) to stdout and map its result to
+def run_stage(stage: Callable[[], StageResult], verbose: int = 0) -> int:
+    """Run a stage; print its result's ``report`` (its main output path) to stdout and map it to
     an exit code: 0 done, 1 some input files failed (each reported) or an unexpected error (its
     traceback shown at ``-v``), 2 a usage or input problem the user can mend (one clear line)."""
     log = logging.getLogger("deepcovidxr")
@@ -58,15 +61,16 @@ def run_stage(stage: Callable[[], Any], verbose: int = 0) -> int:
         else:
             log.error("unexpected error: %s: %s (rerun with -v for the traceback)", type(error).__name__, error)
         return 1
-    print(getattr(result, "report", result))
-    return int(getattr(result, "exit_code", 0))
+    print(result.report)
+    return result.exit_code
 
 
 def main(stem: str, argv: list[str] | None = None) -> int:
     """Everything a stage script does: parse its flags (and ``--config``) into its config, set up
     logging, record the run in ``run_config.json`` and run the stage."""
     from deepcovidxr import stages
-    from deepcovidxr.config.schema import dump_run, resolve
+    from deepcovidxr.config.run_record import dump_run
+    from deepcovidxr.config.schema import resolve
 
     stage = stages.get(stem)
     try:
@@ -75,7 +79,7 @@ def main(stem: str, argv: list[str] | None = None) -> int:
         return int(done.code or 0)
     configure_logging(verbose)
 
-    def run() -> Any:
+    def run() -> StageResult:
         dump_run(config, stem)
         return stage.run_function()(config)
 

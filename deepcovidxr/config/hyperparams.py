@@ -12,7 +12,7 @@ from pathlib import Path
 
 from deepcovidxr.contract import safe_pickle
 from deepcovidxr.contract.atomic import atomic_path, write_json
-from deepcovidxr.contract.layout import HYPERPARAMETERS_JSON, HYPERPARAMETERS_PICKLE
+from deepcovidxr.contract.run_paths import HYPERPARAMETERS_JSON, HYPERPARAMETERS_PICKLE
 from deepcovidxr.errors import MissingInputError, UsageError
 
 KEYS = ("dropout_rate", "learning_rate", "momentum")

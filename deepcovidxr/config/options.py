@@ -8,31 +8,24 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deepcovidxr.config.schema import at_least, exists, option
+from deepcovidxr.config import precision
+from deepcovidxr.config.checks import at_least, exists, open_unit_interval, positive
+from deepcovidxr.config.schema import option
 from deepcovidxr.contract.backbones import NAMES
 
-INFERENCE_PRECISIONS = ("auto", "float32", "mixed")
-TRAINING_PRECISIONS = ("auto", "float32", "mixed")
-# The members' engines and precisions (deepcovidxr.runtime.engines.ENGINES / PRECISIONS; not imported here:
-# engines needs numpy, and --help stays instant). "auto": the engine's default (engines.default_precision).
+# The members' engines (deepcovidxr.runtime.load.ENGINES; not imported here: the runtime needs
+# numpy, and --help stays instant).
 ENGINES = ("keras", "onnxruntime", "openvino")
 DEFAULT_ENGINE = "openvino"
-ENGINE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
-# predict.py's --precision before the engines (the U-Net's Keras compute policy): old spellings keep working.
-PRECISION_ALIASES = {"float32": "fp32", "mixed": "bf16", "bfloat16": "bf16"}
 
 
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def _precision(text: str) -> str:
-    # "bfloat16" was this flag's spelling of mixed precision before the flags were merged.
-    return "mixed" if text == "bfloat16" else text
-
-
-def _engine_precision(text: str) -> str:
-    return PRECISION_ALIASES.get(str(text), str(text))
+def _optional_path(*flags: str, help: str) -> Any:
+    """A file or folder that must exist when given; its default (None) is said in ``help``."""
+    return option(*flags, help=help, default=None, check=exists, show_default=False)
 
 
 def seed(default: int = 0) -> Any:
@@ -61,13 +54,15 @@ def batch_size(default: int = 16, what: str = "images per forward pass") -> Any:
 
 
 def inference_precision() -> Any:
+    """--precision of the stages that run the lung U-Net on Keras (crop_img, build_dataset, visSample)."""
     return option(
         "--precision",
-        help="compute precision: auto = mixed bfloat16 on CPUs with native bfloat16 (faster; the shipped U-Net "
-        "was trained in mixed bfloat16), else float32",
+        help="the lung U-Net's precision: auto = bf16 (Keras mixed_bfloat16) on CPUs with native bf16 "
+        "(avx512_bf16/AMX: faster, and the shipped U-Net was trained in mixed bfloat16), else fp32; fp32; "
+        f"bf16. {precision.flag_help(precision.UNET)}",
         default="auto",
-        parse=_precision,
-        choices=INFERENCE_PRECISIONS,
+        parse=precision.parser(precision.UNET),
+        choices=precision.accepted(precision.UNET),
     )
 
 
@@ -83,15 +78,16 @@ def engine(default: str = DEFAULT_ENGINE) -> Any:
 
 
 def engine_precision() -> Any:
+    """--precision of the stages that run the members on an engine (predict, evaluate, ensemble)."""
     return option(
         "--precision",
         help="members' precision: auto = the engine's default (openvino: bf16 on CPUs with native bf16, else "
         "fp32; onnxruntime and keras: fp32), fp32, bf16 (openvino on avx512_bf16/AMX CPUs), int8 (onnxruntime "
-        "or openvino, calibrated on --calibration images). The U-Net runs at fp32 or bf16 alike (int8: the "
-        "engine's default). Older spellings: float32 = fp32, mixed or bfloat16 = bf16",
+        "or openvino, calibrated on --calibration images). The lung U-Net follows at fp32 or bf16 (auto and "
+        f"int8: its own auto). {precision.flag_help(precision.ENGINE)}",
         default="auto",
-        parse=_engine_precision,
-        choices=ENGINE_PRECISIONS,
+        parse=precision.parser(precision.ENGINE),
+        choices=precision.accepted(precision.ENGINE),
     )
 
 
@@ -99,13 +95,7 @@ def calibration(
     what: str = "folder of chest X-rays (not the ones predicted: refused if it is or overlaps the input) on which "
     "int8 members are calibrated; each is cropped and viewed like an input",
 ) -> Any:
-    return option(
-        "--calibration",
-        help=f"{what}. Needed by --precision int8",
-        default=None,
-        check=exists,
-        show_default=False,
-    )
+    return _optional_path("--calibration", help=f"{what}. Needed by --precision int8")
 
 
 def engine_cache() -> Any:
@@ -118,27 +108,25 @@ def engine_cache() -> Any:
     )
 
 
-def training_precision(default: str = "float32") -> Any:
+def training_precision(default: str = "fp32") -> Any:
+    """--precision of the training stages (train, train_all, pretrain, train_unet)."""
     return option(
         "--precision",
-        help="compute precision: mixed = mixed_float16 on GPU, mixed_bfloat16 on CPU (weights stay float32); "
-        "auto = mixed on a GPU or a CPU with native bfloat16 (avx512_bf16/AMX), else float32 (emulated "
-        "bfloat16 is slower than float32)",
+        help="compute precision (weights stay float32): auto = fp16 on a GPU, bf16 on a CPU with native "
+        "bf16 (avx512_bf16/AMX), else fp32 (emulated bf16 is slower than fp32); fp32; bf16 (Keras "
+        f"mixed_bfloat16); fp16 (mixed_float16 with loss scaling: for GPUs). {precision.flag_help(precision.TRAINING)}",
         default=default,
-        parse=_precision,
-        choices=TRAINING_PRECISIONS,
+        parse=precision.parser(precision.TRAINING),
+        choices=precision.accepted(precision.TRAINING),
     )
 
 
 def unet() -> Any:
-    return option(
+    return _optional_path(
         "-U",
         "--Unet",
         help="U-Net weights: our lung_unet.weights.h5 or the original imlab trained_model.hdf5 "
         "(default: the U-Net shipped with the package)",
-        default=None,
-        check=exists,
-        show_default=False,
     )
 
 
@@ -155,13 +143,10 @@ def member_folder(required: bool = True) -> Any:
 
 
 def ensemble_weight(what: str = "") -> Any:
-    return option(
+    return _optional_path(
         "-e",
         "--ensemble_weight",
         help=f"ensemble_weights.pickle or .json{what} (default: the authors' published weights shipped here)",
-        default=None,
-        check=exists,
-        show_default=False,
     )
 
 
@@ -199,6 +184,30 @@ def output(help: str = "output folder (created; must lie outside the input)", de
 
 def model(*aliases: str) -> Any:
     return option("-m", *aliases, "--model", help="backbone", required=True, choices=NAMES)
+
+
+def dataset_root(*flags: str, splits: str) -> Any:
+    """The dataset tree the ensemble stages read: the splits they score, in every view."""
+    return option(
+        *flags,
+        help=f"dataset root holding {{224,331}}/{{crop,uncrop}}/{splits}/<class folders> (Negative, Positive)",
+        required=True,
+        check=exists,
+    )
+
+
+def size(what: str = "input side in pixels (224 or 331)") -> Any:
+    return option("-s", "--size", help=what, required=True, check=positive)
+
+
+def initial_weights(long: str, help: str, default: str | None = None) -> Any:
+    """``-w``: the weights a training stage starts from (its long spelling is the original script's)."""
+    return option("-w", long, help=help, default=default)
+
+
+def held_out(flag: str, what: str, default: float) -> Any:
+    """The fraction of the data a training stage holds out for validation."""
+    return option(flag, help=f"{what} held out for validation", default=default, check=open_unit_interval)
 
 
 def view_folder() -> Any:

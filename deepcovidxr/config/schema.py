@@ -1,5 +1,6 @@
 """One typed config schema for every stage: flags, help, type, default and validation declared once
-per field; the parser, the config-file reader and the per-run dump are generated from it.
+per field; the parser, the config-file reader and the per-run dump (:mod:`deepcovidxr.config.run_record`)
+are generated from it. The checks a field may declare are :mod:`deepcovidxr.config.checks`'.
 
 A stage's config is a frozen, keyword-only dataclass deriving from :class:`StageConfig` whose
 fields are declared with :func:`option`::
@@ -22,39 +23,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import enum
-import hashlib
 import inspect
 import json
 import logging
 import os
-import subprocess
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
 from deepcovidxr.errors import MissingInputError, UsageError
 
 log = logging.getLogger(__name__)
-
-RUN_CONFIG = "run_config.json"
-# Distributions whose versions make a run reproducible (read from metadata: nothing is imported).
-VERSIONED = (
-    "deepcovidxr",
-    "tensorflow",
-    "keras",
-    "keras-tuner",
-    "numpy",
-    "scikit-learn",
-    "opencv-python-headless",
-    "pillow",
-    "pydicom",
-)
 
 
 @dataclass(frozen=True)
@@ -144,17 +127,6 @@ class StageConfig:
         source = getattr(self, self.INPUT_FIELD) if self.INPUT_FIELD else None
         if source is not None and self.OUTSIDE_INPUT:
             ensure_outside(source, *(getattr(self, name) for name in self.OUTSIDE_INPUT))
-
-    @property
-    def mixed_precision(self) -> bool:
-        """For the training stages, whose ``--precision`` is float32, mixed or auto (mixed where it
-        is faster: ``hardware.mixed_precision_pays``)."""
-        precision = getattr(self, "precision", None)
-        if precision == "auto":
-            from deepcovidxr.runtime.hardware import mixed_precision_pays
-
-            return mixed_precision_pays()
-        return precision == "mixed"
 
     def options(self) -> dict[str, Any]:
         """The resolved options as JSON-ready values, keyed by field name."""
@@ -262,35 +234,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     return value
-
-
-# ---- checks (each returns a complaint or None) --------------------------------------------------
-
-
-def exists(path: Path) -> str | None:
-    if not Path(path).exists():
-        # A missing input is its own error type; the message still names the flag.
-        raise MissingInputError(f"{path} does not exist")
-    return None
-
-
-def positive(value: float) -> str | None:
-    return None if value > 0 else f"must be positive, got {value}"
-
-
-def at_least(low: float) -> Callable[[float], str | None]:
-    def check(value: float) -> str | None:
-        return None if value >= low else f"must be at least {low}, got {value}"
-
-    return check
-
-
-def unit_interval(value: float) -> str | None:
-    return None if 0.0 <= value <= 1.0 else f"must lie in [0, 1], got {value}"
-
-
-def open_unit_interval(value: float) -> str | None:
-    return None if 0.0 < value < 1.0 else f"must lie strictly between 0 and 1, got {value}"
 
 
 # ---- parser ----------------------------------------------------------------------------------------
@@ -475,83 +418,3 @@ def resolve(
     except (UsageError, MissingInputError) as error:
         parser.error(str(error))
         raise  # unreachable: parser.error exits
-
-
-# ---- the per-run record -------------------------------------------------------------------------
-
-
-def versions() -> dict[str, str]:
-    found = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-def commit() -> str | None:
-    """The checkout's commit (with ``-dirty`` when files differ), or None outside a checkout."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
-def fingerprint(path: Path | None) -> dict[str, Any] | None:
-    """File count and a digest of (relative name, size) of every non-hidden file under ``path``:
-    cheap (no file is read) and enough to tell two input folders apart."""
-    if path is None or not Path(path).exists():
-        return None
-    root = Path(path)
-    digest = hashlib.sha256()
-    count = 0
-    entries = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for entry in entries:
-        relative = entry.name if entry == root else entry.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in Path(relative).parts):
-            continue
-        digest.update(f"{relative}\0{entry.stat().st_size}\n".encode())
-        count += 1
-    return {"path": str(root), "files": count, "sha256": digest.hexdigest()}
-
-
-def dump_run(config: StageConfig, stem: str, folder: Path | None = None) -> Path | None:
-    """Write ``<output>/run_config.json``: ``{stem: resolved options, "_run": provenance}``, the
-    shape ``--config`` reads back."""
-    from deepcovidxr.contract.atomic import write_json
-
-    folder = folder or (getattr(config, config.OUTPUT_FIELD) if config.OUTPUT_FIELD else None)
-    if folder is None:
-        return None
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    source = getattr(config, config.INPUT_FIELD) if config.INPUT_FIELD else None
-    record = {
-        stem: config.options(),
-        "_run": {
-            "stage": stem,
-            "started": datetime.now(UTC).isoformat(timespec="seconds"),
-            "argv": sys.argv,
-            "cwd": str(Path.cwd()),
-            "versions": versions(),
-            "commit": commit(),
-            "input": fingerprint(source),
-        },
-    }
-    path = folder / RUN_CONFIG
-    write_json(path, record)
-    return path

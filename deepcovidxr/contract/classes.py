@@ -4,7 +4,9 @@ The classes are the folder names under ``<view>/Train/`` (sorted), the same unde
 ``Validation/`` and ``Test/``. Exactly ``Negative`` and ``Positive`` is the original's binary
 task and keeps its behaviour everywhere: a sigmoid head whose one output is P(Positive), the
 ``_up_`` file names, the original's CSV columns, the authors' weights. Three or more classes: a
-softmax head with one output per class, in this sorted order, and ``p_<class>`` columns.
+softmax head with one output per class, in this sorted order, and ``p_<class>`` columns. What
+follows from the task (head, loss, calibration, the call, columns) is
+:mod:`deepcovidxr.scoring.task`'s; this module only names and finds the classes.
 
 Score arrays follow the head: a binary member gives one score per image (``(images,)``, stacked
 ``(images, members)``); a multi-class member gives ``(images, classes)`` (stacked
@@ -20,16 +22,6 @@ from pathlib import Path
 from deepcovidxr.errors import MissingInputError, UsageError
 
 BINARY: tuple[str, ...] = ("Negative", "Positive")
-
-
-def is_binary(classes: Iterable[str]) -> bool:
-    return tuple(classes) == BINARY
-
-
-def outputs(classes: Iterable[str]) -> int:
-    """Units of the member's head: 1 (sigmoid) for the binary task, one per class otherwise."""
-    classes = tuple(classes)
-    return 1 if is_binary(classes) else len(classes)
 
 
 def probability_column(name: str) -> str:
@@ -69,7 +61,8 @@ def discover(view_dir: Path, splits: Iterable[str] = ("Train", "Validation", "Te
             f"{view_dir}/{reference_split}: needs at least two class folders (found {list(reference)}); "
             "the binary task is Negative/ and Positive/"
         )
-    if set(reference) & set(BINARY) and len(reference) == 2 and not is_binary(reference):
+    # A folder-name rule of the tree: a pair of classes is the original's pair or nothing.
+    if set(reference) & set(BINARY) and len(reference) == 2 and reference != BINARY:
         raise UsageError(
             f"{view_dir}/{reference_split}: two classes must be Negative/ and Positive/ (found {list(reference)})"
         )

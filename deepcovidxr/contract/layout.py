@@ -1,8 +1,10 @@
-"""The on-disk contract shared by every stage: folder names, sizes and file names.
+"""The on-disk contract shared by every stage: folder names, sizes, file names and the members.
 
-Only this module builds or parses those names. The tree is the original's:
+Only this module builds or parses those names (where a run writes is
+:mod:`deepcovidxr.contract.run_paths`'). The tree is the original's:
 ``<root>/{224,331}/{crop,uncrop}/{Train,Validation,Test}/{Negative,Positive}/<image>``,
-and an image keeps the same relative name in every view, so views pair by name.
+and an image keeps the same relative name in every view, so views pair by name. A member is a
+backbone trained on one (size, crop) view, named as the published weight files are.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 from deepcovidxr.errors import MissingInputError, UsageError
 
@@ -146,6 +147,11 @@ def gradcam_names(relative: Path) -> tuple[Path, Path, Path]:
     return folder / f"{stem}_gradCAM.png", folder / f"{stem}_heatmap.npy", folder / f"{stem}_heatmap.png"
 
 
+def gradcam_dir(output: Path) -> Path:
+    """visSample.py's figures and maps folder (the names of :func:`gradcam_names` lie under it)."""
+    return Path(output) / GRADCAM_FOLDER
+
+
 LIME_FOLDER = "lime_img"  # visSample.py --method lime
 LIME_REPORT = "lime_report.csv"
 
@@ -193,6 +199,9 @@ def legacy_crop_names(relative: Path) -> tuple[Path, Path]:
         Path("crop") / parent / f"{stem}_crop{suffix}",
         Path("crop_squared") / parent / f"{stem}_crop_squared{suffix}",
     )
+
+
+MEMBER_SUFFIX = ".h5"
 
 
 @dataclass(frozen=True)
@@ -264,300 +273,3 @@ def member_order(member: Member) -> tuple[int, int, bool]:
     from deepcovidxr.contract.backbones import NAMES
 
     return (NAMES.index(member.backbone), member.size, member.crop != CropMode.UNCROP)
-
-
-# ---- run outputs: members, tuner, pretraining, evaluation, ensemble -------------------------------
-
-SCRATCH = ".scratch"  # a stage's working memmaps inside its output folder, removed when it ends
-PHASES: tuple[str, ...] = ("initial", "final")  # the original's save_weights_initial/, save_weights_final/
-MEMBER_SUFFIX = ".h5"
-HYPERPARAMETERS_JSON = "hyperparameters.json"
-HYPERPARAMETERS_PICKLE = "hyperparameters.pickle"  # the original tuner's format
-ENSEMBLE_WEIGHTS_PICKLE = "ensemble_weights.pickle"
-ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
-PREDICTIONS_CSV = "predictions.csv"
-PREDICTIONS_INFO = "predictions_info.json"
-PREDICT_JOURNAL = ".predict_journal"  # predict.py: the crop and each member's scores, until the outputs are written
-UNREADABLE_CSV = "unreadable.csv"  # evaluate.py, ensemble.py: tree files no view could read
-REPORT_HTML = "report.html"  # evaluate.py and predict.py: the page a reader opens (report_page)
-REFERRAL_PNG = "Referral_Curve.png"  # AUC/accuracy as the most uncertain images are referred
-CALIBRATION_FIT_PNG = "Calibration_Fitted.png"  # reliability before/after the stored calibration
-RESULTS_FOLDER = "Results"  # evaluate.py, as the original
-ENSEMBLE_RESULTS_FOLDER = "Ensemble_Results"  # ensemble.py, as the original
-
-
-def scratch_dir(output: Path) -> Path:
-    return Path(output) / SCRATCH
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one member's training run (train.py, train_all.py, multi-worker) writes."""
-
-    output: Path
-    member: Member
-
-    @property
-    def stem(self) -> str:
-        return self.member.legacy_filename.removesuffix(MEMBER_SUFFIX)
-
-    @property
-    def final(self) -> Path:
-        return Path(self.output) / self.member.legacy_filename
-
-    @property
-    def repeats_folder(self) -> Path:
-        """``--repeats``: ``repeats/<stem>/`` holds one folder per seed and ``repeats.csv``."""
-        return Path(self.output) / "repeats" / self.stem
-
-    def repeat(self, seed: int) -> RunPaths:
-        """Where run ``seed`` of a ``--repeats`` member writes (its own folder: runs never
-        overwrite each other, and an interrupted best-of-N resumes run by run)."""
-        return RunPaths(self.repeats_folder / f"seed_{seed}", self.member)
-
-    def checkpoint(self, phase: str) -> Path:
-        return Path(self.output) / f"save_weights_{phase}" / self.member.legacy_filename
-
-    def phase_record(self, phase: str) -> Path:
-        """Written when a phase ends, beside its checkpoint: the settings and data fingerprint it
-        was trained with. Only this file marks a phase done (a checkpoint exists after the first
-        improving epoch)."""
-        return self.checkpoint(phase).with_name(f"{self.stem}_done.json")
-
-    def resume_state(self, phase: str) -> Path:
-        """An unfinished phase's last epoch (weights, optimizer, epoch, rule state, history), so
-        a rerun goes on from there; removed when the phase ends."""
-        return self.checkpoint(phase).with_name(f"{self.stem}_resume.npz")
-
-    @property
-    def member_record(self) -> Path:
-        """The finished member's record (settings, data fingerprint, the member file's digest),
-        written just before the member file: a member file is skipped on a rerun only when this
-        matches."""
-        return Path(self.output) / f"{self.stem}_done.json"
-
-    def plots(self, phase: str) -> Path:
-        return Path(self.output) / f"save_plots_{phase}" / self.stem
-
-    def history(self, phase: str) -> Path:
-        return self.plots(phase) / "history.csv"
-
-    @property
-    def log_csv(self) -> Path:
-        return Path(self.output) / f"{self.stem}_log.csv"
-
-    @property
-    def unreadable(self) -> Path:
-        """The Train/Validation files training left out because they could not be read."""
-        return Path(self.output) / f"{self.stem}_{UNREADABLE_CSV}"
-
-    @property
-    def curves(self) -> Path:
-        return Path(self.output) / f"{self.stem}_curves.png"
-
-    @property
-    def config(self) -> Path:
-        return Path(self.output) / f"{self.stem}_config.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return Path(self.output) / TENSORBOARD / self.stem
-
-    def worker_copy(self, copies: Path, index: int) -> Path:
-        """A non-chief worker's throw-away copy of the final file (multi-worker training)."""
-        return Path(copies) / f"worker_{index}" / self.member.legacy_filename
-
-
-@dataclass(frozen=True)
-class TunerPaths:
-    """tuner.py's outputs for one member, as the original: ``<out>/tuner/initial_cps/<file>``
-    (warm-up), ``<out>/tuner/<stem>/`` (keras-tuner's project: a rerun resumes) and
-    ``<out>/tuner/best_models_and_params/<stem>/...``. train.py reads the same paths back."""
-
-    output: Path
-    member: Member
-
-    @property
-    def root(self) -> Path:
-        return Path(self.output) / "tuner"
-
-    @property
-    def project(self) -> str:
-        """keras-tuner's project name (its folder under :attr:`root`)."""
-        return self.member.legacy_filename.removesuffix(MEMBER_SUFFIX)
-
-    @property
-    def warmup(self) -> Path:
-        return self.root / "initial_cps" / self.member.legacy_filename
-
-    @property
-    def best(self) -> Path:
-        return self.root / "best_models_and_params" / self.project
-
-    @property
-    def params_dir(self) -> Path:
-        return self.best / "model_params"
-
-    @property
-    def hyperparameters(self) -> Path:
-        return self.params_dir / HYPERPARAMETERS_JSON
-
-    @property
-    def search(self) -> Path:
-        return self.params_dir / "search.json"
-
-    @property
-    def trials(self) -> Path:
-        return self.best / "trials.csv"
-
-
-@dataclass(frozen=True)
-class PretrainPaths:
-    """pretrain.py's outputs for one backbone and size: ``nih_weight_<Model>_<size>.h5`` (which
-    tuner.py and train.py take as -w), its per-finding AUROC, log and summary."""
-
-    output: Path
-    model: str  # backbone CLI name, e.g. "ResNet-50"
-    size: int
-
-    def _name(self, kind: str, suffix: str) -> Path:
-        return Path(self.output) / f"nih_{kind}_{self.model}_{self.size}{suffix}"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self._name("weight", ".h5")
-
-    @property
-    def auroc(self) -> Path:
-        return self._name("auroc", ".csv")
-
-    @property
-    def log_csv(self) -> Path:
-        return self._name("log", ".csv")
-
-    @property
-    def summary(self) -> Path:
-        return self._name("summary", ".json")
-
-    @classmethod
-    def parse(cls, path: Path) -> PretrainPaths:
-        """The backbone and size of an ``nih_weight_<Model>_<size>.h5`` (backbone names may hold '_')."""
-        path = Path(path)
-        body = path.name.removeprefix("nih_weight_").removesuffix(".h5")
-        model, _, size = body.rpartition("_")
-        if not path.name.startswith("nih_weight_") or not model or not size.isdigit():
-            raise UsageError(f"not a pretrain.py checkpoint: {path.name!r} (expected nih_weight_<Model>_<size>.h5)")
-        return cls(path.parent, model, int(size))
-
-
-class PlotPaths(NamedTuple):
-    roc: Path
-    precision_recall: Path
-    calibration: Path
-    confusion: Path
-
-
-def plot_paths(folder: Path) -> PlotPaths:
-    """The evaluation pictures evaluate.py and ensemble.py write, under the original's names."""
-    folder = Path(folder)
-    return PlotPaths(
-        folder / "ROC_Curve.png",
-        folder / "PrecisionRecall_Curve.png",
-        folder / "Calibration.png",
-        folder / "ConfusionMatrix.png",
-    )
-
-
-@dataclass(frozen=True)
-class EvaluationPaths:
-    """evaluate.py's outputs: ``<output>/Results/{predictions.csv, metrics.json, plots}``."""
-
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.output) / RESULTS_FOLDER
-
-    @property
-    def predictions(self) -> Path:
-        return self.folder / PREDICTIONS_CSV
-
-    @property
-    def metrics(self) -> Path:
-        return self.folder / "metrics.json"
-
-    @property
-    def unreadable(self) -> Path:
-        return self.folder / UNREADABLE_CSV
-
-    @property
-    def plots(self) -> PlotPaths:
-        return plot_paths(self.folder)
-
-    @property
-    def referral(self) -> Path:
-        return self.folder / REFERRAL_PNG
-
-    @property
-    def calibration_fit(self) -> Path:
-        return self.folder / CALIBRATION_FIT_PNG
-
-    @property
-    def report(self) -> Path:
-        return self.folder / REPORT_HTML
-
-    @property
-    def scratch(self) -> Path:
-        return scratch_dir(self.output)
-
-
-@dataclass(frozen=True)
-class EnsemblePaths:
-    """ensemble.py's outputs under ``<output>/Ensemble_Results/``."""
-
-    output: Path
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.output) / ENSEMBLE_RESULTS_FOLDER
-
-    @property
-    def weights_pickle(self) -> Path:
-        return self.folder / ENSEMBLE_WEIGHTS_PICKLE
-
-    @property
-    def weights_json(self) -> Path:
-        return self.folder / ENSEMBLE_WEIGHTS_JSON
-
-    @property
-    def member_auc(self) -> Path:
-        return self.folder / "member_auc.csv"
-
-    @property
-    def ensemble_predictions(self) -> Path:
-        return self.folder / "ensemble_predictions.csv"
-
-    @property
-    def individual_predictions(self) -> Path:
-        return self.folder / "individual_predictions.csv"
-
-    @property
-    def unreadable(self) -> Path:
-        return self.folder / UNREADABLE_CSV
-
-    @property
-    def summary(self) -> Path:
-        return self.folder / "summary.json"
-
-    @property
-    def plots(self) -> PlotPaths:
-        return plot_paths(self.folder)
-
-    @property
-    def scratch(self) -> Path:
-        return scratch_dir(self.output)
-
-
-def gradcam_dir(output: Path) -> Path:
-    """visSample.py's figures and maps folder (the names of :func:`gradcam_names` lie under it)."""
-    return Path(output) / GRADCAM_FOLDER

@@ -24,6 +24,7 @@ from deepcovidxr.contract.layout import Split
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imaging.preprocess import normalise
 from deepcovidxr.imaging.reader import list_images, read_view
+from deepcovidxr.scoring.task import Task, task_for
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class SplitFiles:
         return len(self.files)
 
     @property
-    def binary(self) -> bool:
-        return class_names.is_binary(self.classes)
+    def task(self) -> Task:
+        return task_for(self.classes)
 
     @property
     def positives(self) -> int:
@@ -62,10 +63,7 @@ class SplitFiles:
 
     def describe(self) -> str:
         """For logs: "227 images (123 positive)", or per class when there are three or more."""
-        if self.binary:
-            return f"{len(self)} images ({self.positives} positive)"
-        per_class = ", ".join(f"{name} {n}" for name, n in zip(self.classes, self.counts, strict=True))
-        return f"{len(self)} images ({per_class})"
+        return self.task.describe_counts(self.counts)
 
     @property
     def counts(self) -> np.ndarray:
@@ -126,16 +124,13 @@ def list_split(view_dir: Path, split: Split | str, classes: tuple[str, ...] | No
         for path in list_images(folder):
             files.append(str(path))
             labels.append(index)
-    dtype = np.float32 if class_names.is_binary(classes) else np.int64
-    return SplitFiles(files, np.asarray(labels, dtype), classes)
+    return SplitFiles(files, np.asarray(labels, task_for(classes).label_dtype), classes)
 
 
 def encode_labels(labels: tf.Tensor, classes: tuple[str, ...]) -> tf.Tensor:
-    """What a member's loss takes: the binary 0/1 labels as they are, class indices one-hot
-    (float32, one column per class) for a softmax head."""
-    if class_names.is_binary(classes):
-        return labels
-    return tf.one_hot(tf.cast(labels, tf.int32), len(classes), dtype=tf.float32)
+    """What a member's loss takes (:attr:`deepcovidxr.scoring.task.Task.targets`): the binary 0/1
+    labels as they are, class indices one-hot (float32, one column per class) for a softmax head."""
+    return tf.gather(tf.constant(task_for(classes).targets), tf.cast(labels, tf.int32))
 
 
 def decode(path: tf.Tensor, size: int) -> tf.Tensor:
@@ -275,7 +270,7 @@ def resolve_class_weights(
     classes = tuple(classes)
     if spec is True or str(spec).strip().lower() == "balanced":
         return class_weights(labels, len(classes))
-    from deepcovidxr.config.stages import BALANCED, parse_class_weight
+    from deepcovidxr.config.training_stages import BALANCED, parse_class_weight
 
     text = parse_class_weight(str(spec))
     if text in (False, BALANCED):

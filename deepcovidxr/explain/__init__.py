@@ -1,1 +1,2 @@
-"""Explanations of the ensemble: Grad-CAM and LIME."""
+"""Explanations of the ensemble: Grad-CAM (per member, and fused over the ensemble by its rule)
+and LIME."""

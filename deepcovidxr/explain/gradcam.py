@@ -16,34 +16,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepcovidxr.contract import classes as class_names
 from deepcovidxr.errors import UsageError
+from deepcovidxr.scoring.task import task_for
 
-TARGETS = ("positive", "negative", "predicted")
 PREDICTED = "predicted"
 # The binary task's map keys, in the original's spelling (lower case), and their classes.
 BINARY_KEYS = {"positive": "Positive", "negative": "Negative"}
 
 
 def resolve_target(target: str, classes) -> str:
-    """``--target`` as the key of a fused map: ``predicted`` (any case) stays ``predicted``; for
-    the binary task ``positive`` / ``negative`` in any case (``Positive`` is today's
-    ``positive``); for a multi-class ensemble a class name of the members (exact, else the one
-    class it matches ignoring case). Anything else is a UsageError listing the choices."""
-    classes = tuple(classes)
+    """``--target`` as the key of a fused map (:attr:`deepcovidxr.scoring.task.Task.cam_keys`):
+    ``predicted`` (any case) stays ``predicted``; otherwise a key, exact, else the one key it
+    matches ignoring case: for the binary task ``positive`` / ``negative`` in any case
+    (``Positive`` is today's ``positive``), for a multi-class ensemble a class name of the members.
+    Anything else is a UsageError listing the choices."""
+    keys = task_for(classes).cam_keys
     wanted = str(target).strip()
     if wanted.lower() == PREDICTED:
         return PREDICTED
-    if class_names.is_binary(classes):
-        if wanted.lower() in BINARY_KEYS:
-            return wanted.lower()
-        raise UsageError(f"unknown target {target!r}; choose one of {TARGETS}")
-    if wanted in classes:
+    if wanted in keys:
         return wanted
-    folded = [c for c in classes if c.lower() == wanted.lower()]
+    folded = [k for k in keys if k.lower() == wanted.lower()]
     if len(folded) == 1:
         return folded[0]
-    raise UsageError(f"unknown target {target!r}; the members' classes are {list(classes)} (or {PREDICTED!r})")
+    raise UsageError(f"unknown target {target!r}; choose one of {[*keys, PREDICTED]}")
 
 
 def member_cams(model, layer_name: str, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""LIME explanations of the whole ensemble (``visSample.py --method lime``).
+"""LIME explanations of the whole ensemble (``visSample.py --method lime``; the stage,
+:func:`deepcovidxr.stages.vis_sample.run_lime`, plans, crops and keeps the report).
 
 Per image: the lung crop is found once by the U-Net (the Grad-CAM stage's batched loop), the
 image is brought to the display size (longest side ``DISPLAY_SIDE``, never enlarged) and cut into
@@ -26,25 +27,19 @@ the explained image and may differ slightly from predict.py's.
 from __future__ import annotations
 
 import logging
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from deepcovidxr.contract import classes as class_names
-from deepcovidxr.contract import layout
 from deepcovidxr.contract.atomic import atomic_path
-from deepcovidxr.contract.file_report import BatchReport
-from deepcovidxr.explain.display import DISPLAY_SIDE, display_image, fit_scale, scaled_box
-from deepcovidxr.explain.gradcam import BINARY_KEYS, PREDICTED, resolve_target
+from deepcovidxr.explain.gradcam import PREDICTED
 from deepcovidxr.imaging.geometry import Box
 from deepcovidxr.imaging.preprocess import to_model_input
 from deepcovidxr.imaging.views import make_views
-from deepcovidxr.inference.ensemble import THRESHOLD, Ensemble, resolve_ensemble
+from deepcovidxr.inference.ensemble import Ensemble
 from deepcovidxr.scoring.metrics import DISCLAIMER
-from deepcovidxr.stages.common import StageResult, crop_for_explanation, explanation_options, plan_outputs
+from deepcovidxr.scoring.task import task_for
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +84,7 @@ class EnsembleClassifier:
     def __init__(self, chosen: Ensemble, models: list, box: Box, batch_size: int) -> None:
         self.chosen, self.models, self.box, self.batch_size = chosen, models, box, batch_size
         self.views = tuple(dict.fromkeys((m.size, m.crop) for m, _ in chosen.members))
-        self.binary = class_names.is_binary(chosen.classes)
+        self.task = chosen.task
 
     def member_scores(self, images: np.ndarray) -> np.ndarray:
         """(n, members) sigmoid scores, or (n, members, classes) softmax rows."""
@@ -109,14 +104,11 @@ class EnsembleClassifier:
                     chunk = np.concatenate([chunk, np.zeros((self.batch_size - count, *chunk.shape[1:]), np.float32)])
                 outputs.append(np.asarray(forward(chunk), np.float64)[:count])
             scores = np.concatenate(outputs)
-            columns.append(scores[:, 0] if self.binary else scores)
+            columns.append(self.task.member_scores(scores))
         return np.stack(columns, axis=1)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        combined = self.chosen.combine(self.member_scores(np.asarray(images)))
-        if self.binary:
-            return np.stack([1.0 - combined, combined], axis=1)
-        return combined
+        return self.task.class_probabilities(self.chosen.combine(self.member_scores(np.asarray(images))))
 
 
 def explain(
@@ -146,10 +138,9 @@ def explain(
 
 
 def predicted_index(probabilities: np.ndarray, classes: tuple[str, ...]) -> int:
-    """The ensemble's call: binary at THRESHOLD on P(Positive) (as every stage), else argmax."""
-    if class_names.is_binary(classes):
-        return int(probabilities[1] >= THRESHOLD)
-    return int(np.argmax(probabilities))
+    """The ensemble's call on one probability row: binary at THRESHOLD on P(Positive) (as every
+    stage), else the argmax (:meth:`deepcovidxr.scoring.task.Task.predicted`)."""
+    return int(task_for(classes).predicted(np.asarray(probabilities)[None])[0])
 
 
 def weight_map(explanation, label: int) -> np.ndarray:
@@ -211,94 +202,46 @@ def draw(path: Path, gray: np.ndarray, explanation, label: int, title: str, subt
     return path
 
 
-def run(config) -> StageResult:
-    """The LIME stage: crop in U-Net batches, then one image at a time: LIME over the whole
-    ensemble, the figure and weight map written, one report row (``lime_report.csv``)."""
-    from deepcovidxr.lungs.cropper import locate
-    from deepcovidxr.networks.members import load_member
-    from deepcovidxr.reports.montage import QcItem
-
-    chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
+def explain_to_files(
+    name: str,
+    gray: np.ndarray,
+    box: Box,
+    chosen: Ensemble,
+    models: list,
+    target: str,
+    num_samples: int,
+    seed: int,
+    batch_size: int,
+    figure: Path,
+    raw: Path,
+) -> dict:
+    """LIME of one display-size image (``box``: its crop square at that size) for ``target`` (a
+    class or ``predicted``): the figure (:func:`draw`) and the weight map (.npy) written; returns
+    the report row's values (status, predicted, score, target, target_score, superpixels and every
+    class's probability)."""
     classes = tuple(chosen.classes)
-    wanted = resolve_target(config.target, classes)
-    target = BINARY_KEYS.get(wanted, wanted)  # binary keys name the classes Positive / Negative
-    report = BatchReport(
-        config.output / layout.LIME_REPORT,
-        report_columns(classes),
-        overwrite=config.overwrite,
-        options=explanation_options(config, chosen),
+    classifier = EnsembleClassifier(chosen, models, box, batch_size)
+    explanation, label, probabilities = explain(gray, classifier, classes, target, num_samples, seed, batch_size)
+    predicted = classes[predicted_index(probabilities, classes)]
+    score = float(probabilities[classes.index(predicted)])
+    count = len(np.unique(explanation.segments))
+    draw(
+        figure,
+        gray,
+        explanation,
+        label,
+        f"{name}: ensemble predicts {predicted} ({score:.3f})",
+        f"LIME for {classes[label]}: green for, red against; {num_samples} samples, seed "
+        f"{seed}; strongest {SHOWN} each of {count} superpixels, |w| >= {FLOOR:.0%} of the top",
     )
-    found, todo = plan_outputs(config.path, config.output, report, layout.lime_names)
-    log.info(
-        "LIME: %d files, %d to do, %d members, %d samples each",
-        found,
-        len(todo),
-        len(chosen.members),
-        config.num_samples,
-    )
-    from deepcovidxr.inference.streaming import scratch_folder
-
-    scratch = scratch_folder(layout.scratch_dir(config.output), "lime")
-    index_of = {name: i for i, (_, name) in enumerate(todo)}
-    boxes: dict[str, Box] = {}  # in display-size coordinates; the display image is in scratch
-    checks: dict[str, str] = {}
-    try:
-
-        def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, QcItem]:
-            checks[item[1]] = check  # reported beside the explanation, not refused
-            result = locate(gray, probability)
-            box = result.square
-            _, (x0, y0, x1, y1) = scaled_box(
-                gray.shape, (box.x0, box.y0, box.x1, box.y1), fit_scale(gray.shape, DISPLAY_SIDE)
-            )
-            np.save(scratch / f"{index_of[item[1]]}.npy", display_image(gray))
-            boxes[item[1]] = Box(x0, y0, x1, y1)
-            return {"file": item[1], "status": result.status.value}, QcItem.of(item[1], gray, box, result.status.value)
-
-        crop_for_explanation(todo, config, report, handle)
-        ready = [name for _, name in todo if name in boxes]
-        models = [load_member(file, member) for member, file in chosen.members] if ready else []
-        for name in tqdm(ready, desc="LIME", unit="img"):
-            started = time.perf_counter()
-            gray = np.load(scratch / f"{index_of[name]}.npy")
-            classifier = EnsembleClassifier(chosen, models, boxes[name], config.batch_size)
-            explanation, label, probabilities = explain(
-                gray, classifier, classes, target, config.num_samples, config.seed, config.batch_size
-            )
-            predicted = classes[predicted_index(probabilities, classes)]
-            score = float(probabilities[classes.index(predicted)])
-            figure, raw = (config.output / n for n in layout.lime_names(Path(name)))
-            count = len(np.unique(explanation.segments))
-            draw(
-                figure,
-                gray,
-                explanation,
-                label,
-                f"{name}: ensemble predicts {predicted} ({score:.3f})",
-                f"LIME for {classes[label]}: green for, red against; {config.num_samples} samples, seed "
-                f"{config.seed}; strongest {SHOWN} each of {count} superpixels, |w| >= {FLOOR:.0%} of the top",
-            )
-            with atomic_path(raw) as tmp:
-                np.save(tmp, weight_map(explanation, label))
-            row = {
-                "file": name,
-                "status": "ok",
-                "input_check": checks.get(name, ""),
-                "predicted": predicted,
-                "score": f"{score:.6f}",
-                "target": classes[label],
-                "target_score": f"{probabilities[label]:.6f}",
-                "superpixels": count,
-                "explanation": figure.relative_to(config.output).as_posix(),
-            }
-            row.update(
-                {class_names.probability_column(c): f"{p:.6f}" for c, p in zip(classes, probabilities, strict=True)}
-            )
-            report.add(row)
-            log.info("LIME %s: %.1f s", name, time.perf_counter() - started)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    path = report.close()
-    counts = report.status_counts()
-    log.info("LIME: %s; %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), config.output)
-    return StageResult(path, counts)
+    with atomic_path(raw) as tmp:
+        np.save(tmp, weight_map(explanation, label))
+    row = {
+        "status": "ok",
+        "predicted": predicted,
+        "score": f"{score:.6f}",
+        "target": classes[label],
+        "target_score": f"{probabilities[label]:.6f}",
+        "superpixels": count,
+    }
+    return row | {class_names.probability_column(c): f"{p:.6f}" for c, p in zip(classes, probabilities, strict=True)}

@@ -25,7 +25,6 @@ import numpy as np
 from deepcovidxr.imaging.pixels import (
     MAX_PIXELS,
     DecodeError,
-    ImageReadError,
     ImageTooLargeError,
     ReadInfo,
     UnsupportedFormatError,
@@ -177,4 +176,4 @@ def looks_inverted(unit: np.ndarray) -> bool:
     return center + POLARITY_MARGIN < min(left, right)
 
 
-__all__ = ["ImageReadError", "looks_inverted", "read_dicom_gray", "read_dicom_gray_info", "robust_window"]
+__all__ = ["looks_inverted", "read_dicom_gray", "read_dicom_gray_info", "robust_window"]

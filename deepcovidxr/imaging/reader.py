@@ -39,8 +39,6 @@ from deepcovidxr.imaging.preprocess import lanczos_resize
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 # Never let Pillow silently pad a truncated file with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 

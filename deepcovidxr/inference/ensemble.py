@@ -19,15 +19,13 @@ from deepcovidxr.contract.atomic import write_text
 from deepcovidxr.contract.layout import DataTree, Member, Split
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.inference.streaming import MemberLoader, ViewStore, image_seed, score_members
-from deepcovidxr.scoring import combination as ensemble
-from deepcovidxr.scoring import multiclass_calibration
+from deepcovidxr.scoring import combination, weights_file
+from deepcovidxr.scoring.task import NEGATIVE, POSITIVE, THRESHOLD, Task, decision, task_for  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 # Package data (the authors' published weights), found the same way in a checkout and in a wheel.
 DEFAULT_ENSEMBLE_WEIGHTS = shipped.ensemble_weights()
-POSITIVE, NEGATIVE = "COVID-19 Positive", "COVID-19 Negative"
-THRESHOLD = 0.5
 
 
 # Multi-class evaluation: every member's probability of every class, beside predictions.csv.
@@ -41,9 +39,9 @@ class Ensemble:
 
     members: list[tuple[Member, Path]]
     weights: np.ndarray
-    rule: str = "weighted"  # stored with the weights (ensemble.load_rule)
+    rule: str = "weighted"  # stored with the weights (weights_file.load_rule)
     classes: tuple[str, ...] = class_names.BINARY
-    # The Validation fit stored with the weights (ensemble.load_calibration): None for the authors'
+    # The Validation fit stored with the weights (weights_file.load_calibration): None for the authors'
     # weights and files written before calibration existed.
     calibration: dict | None = None
     # Why a fit stored with the weights was not kept (say, --members chose a subset of the members
@@ -67,8 +65,9 @@ class Ensemble:
         )
 
     @property
-    def binary(self) -> bool:
-        return class_names.is_binary(self.classes)
+    def task(self) -> Task:
+        """What differs between the binary task and a multi-class one (:mod:`deepcovidxr.scoring.task`)."""
+        return task_for(self.classes)
 
     @property
     def rule_weights(self) -> np.ndarray:
@@ -81,12 +80,12 @@ class Ensemble:
     def combine(self, scores: np.ndarray) -> np.ndarray:
         """Member scores by the ensemble's rule: binary (images, members) -> one score per image;
         multi-class (images, members, classes) -> (images, classes) rows summing to 1."""
-        return ensemble.combine_rule(scores, self.rule, self.weights)
+        return combination.combine_rule(scores, self.rule, self.weights)
 
 
 def member_columns(names: list[str], classes: tuple[str, ...]) -> list[str]:
     """Column names of every member's probability of every class: ``<member>.p_<class>``."""
-    return [f"{name}.{class_names.probability_column(c)}" for name in names for c in classes]
+    return task_for(classes).member_columns(names)
 
 
 def class_rows(
@@ -103,13 +102,6 @@ def class_rows(
     return header, rows
 
 
-def decision(score: float, threshold: float = THRESHOLD) -> list:
-    """The original's three result columns for one ensemble score: the score, the binary call at
-    ``threshold`` (the original's 0.5 unless an operating point is chosen) and its label."""
-    positive = score >= threshold
-    return [f"{score:.6f}", int(positive), POSITIVE if positive else NEGATIVE]
-
-
 def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: tuple[str, ...] = ()) -> Ensemble:
     """Members with a non-zero weight (optionally a chosen subset, weights renormalised), each
     with its ``<Prefix>_<size>_up_<crop>.h5`` under ``weights_dir`` (any member the layout can name,
@@ -122,7 +114,7 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     if ensemble_weights is None:
         present = available_members(weights_dir, subset)
         trained_on = class_names.common(present)
-        if not class_names.is_binary(trained_on):
+        if not task_for(trained_on).published_weights:
             # The shipped weights are the authors' binary ensemble: they can never fit these members.
             log.warning(
                 "no --ensemble_weights given and the members in %s are %d-class (%s): equal weights over "
@@ -135,7 +127,7 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
             )
             return Ensemble(present, np.full(len(present), 1.0 / len(present)), "weighted", trained_on, None)
     source = ensemble_weights or DEFAULT_ENSEMBLE_WEIGHTS
-    by_name = ensemble.load_weights(source)  # canonical order, any member the layout can name
+    by_name = weights_file.load_weights(source)  # canonical order, any member the layout can name
     fitted = [Member.parse(name) for name, weight in by_name.items() if weight > 0]
     chosen = fitted
     if subset:
@@ -152,18 +144,18 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
     weights = np.array([by_name[m.short_name] for m in chosen], np.float64)
     if subset:
         weights = weights / weights.sum()
-    rule = ensemble.load_rule(source)
+    rule = weights_file.load_rule(source)
     if rule != "weighted":
         log.info("ensemble rule %s (stored with %s)", rule, source)
     members = [(m, Path(weights_dir) / m.legacy_filename) for m in chosen]
     trained_on = class_names.common(members)
-    fitted_for = ensemble.load_classes(source)
+    fitted_for = weights_file.load_classes(source)
     if fitted_for is not None and fitted_for != trained_on:
         raise UsageError(
             f"{source}: the ensemble weights were fitted for classes {list(fitted_for)}, but the members in "
             f"{weights_dir} were trained on {list(trained_on)}"
         )
-    stored, dropped = ensemble.load_calibration(source), ""
+    stored, dropped = weights_file.load_calibration(source), ""
     if stored is not None and len(chosen) < len(fitted):
         # A Platt map or a threshold fitted on the whole ensemble's score says nothing about a
         # subset's score (a different number for the same image): refuse to borrow it.
@@ -173,7 +165,7 @@ def resolve_ensemble(weights_dir: Path, ensemble_weights: Path | None, subset: t
             f"--members chose a subset of {len(chosen)} (without {', '.join(left_out)}); rerun ensemble.py "
             "with these --members to fit them"
         )
-    elif stored is not None and multiclass_calibration.is_multiclass(stored) == class_names.is_binary(trained_on):
+    elif stored is not None and not task_for(trained_on).owns(stored):
         dropped = f"the calibration in {source} was fitted for another task than these {len(trained_on)}-class members"
     if dropped:
         log.warning("calibrated: false: %s", dropped)
@@ -224,8 +216,8 @@ def tree_classes(view_dir: Path, split: Split, expected: tuple[str, ...]) -> tup
         found = class_names.discover(view_dir)
     except (UsageError, MissingInputError):
         present = class_names.folder_classes(split_dir) if split_dir.is_dir() else ()
-        if class_names.is_binary(expected) and present and set(present) <= set(class_names.BINARY):
-            return class_names.BINARY
+        if task_for(expected).partial_splits and present and set(present) <= set(expected):
+            return tuple(expected)
         raise
     if found != tuple(expected):
         raise UsageError(f"{view_dir}: the tree's classes {list(found)} are not the members' classes {list(expected)}")
@@ -291,8 +283,7 @@ def load_split(
             array[: len(kept)] = array[kept]
         reference = [reference[i] for i in kept]
     index_of = {name: index for index, name in enumerate(expected)}
-    dtype = np.float64 if class_names.is_binary(expected) else np.int64  # binary: as before
-    labels = np.array([index_of[n.split("/")[0]] for n in reference], dtype)
+    labels = np.array([index_of[n.split("/")[0]] for n in reference], task_for(expected).label_dtype)
     return SplitImages(reference, labels, expected, tuple(sorted(unreadable.items()))), store
 
 
@@ -349,15 +340,12 @@ def calibration_files(files: list[Path], folder: Path, limit: int = CALIBRATION_
 def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]]):
     """int8 calibration from one split of a dataset tree, made lazily per member view (a warm
     cache never reads the images); the digest covers the files' names and bytes."""
-    import hashlib
-
-    from deepcovidxr.imaging.preprocess import to_model_input
     from deepcovidxr.imaging.reader import list_images, read_view
-    from deepcovidxr.runtime.engines import Calibration, file_sha256
+    from deepcovidxr.runtime.int8 import files_calibration
 
     tree = DataTree(root)
     chosen: dict[tuple, list[Path]] = {}
-    digest = hashlib.sha256(f"tree-v2\0{split.value}\0".encode())  # v2: files taken per class
+    named: list[tuple[str, Path]] = []
     for size, crop in views_of(members):
         folder = tree.split_dir(size, crop, split)
         if not folder.is_dir():
@@ -366,13 +354,12 @@ def tree_calibration(root: Path, split: Split, members: list[tuple[Member, Path]
         if not files:
             raise MissingInputError(f"--calibration {root}: no images in {folder}")
         chosen[(size, crop)] = files
-        for path in files:
-            digest.update(f"{size}/{crop.value}/{path.relative_to(folder).as_posix()}\0{file_sha256(path)}".encode())
+        named += [(f"{size}/{crop.value}/{path.relative_to(folder).as_posix()}", path) for path in files]
 
-    def make(member: Member):
-        return np.stack([to_model_input(read_view(p, member.size)) for p in chosen[(member.size, member.crop)]])
+    def views(member: Member) -> list[np.ndarray]:
+        return [read_view(p, member.size) for p in chosen[(member.size, member.crop)]]
 
-    return Calibration(digest.hexdigest(), sum(map(len, chosen.values())), make)
+    return files_calibration(f"tree-v2\0{split.value}\0", named, views)  # v2: files taken per class
 
 
 def score_split(

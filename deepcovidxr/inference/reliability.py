@@ -1,7 +1,8 @@
 """What evaluate.py and predict.py add to a score so a reader can trust it (or not): the
 per-image uncertainty, the calibrated probability and decision at a stored operating point, the
-referral curve and the report page's metric rows. The numerics live in :mod:`calibration` and
-:mod:`uncertainty`; this module applies them to an :class:`inference.Ensemble`'s outputs.
+referral curve and the report page's metric rows. The numerics live in
+:mod:`deepcovidxr.scoring` (the ensemble's :class:`~deepcovidxr.scoring.task.Task` chooses the
+binary or multi-class ones); this module applies them to an :class:`inference.Ensemble`'s outputs.
 """
 
 from __future__ import annotations
@@ -12,80 +13,46 @@ from typing import Any
 
 import numpy as np
 
-from deepcovidxr.errors import UsageError
 from deepcovidxr.inference.ensemble import Ensemble
 from deepcovidxr.reports.page import Figure, Metric
-from deepcovidxr.scoring import calibration, multiclass_calibration, uncertainty
+from deepcovidxr.scoring import uncertainty
+from deepcovidxr.scoring.task import Fit
 
 
 def image_uncertainty(chosen: Ensemble, scores: np.ndarray, tta_variance: np.ndarray | None = None) -> np.ndarray:
     """The one definition of the ``uncertainty`` column (evaluate.py and predict.py): the weighted
-    standard deviation of the member scores around the ensemble score (weights of the rule). With
-    test-time augmentation the members' within-image variance over the TTA passes
-    ``(images, members)`` (``score_members``' ``tta_variance``) is added, weighted the same way (law
-    of total variance: total**2 = between-member variance of the TTA means + weighted mean TTA
-    variance). Multi-class: the spread of the predicted class's probability (members only; the
-    variance is not used)."""
-    if not chosen.binary:
-        return uncertainty.multiclass_uncertainty(scores, chosen.rule_weights)
-    between = uncertainty.spread(scores, chosen.rule_weights)
-    if tta_variance is None:
-        return between.total
-    weights = chosen.rule_weights / chosen.rule_weights.sum()
-    return np.sqrt(between.member_var + np.asarray(tta_variance, np.float64) @ weights)
+    standard deviation of the member scores around the ensemble score (weights of the rule), with
+    test-time augmentation plus the members' variance over the passes ``(images, members)``
+    (``score_members``' ``tta_variance``); multi-class, the spread of the predicted class's
+    probability (:meth:`deepcovidxr.scoring.task.Task.uncertainty`)."""
+    return chosen.task.uncertainty(scores, chosen.rule_weights, tta_variance)
 
 
-def stored_fit(chosen: Ensemble) -> calibration.ValidationFit | None:
-    """A binary ensemble's stored Validation fit (calibration + operating points), or None."""
-    if not chosen.binary or not chosen.calibration:
-        return None
-    return calibration.ValidationFit.from_dict(chosen.calibration)
-
-
-def stored_multiclass_fit(chosen: Ensemble) -> multiclass_calibration.MulticlassFit | None:
-    """A multi-class ensemble's stored temperature, or None."""
-    if chosen.binary or not multiclass_calibration.is_multiclass(chosen.calibration):
-        return None
-    fit = multiclass_calibration.MulticlassFit.from_dict(chosen.calibration)
-    if fit.classes != tuple(chosen.classes):
-        raise UsageError(
-            f"the calibration stored with the ensemble weights is for classes {', '.join(fit.classes)}, "
-            f"the members' are {', '.join(chosen.classes)}: rerun ensemble.py"
-        )
-    return fit
+def stored_fit(chosen: Ensemble) -> Fit | None:
+    """The Validation fit stored with the ensemble's weights (binary: calibration and operating
+    points; multi-class: the temperature), or None."""
+    return chosen.task.stored_fit(chosen.calibration)
 
 
 def probabilities(chosen: Ensemble, combined: np.ndarray) -> np.ndarray | None:
     """The ``Probability`` column, or None without a stored calibration: binary, the calibrated
     probability of each ensemble score; multi-class, the temperature-scaled probability of the
     predicted class (the argmax, which scaling never changes)."""
-    if chosen.binary:
-        fit = stored_fit(chosen)
-        return None if fit is None else fit.calibration.apply(combined)
-    fit = stored_multiclass_fit(chosen)
-    return None if fit is None else fit.apply(combined).max(axis=1)
-
-
-def held_out_calibration(chosen: Ensemble, combined: np.ndarray, labels: np.ndarray, n_boot: int, seed: int):
-    """The stored calibration's figures on another split (Test), or None without one."""
-    if chosen.binary:
-        fit = stored_fit(chosen)
-        return None if fit is None else calibration.held_out_report(fit, combined, labels, n_boot=n_boot, seed=seed)
-    fit = stored_multiclass_fit(chosen)
-    return None if fit is None else multiclass_calibration.held_out_report(fit, combined, labels)
-
-
-def threshold(chosen: Ensemble, spec: str | float) -> float:
-    """``--threshold``: a number, or a named operating point stored with the ensemble weights; a
-    named point the ensemble dropped (fitted for other members) is a UsageError saying why."""
-    named = str(spec).strip().lower() in calibration.OPERATING_POINTS
-    if named and chosen.calibration_dropped:
-        raise UsageError(
-            f"--threshold {spec} needs an operating point fitted for these members, but {chosen.calibration_dropped}; "
-            "or pass a number, e.g. --threshold 0.5"
-        )
     fit = stored_fit(chosen)
-    return calibration.resolve_threshold(spec, fit.operating_points if fit else None)
+    return None if fit is None else fit.probability(combined)
+
+
+def held_out_calibration(chosen: Ensemble, labels: np.ndarray, combined: np.ndarray, n_boot: int, seed: int):
+    """The stored calibration's figures on another split (Test), or None without one."""
+    fit = stored_fit(chosen)
+    return None if fit is None else fit.held_out(labels, combined, n_boot=n_boot, seed=seed)
+
+
+def threshold(chosen: Ensemble, spec: str | float) -> float | None:
+    """``--threshold``: a number, or a named operating point stored with the ensemble weights; a
+    named point the ensemble dropped (fitted for other members) is a UsageError saying why. None
+    for a multi-class ensemble (the call is the argmax)."""
+    return chosen.task.threshold(spec, stored_fit(chosen), chosen.calibration_dropped)
 
 
 def referral(labels: np.ndarray, combined: np.ndarray, spread: np.ndarray) -> list[dict[str, float]]:
@@ -99,7 +66,8 @@ def evaluation_figures(
     from deepcovidxr.reports import plots
 
     written = [plots.plot_referral(rows, folder_paths.referral, "Referral curve on Test")]
-    probs = probabilities(chosen, combined) if chosen.binary else None
+    # The before/after diagram is of P(Positive); a multi-class one would be top-label (not drawn).
+    probs = chosen.task.pick(binary=probabilities(chosen, combined), multiclass=None)
     if probs is not None:
         written.append(
             plots.plot_calibration_comparison(

@@ -207,29 +207,28 @@ class MemberLoader:
 
 def member_opener(
     engine: str = "keras",
-    precision: str = "fp32",
+    precision="fp32",
     cache_dir: Path | None = None,
     calibration=None,
     threads: int | None = None,
 ) -> Callable[[Path, Member], object]:
-    """The ``load(path, member)`` of a :class:`MemberLoader` on ``engine`` at ``precision``
-    (:func:`deepcovidxr.runtime.engines.open_member`; ``precision`` "auto" -> the engine's default). The
-    engine/precision pair is checked here, before anything is loaded: a missing runtime or a CPU
-    without bf16 is a UsageError naming the alternative, never a fallback. ``calibration``: int8
-    images (an array, or :class:`deepcovidxr.runtime.engines.Calibration`), never the predicted ones."""
-    from deepcovidxr.runtime import engines
+    """The ``load(path, member)`` of a :class:`MemberLoader` on ``engine`` at ``precision`` (a
+    ``--precision`` value or a resolved :class:`deepcovidxr.runtime.precision.Policy`;
+    :func:`deepcovidxr.runtime.load.open_member`). The engine/precision pair is resolved and checked
+    here, before anything is loaded: a missing runtime or a CPU without bf16 is a UsageError naming
+    the alternative, never a fallback. ``calibration``: int8 images (an array, or
+    :class:`deepcovidxr.runtime.int8.Calibration`), never the predicted ones."""
+    from deepcovidxr.runtime.load import check_engine, export_missing, open_member
 
-    if precision == "auto":
-        precision = engines.default_precision(engine)
-    engines.check_engine(engine, precision, calibration)
+    policy = check_engine(engine, precision, calibration)
 
     def load(path: Path, member: Member):
-        return engines.open_member(member, path, engine, precision, cache_dir, calibration, threads)
+        return open_member(member, path, engine, policy, cache_dir, calibration, threads)
 
     def prepare(members: list[tuple[Member, Path]]) -> list[str]:
-        return engines.export_missing(members, engine, precision, cache_dir, calibration)
+        return export_missing(members, engine, policy, cache_dir, calibration)
 
-    load.engine, load.precision, load.prepare = engine, precision, prepare  # type: ignore[attr-defined]
+    load.engine, load.precision, load.prepare = engine, policy.engine_precision, prepare  # type: ignore[attr-defined]
     return load
 
 
@@ -257,13 +256,13 @@ def _compiled_forward(model):
 
 
 def _runner(model):
-    """An engine runner as it is; a Keras model wrapped once in a :class:`deepcovidxr.runtime.engines.KerasRunner`
+    """An engine runner as it is; a Keras model wrapped once in a :class:`deepcovidxr.runtime.runners.KerasRunner`
     (one trace with a free batch dimension, kept on the model so later calls do not retrace)."""
     if hasattr(model, "engine") and hasattr(model, "predict") and hasattr(model, "output_tail"):
         return model
     runner = getattr(model, "_deepcovidxr_runner", None)
     if runner is None:
-        from deepcovidxr.runtime.engines import KerasRunner
+        from deepcovidxr.runtime.runners import KerasRunner
 
         runner = KerasRunner(None, model, getattr(model, "name", "model"), head=True)
         object.__setattr__(model, "_deepcovidxr_runner", runner)
@@ -281,7 +280,7 @@ def member_scores(
 ) -> np.ndarray:
     """Scores of one member for (n, s, s) uint8 images (a memmap is fine): (n,) for a one-unit
     (sigmoid) head, (n, K) for a K-unit (softmax) head. ``model`` is an engine runner
-    (:func:`deepcovidxr.runtime.engines.open_member`) or a Keras model.
+    (:func:`deepcovidxr.runtime.load.open_member`) or a Keras model.
 
     Batches of ``batch_size``; a short last batch runs at its own size (never padded). Without TTA
     the input path is numpy only (:func:`deepcovidxr.imaging.preprocess.normalise`), so a non-Keras engine

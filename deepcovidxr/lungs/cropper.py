@@ -3,7 +3,7 @@
 Decoding and box geometry are numpy/OpenCV work that threads can share; the U-Net runs on the
 caller's thread in fixed-size batches. On Keras the last batch is padded so the graph is traced
 once; on ONNX Runtime / OpenVINO (``engine=``) the U-Net is exported once, cached like the members
-(:func:`deepcovidxr.runtime.engines.open_model`), takes any batch size, and TensorFlow is not imported
+(:func:`deepcovidxr.runtime.load.open_model`), takes any batch size, and TensorFlow is not imported
 at all on a warm cache.
 """
 
@@ -20,6 +20,7 @@ from deepcovidxr.contract import shipped
 from deepcovidxr.imaging.geometry import Box, resize_gray, scale_box, square_box
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.segment import CropStatus, LungBox
+from deepcovidxr.runtime.precision import Policy, for_unet
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ DEFAULT_UNET = shipped.unet_weights()
 def default_cache_dir() -> Path:
     """Where an exported U-Net is cached when no cache folder is given: ``$DEEPCOVIDXR_CACHE``, else
     ``$XDG_CACHE_HOME/deepcovidxr`` (``~/.cache/deepcovidxr``); the package data may be read-only."""
-    from deepcovidxr.runtime.engines import user_cache_dir
+    from deepcovidxr.runtime.cache import user_cache_dir
 
     return user_cache_dir()
 
@@ -93,31 +94,23 @@ class LungCropper:
         self,
         unet_path: Path | None = None,
         batch_size: int = 16,
-        precision: str = "auto",
+        precision: Policy | str = "auto",
         fold: bool = True,
         engine: str = "keras",
         cache_dir: Path | None = None,
     ) -> None:
-        """``precision``: auto | float32 | mixed (Keras compute policy; "bfloat16" is an old spelling
-        of mixed); on another ``engine``, fp32 | bf16 (the engines' names; float32/mixed accepted)."""
+        """``precision``: the U-Net's ``--precision`` (auto | fp32 | bf16, resolved for ``engine``)
+        or a resolved Policy, e.g. the members' (the U-Net then follows it: :meth:`Policy.unet`)."""
         self.path = Path(unet_path) if unet_path else default_unet_path()
         self.batch_size = batch_size
         self.runner = None
+        policy = for_unet(precision, engine)
         if engine != "keras":
-            self._open_engine(engine, precision, fold, cache_dir)
+            self._open_engine(engine, policy, fold, cache_dir)
             return
         from deepcovidxr.lungs.unet import load_unet
 
-        # "mixed" is the configs' spelling; "bfloat16" the library's older one.
-        dtype = {
-            "auto": None,
-            "float32": "float32",
-            "fp32": "float32",
-            "mixed": "mixed_bfloat16",
-            "bfloat16": "mixed_bfloat16",
-            "bf16": "mixed_bfloat16",
-        }[precision]
-        self.model, self.meta = load_unet(self.path, dtype, fold=fold)
+        self.model, self.meta = load_unet(self.path, policy.unet_dtype, fold=fold)
         log.info(
             "lung U-Net: %s (%s architecture, %s)",
             self.path,
@@ -125,14 +118,12 @@ class LungCropper:
             self.meta.get("inference_dtype"),
         )
 
-    def _open_engine(self, engine: str, precision: str, fold: bool, cache_dir: Path | None) -> None:
+    def _open_engine(self, engine: str, policy: Policy, fold: bool, cache_dir: Path | None) -> None:
         import json
 
-        from deepcovidxr.runtime import engines
+        from deepcovidxr.runtime.digest import file_sha256
+        from deepcovidxr.runtime.load import open_model
 
-        precision = {"auto": engines.default_precision(engine), "float32": "fp32", "mixed": "bf16"}.get(
-            precision, precision
-        )
         sidecar = self.path.with_name(self.path.name.removesuffix(".weights.h5") + ".json")
         meta = {"architecture": "light"} if self.path.name.endswith(".weights.h5") else {"architecture": "imlab"}
         if self.path.name.endswith(".weights.h5") and sidecar.is_file():
@@ -146,15 +137,15 @@ class LungCropper:
 
         extra = {
             "model": "lung U-Net",
-            "sidecar_sha256": engines.file_sha256(sidecar) if sidecar.is_file() else None,
+            "sidecar_sha256": file_sha256(sidecar) if sidecar.is_file() else None,
             "fold_batch_norm": fold,
             "keras_dtype": "float32",
             "upsampling": "resize-nearest",
         }
         folder = Path(cache_dir) if cache_dir is not None else Path(default_cache_dir())
-        self.runner = engines.open_model(self.path, load, engine, precision, folder, extra, name="lung U-Net")
+        self.runner = open_model(self.path, load, engine, policy, folder, extra, name="lung U-Net")
         self.model = None
-        self.meta = {**meta, "engine": engine, "inference_dtype": precision, "batch_norm_folded": fold}
+        self.meta = {**meta, "engine": engine, "inference_dtype": policy.engine_precision, "batch_norm_folded": fold}
 
     def probabilities(self, inputs: np.ndarray) -> np.ndarray:
         """(n, 256, 256, 1) U-Net inputs -> (n, 256, 256) float32 probabilities."""

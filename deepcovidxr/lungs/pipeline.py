@@ -12,30 +12,35 @@ it as ``input_check`` (kept by reports with that column), and a ``handle`` that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from deepcovidxr.contract.file_report import BatchReport, chunked
+from deepcovidxr.contract.file_report import ERROR, BatchReport, chunked
 from deepcovidxr.imaging.reader import ImageReadError, ReadInfo, read_gray_info
 from deepcovidxr.lungs import input_check, segment
-from deepcovidxr.lungs.cropper import CropResult, LungCropper
+from deepcovidxr.lungs.cropper import CropResult, LungCropper, locate
 from deepcovidxr.reports.montage import QcCollector, QcItem
 
 log = logging.getLogger(__name__)
 
 
-def _decode(path: Path) -> tuple[np.ndarray, np.ndarray, ReadInfo] | ImageReadError:
+# The window of an image handed over in memory (the Python API): gray uint8 already, nothing mapped.
+ARRAY_WINDOW = "array"
+
+
+def _decode(source: Path | np.ndarray) -> tuple[np.ndarray, np.ndarray, ReadInfo] | ImageReadError:
     try:
-        gray, info = read_gray_info(path)
+        gray, info = (source, ReadInfo(ARRAY_WINDOW)) if isinstance(source, np.ndarray) else read_gray_info(source)
         return gray, segment.unet_input(gray), info
     except ImageReadError as error:
         return error
     except Exception as error:  # a decoder bug must not end the batch either
-        return ImageReadError(path, f"{type(error).__name__}: {error}")
+        name = "array" if isinstance(source, np.ndarray) else source
+        return ImageReadError(name, f"{type(error).__name__}: {error}")
 
 
 def crop_columns(result: CropResult) -> dict:
@@ -63,7 +68,8 @@ def segment_files(
     desc: str = "segment",
     pass_check: bool = False,
 ) -> None:
-    """Run every item (whose first field is the input path) through decode -> U-Net -> ``handle``.
+    """Run every item (whose first field is the input path, or a gray uint8 array) through decode ->
+    U-Net -> ``handle``.
 
     Decoding runs in a thread pool one batch ahead of the U-Net and ``handle`` (box rules and
     writing) one batch behind it, so the U-Net is rarely idle. ``handle`` returns the report row
@@ -115,3 +121,41 @@ def _collect(
             row = failed(item, f"{type(error).__name__}: {error}")
         report.add(row)
         bar.update()
+
+
+class _NoThumbnails:
+    """The QC collector of a crop that keeps no thumbnails."""
+
+    def add(self, item: QcItem | None) -> None:
+        pass
+
+
+def crop_images(
+    items: Sequence[tuple],
+    cropper,
+    keep: Callable[[tuple, np.ndarray, CropResult, str], None],
+    workers: int = 4,
+    desc: str = "crop",
+) -> dict[Hashable, tuple[str, str]]:
+    """The in-memory crop of predict.py, the explanation stages and the Python API (nothing is
+    written): every item ``(source, key, ...)`` (``source`` a path or a gray uint8 array) is
+    decoded, run through ``cropper`` (a :class:`LungCropper`, or anything with its ``batch_size`` and
+    ``probabilities``) in batches and located; ``keep(item, gray, crop, input_check)`` takes what the
+    caller needs (views, boxes), in the worker threads. Returns every key's (crop status, "") or
+    (``error``, why): an unreadable file, or an exception in ``keep``."""
+    outcome: dict[Hashable, tuple[str, str]] = {}
+
+    class Outcome:  # segment_files' report interface, kept in memory
+        def add(self, row: dict) -> None:
+            outcome[row["key"]] = (row["status"], row.get("error", ""))
+
+    def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, None]:
+        crop = locate(gray, probability)
+        keep(item, gray, crop, check)
+        return {"key": item[1], "status": crop.status.value}, None
+
+    def failed(item: tuple, reason: str) -> dict:
+        return {"key": item[1], "status": ERROR, "error": reason}
+
+    segment_files(list(items), cropper, handle, failed, Outcome(), _NoThumbnails(), workers, desc, pass_check=True)
+    return outcome

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from deepcovidxr import __version__
-from deepcovidxr.config.stages import UnetTrainConfig
+from deepcovidxr.config.data_stages import UnetTrainConfig
 from deepcovidxr.contract.atomic import write_json
 from deepcovidxr.errors import MissingInputError, UsageError
 from deepcovidxr.imaging.geometry import resize_gray

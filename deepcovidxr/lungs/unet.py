@@ -22,7 +22,7 @@ import keras
 from keras import layers
 
 from deepcovidxr.errors import MissingInputError, UsageError
-from deepcovidxr.runtime import hardware
+from deepcovidxr.runtime import precision
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ def _conv(x, filters: int, name: str, batch_norm: bool, dtype: str | None, folde
         x = layers.BatchNormalization(name=f"{name}_bn", dtype=dtype)(x)
         return layers.Activation("relu", name=f"{name}_relu", dtype=dtype)(x)
     return layers.Conv2D(filters, 3, padding="same", activation="relu", name=name, dtype=dtype)(x)
-
-
-def inference_policy() -> str:
-    """bfloat16 compute where the CPU has native bfloat16 (AVX512-BF16 or AMX): about 1.5x faster
-    here, and the shipped U-Net was trained in mixed bfloat16. float32 elsewhere."""
-    return "mixed_bfloat16" if hardware.cpu_supports_bf16() else "float32"
 
 
 def build_unet(architecture: str = "light", dtype: str | None = None, folded: bool = False) -> keras.Model:
@@ -111,11 +105,12 @@ def sidecar_path(weights: Path) -> Path:
 def load_unet(path: Path, dtype: str | None = None, fold: bool = True) -> tuple[keras.Model, dict]:
     """Load our weights (``*.weights.h5`` + JSON sidecar) or imlab's legacy ``.hdf5`` file.
 
-    ``dtype``: the compute policy (None: :func:`inference_policy`). ``fold``: return the light
-    architecture with its batch-norms folded (inference only). Returns the model and a metadata
-    dict (at least ``architecture``).
+    ``dtype``: the Keras compute policy (None: the U-Net's ``auto`` of :mod:`deepcovidxr.runtime.precision`,
+    mixed bfloat16 where the CPU has native bf16, about 1.5x faster, else float32). ``fold``: return
+    the light architecture with its batch-norms folded (inference only). Returns the model and a
+    metadata dict (at least ``architecture``).
     """
-    dtype = dtype or inference_policy()
+    dtype = dtype or precision.for_unet("auto").unet_dtype
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"U-Net weights not found: {path} (pass -U/--Unet with a valid file)")

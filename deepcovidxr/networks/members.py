@@ -29,6 +29,7 @@ from deepcovidxr.contract.atomic import atomic_path, write_json
 from deepcovidxr.contract.layout import Member
 from deepcovidxr.errors import MissingInputError
 from deepcovidxr.networks.legacy_h5 import LegacyWeightsError, copy_weights_in_order, read_layer_weights
+from deepcovidxr.scoring.task import task_for
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ ACTIVATIONS = ("sigmoid", "softmax")
 def head_for(classes) -> tuple[int, str]:
     """(units, activation) of a member's head for a task: (1, sigmoid) for Negative/Positive,
     (n, softmax) for n >= 3 classes."""
-    classes = tuple(classes)
-    return class_names.outputs(classes), "sigmoid" if class_names.is_binary(classes) else "softmax"
+    task = task_for(classes)
+    return task.units, task.activation
 
 
 class WeightsUnavailableError(MissingInputError):
@@ -212,7 +213,7 @@ def save_member(model, path: Path, member: Member | None = None, info: dict | No
         classes = class_names.BINARY
     if classes is not None:
         classes = [str(c) for c in classes]
-        if class_names.outputs(classes) != meta["outputs"]:
+        if task_for(classes).units != meta["outputs"]:
             raise ValueError(f"{path.name}: {meta['outputs']} outputs cannot name the classes {classes}")
         meta["classes"] = classes
     write_json(sidecar(path), meta)

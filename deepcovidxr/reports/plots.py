@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from deepcovidxr.contract import layout
+from deepcovidxr.contract import run_paths
 from deepcovidxr.contract.atomic import atomic_path
 from deepcovidxr.scoring import calibration, metrics
 
@@ -59,17 +59,28 @@ def save_figure(figure, path: Path, title: str) -> Path:
     return path
 
 
+def _one_axis(width: float = 5.0, height: float = 5.0):
+    """A new figure holding one axis: ``(figure, axis)``."""
+    figure = new_figure(width, height)
+    return figure, figure.add_subplot()
+
+
+def _both_classes(y_true: Any, scores: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores of a binary curve, refused (naming ``what``) unless both classes occur."""
+    y, s = metrics._as_binary_problem(y_true, scores)
+    metrics._require_both_classes(y, what)
+    return y, s
+
+
 def _titled(title: str) -> str:
     return f"{title}\n{DISCLAIMER}" if title else DISCLAIMER
 
 
 def plot_roc(y_true: Any, scores: Any, path: Path, title: str = "ROC curve") -> Path:
     """ROC curve with its AUC and the chance diagonal."""
-    y, s = metrics._as_binary_problem(y_true, scores)
-    metrics._require_both_classes(y, "a ROC curve")
+    y, s = _both_classes(y_true, scores, "a ROC curve")
     fpr, tpr, _ = roc_curve(y, s)
-    figure = new_figure()
-    axis = figure.add_subplot()
+    figure, axis = _one_axis()
     axis.plot(fpr, tpr, color="tab:blue", lw=2, label=f"AUC = {roc_auc_score(y, s):.3f} (n = {y.size})")
     axis.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="chance")
     axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)")
@@ -82,11 +93,9 @@ def plot_precision_recall(y_true: Any, scores: Any, path: Path, title: str = "Pr
     """Precision (PPV) against recall (sensitivity), with average precision and the prevalence baseline."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
-    y, s = metrics._as_binary_problem(y_true, scores)
-    metrics._require_both_classes(y, "a precision-recall curve")
+    y, s = _both_classes(y_true, scores, "a precision-recall curve")
     precision, recall, _ = precision_recall_curve(y, s)
-    figure = new_figure()
-    axis = figure.add_subplot()
+    figure, axis = _one_axis()
     axis.step(
         recall, precision, where="post", color="tab:blue", lw=2, label=f"AP = {average_precision_score(y, s):.3f}"
     )
@@ -127,8 +136,7 @@ def plot_confusion_matrix(
     actual class, columns the predicted one, labelled COVID-Neg / COVID-Pos."""
     m = metrics.binary_metrics(y_true, scores, threshold)
     matrix = np.array([[m["tn"], m["fp"]], [m["fn"], m["tp"]]])
-    figure = new_figure(5.0, 5.0)
-    axis = figure.add_subplot()
+    figure, axis = _one_axis(5.0, 5.0)
     axis.imshow(matrix, cmap="Blues", vmin=0, vmax=max(int(matrix.max()), 1))
     for (row, column), count in np.ndenumerate(matrix):
         dark = count > matrix.max() / 2
@@ -142,8 +150,8 @@ def plot_confusion_matrix(
 
 def evaluation_plots(folder: Path, labels: Any, scores: Any, threshold: float, title: str) -> list[Path]:
     """The four pictures evaluate.py and ensemble.py write into ``folder`` (names from
-    :func:`deepcovidxr.contract.layout.plot_paths`), in the order ROC, precision-recall, calibration, confusion."""
-    paths = layout.plot_paths(folder)
+    :func:`deepcovidxr.contract.run_paths.plot_paths`), in the order ROC, precision-recall, calibration, confusion."""
+    paths = run_paths.plot_paths(folder)
     return [
         plot_roc(labels, scores, paths.roc, f"{title}: ROC"),
         plot_precision_recall(labels, scores, paths.precision_recall, f"{title}: precision-recall"),
@@ -161,8 +169,7 @@ def plot_roc_ovr(
     names = tuple(class_names)
     y, p = metrics._as_multiclass_problem(y_true, probabilities, len(names))
     aucs = metrics.ovr_auc(y, p)
-    figure = new_figure(6.0, 6.0)
-    axis = figure.add_subplot()
+    figure, axis = _one_axis(6.0, 6.0)
     colours = [f"C{k % 10}" for k in range(len(names))]
     for k, name in enumerate(names):
         positive = (y == k).astype(np.int64)
@@ -197,8 +204,7 @@ def plot_confusion_matrix_multiclass(
     with np.errstate(invalid="ignore", divide="ignore"):
         fractions = np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
     side = max(5.0, 1.1 * len(names) + 2.5)
-    figure = new_figure(side, side)
-    axis = figure.add_subplot()
+    figure, axis = _one_axis(side, side)
     image = axis.imshow(np.nan_to_num(fractions), cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the actual class")
     for (row, column), count in np.ndenumerate(counts):
@@ -218,10 +224,10 @@ def multiclass_evaluation_plots(
     folder: Path, labels: Any, probabilities: Any, class_names: tuple[str, ...] | list[str], title: str
 ) -> list[Path]:
     """The multi-class pictures evaluate.py and ensemble.py write into ``folder`` under the binary
-    ones' names (:func:`deepcovidxr.contract.layout.plot_paths`): the one-vs-rest ROC curves
+    ones' names (:func:`deepcovidxr.contract.run_paths.plot_paths`): the one-vs-rest ROC curves
     (``ROC_Curve.png``) and the row-normalised confusion matrix (``ConfusionMatrix.png``). The
     precision-recall and calibration figures are binary-only."""
-    paths = layout.plot_paths(folder)
+    paths = run_paths.plot_paths(folder)
     return [
         plot_roc_ovr(labels, probabilities, class_names, paths.roc, f"{title}: ROC"),
         plot_confusion_matrix_multiclass(labels, probabilities, class_names, paths.confusion, title),
@@ -282,14 +288,14 @@ def plot_calibration_comparison(
     top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfectly calibrated")
     edges = np.linspace(0.0, 1.0, bins + 1)
     for name, values, colour in (("raw score", raw, "tab:orange"), ("calibrated", calibrated, "tab:blue")):
-        p, y = calibration._binary(values, labels)
+        y, p = calibration._probabilities(labels, values)
         index = calibration.bin_index(p, bins)
         counts = np.bincount(index, minlength=bins)
         filled = counts > 0
         mean_p = np.bincount(index, weights=p, minlength=bins)[filled] / counts[filled]
         observed = np.bincount(index, weights=y, minlength=bins)[filled] / counts[filled]
-        ece = calibration.expected_calibration_error(p, y, bins)
-        brier = calibration.brier_score(p, y)
+        ece = calibration.expected_calibration_error(y, p, bins)
+        brier = metrics.brier_score(y, p)
         top.plot(mean_p, observed, "o-", color=colour, label=f"{name}: ECE {ece:.3f}, Brier {brier:.3f}")
         bottom.hist(p, bins=edges, color=colour, alpha=0.45, label=name)
     top.set(xlim=(0, 1), ylim=(0, 1.01), ylabel="observed fraction positive")
@@ -303,8 +309,7 @@ def plot_referral(rows: list[dict[str, float]], path: Path, title: str = "Referr
     """AUC and accuracy on the kept images against the fraction referred (rows of
     :func:`deepcovidxr.scoring.uncertainty.referral_curve`); NaN AUCs are left out."""
     fractions = np.array([r["fraction"] for r in rows]) * 100
-    figure = new_figure(5.5, 4.5)
-    axis = figure.add_subplot()
+    figure, axis = _one_axis(5.5, 4.5)
     auc = np.array([r["auc"] for r in rows], dtype=np.float64)
     finite = np.isfinite(auc)
     axis.plot(fractions[finite], auc[finite], "o-", color="tab:blue", label="AUC (kept images)")

@@ -1,11 +1,11 @@
 """One member export in a process of its own: ``python -m deepcovidxr.runtime.export_worker '<request JSON>'``.
 
-The engine cache (:func:`deepcovidxr.runtime.engines.run_export_worker`) and the export stage run each
+The engine cache (:func:`deepcovidxr.runtime.exports.run_export_worker`) and the export stage run each
 member's conversion here, so the converter's peak memory and whatever TensorFlow keeps afterwards
 are returned to the OS when the process exits: a cold cache of 24 members costs one export's
 memory, not their sum, and the calling process never imports TensorFlow for it.
 
-Request (:func:`deepcovidxr.runtime.engines.member_request`): ``format`` (onnx, tflite, saved_model,
+Request (:func:`deepcovidxr.runtime.exports.member_request`): ``format`` (onnx, tflite, saved_model,
 openvino), ``path`` (the member file), ``member`` ([backbone, size, crop]), ``destination``,
 ``parity`` (check the export against Keras here, where the model is already loaded). Result, the
 last line on stdout: ``{"seconds", "parity_max_abs_diff"}``. Exit 2 on a user-mendable error (its
@@ -25,7 +25,7 @@ import numpy as np
 
 from deepcovidxr.contract.layout import CropMode, Member
 from deepcovidxr.errors import UsageError
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import convert
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +33,21 @@ log = logging.getLogger(__name__)
 def run_exported(fmt: str, path: Path, batch: np.ndarray) -> np.ndarray | None:
     """Scores of an exported member file on a preprocessed batch, with the format's own runtime
     (onnxruntime, the TFLite interpreter, tf.saved_model, OpenVINO): (n,) for a one-unit head,
-    (n, K) for K units (:func:`deepcovidxr.runtime.engines.head_scores`); None if that runtime is not installed."""
+    (n, K) for K units (:func:`deepcovidxr.runtime.convert.head_scores`); None if that runtime is not installed."""
     if fmt == "onnx":
         try:
             import onnxruntime as ort
         except ImportError:
             return None
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        return engines.head_scores(session.run([engines.OUTPUT_NAME], {engines.INPUT_NAME: batch})[0])
+        return convert.head_scores(session.run([convert.OUTPUT_NAME], {convert.INPUT_NAME: batch})[0])
     if fmt == "openvino":
         try:
             import openvino as ov
         except ImportError:
             return None
         compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        return engines.head_scores(compiled(batch)[0])
+        return convert.head_scores(compiled(batch)[0])
     import tensorflow as tf
 
     if fmt == "tflite":
@@ -59,16 +59,16 @@ def run_exported(fmt: str, path: Path, batch: np.ndarray) -> np.ndarray | None:
         interpreter.allocate_tensors()
         interpreter.set_tensor(detail["index"], batch)
         interpreter.invoke()
-        return engines.head_scores(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+        return convert.head_scores(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
     loaded = tf.saved_model.load(str(path))
-    return engines.head_scores(np.asarray(loaded.serve(tf.constant(batch))))
+    return convert.head_scores(np.asarray(loaded.serve(tf.constant(batch))))
 
 
 def parity(model, fmt: str, path: Path, size: int, seed: int = 0) -> float | None:
     """Largest |exported - Keras| over every output column on two random standardised images; None
     when no runtime for the format is installed here (the export itself does not need one)."""
     batch = np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype(np.float32)
-    expected = engines.head_scores(np.asarray(model(batch, training=False)))
+    expected = convert.head_scores(np.asarray(model(batch, training=False)))
     got = run_exported(fmt, path, batch)
     if got is None:
         return None
@@ -87,7 +87,7 @@ def export(request: dict) -> dict:
     destination = Path(request["destination"])
     model = load_member(Path(request["path"]), member)
     start = time.perf_counter()
-    engines.convert(model, request["format"], destination)
+    convert.convert(model, request["format"], destination)
     seconds = time.perf_counter() - start
     difference = parity(model, request["format"], destination, member.size) if request.get("parity") else None
     return {"seconds": seconds, "parity_max_abs_diff": difference}

@@ -2,7 +2,7 @@
 
 bfloat16 without native kernels (no avx512_bf16 or AMX) is emulated and slower than float32: the
 U-Net's training step on such a CPU (AMD EPYC, AVX2) took 37 s in mixed bfloat16 against 10 s in
-float32, so ``--precision auto`` only mixes where it pays.
+float32, so ``--precision auto`` only mixes where it pays (:mod:`deepcovidxr.runtime.precision`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def cpu_supports_bf16() -> bool:
-    """The CPU has native bfloat16 kernels (avx512_bf16 or AMX), by /proc/cpuinfo's flags."""
+def cpu_supports_bf16(core=None) -> bool:
+    """The CPU has native bfloat16 kernels (avx512_bf16 or AMX). ``core``: an OpenVINO Core, whose
+    CPU plugin says so in its capabilities; else (or if it cannot tell) /proc/cpuinfo's flags."""
+    if core is not None:
+        try:
+            return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError:
+            pass
     try:
         flags = Path("/proc/cpuinfo").read_text(encoding="utf-8").split()
     except OSError:
@@ -19,9 +25,8 @@ def cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def mixed_precision_pays() -> bool:
-    """``--precision auto`` of the training stages: mixed precision on a GPU (mixed_float16) or on a
-    CPU with native bfloat16 (mixed_bfloat16); float32 elsewhere."""
+def gpu_available() -> bool:
+    """TensorFlow sees a GPU (imports TensorFlow: ask only where a stage trains)."""
     import tensorflow as tf
 
-    return bool(tf.config.list_physical_devices("GPU")) or cpu_supports_bf16()
+    return bool(tf.config.list_physical_devices("GPU"))

@@ -1,2 +1,3 @@
-"""Numbers from scores, numpy only: combination rules and weight search, metrics, calibration,
+"""Numbers from scores, numpy only: the task (what differs between binary and multi-class),
+combination rules and weight search, the weight files, metrics, calibration, operating points,
 uncertainty."""

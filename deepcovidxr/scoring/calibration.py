@@ -1,11 +1,11 @@
-"""Turning the ensemble score into a probability, and choosing operating points, on Validation only.
+"""Turning the binary ensemble score into a probability, on Validation only.
 
 The ensemble score (a weighted sum of member sigmoids) ranks images well but is not a probability:
 CNN members trained with class weights are over- or under-confident. This module fits a monotone map
-from score to probability on the Validation split and picks thresholds there, to be applied unchanged
+from score to probability on the Validation split, to be applied unchanged
 to Test and to new images (fitting either on Test would make the Test estimates optimistic).
 
-Methods (``fit(scores, labels, method)``):
+Methods (``fit(y_true, y_score, method)``):
 
 * ``"platt"`` (default): ``p = sigmoid(slope * logit(s) + intercept)``, fitted by maximum likelihood on
   Platt's smoothed targets (positives ``(P + 1) / (P + 2)``, negatives ``1 / (N + 2)``, Platt 1999, as
@@ -22,15 +22,14 @@ Methods (``fit(scores, labels, method)``):
 
 Scores are clipped to ``[EPS, 1 - EPS]`` before the logit, so 0 and 1 are valid inputs.
 
-Operating points (``operating_points``) are thresholds on the **raw ensemble score**, the column the
-stages already cut at 0.5 (``Binary pred``), never on the calibrated probability: the score exists for
-every weights file (calibrated or not), and Platt and temperature maps are strictly increasing (for a
-positive slope), so ``score >= t`` and ``apply(score) >= apply(t)`` select the same images; a stage
-that wants to show a threshold on the probability scale shows ``calibration.apply([t])``. An image is
-positive when ``score >= t`` (as in :mod:`deepcovidxr.scoring.metrics`).
+Operating points (thresholds on the raw score) live in :mod:`deepcovidxr.scoring.operating_points`;
+:class:`ValidationFit` holds both, as the ensemble weights file stores them. Every function takes
+scikit-learn's order, ``(y_true, y_score)``. The multi-class counterpart (one temperature over the
+softmax rows) is :mod:`deepcovidxr.scoring.multiclass_calibration`; :mod:`deepcovidxr.scoring.task`
+chooses between the two.
 
-Everything here is deterministic: no resampling except :func:`sens_spec_at`'s bootstrap, which is
-seeded. Only numpy, scipy and scikit-learn are imported.
+Everything here is deterministic (the bootstrap of :func:`held_out_report` is seeded). Only numpy,
+scipy and scikit-learn are imported.
 """
 
 from __future__ import annotations
@@ -43,45 +42,26 @@ from typing import Any
 import numpy as np
 
 from deepcovidxr.errors import UsageError
+from deepcovidxr.scoring.metrics import _as_binary_problem, _require_both_classes, brier_score
+from deepcovidxr.scoring.operating_points import operating_points, sens_spec_at
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("platt", "temperature", "isotonic", "identity")
 DEFAULT_METHOD = "platt"
 EPS = 1e-6
-# Sensitivity targets of the named operating points, in percent (integers: ceil(90 * P / 100) is
-# exact where ceil(0.9 * P) is not, e.g. 0.9 * 10 = 9.000000000000002).
-SENSITIVITY_TARGETS = {"sens90": 90, "sens95": 95}
-OPERATING_POINTS = ("youden", *SENSITIVITY_TARGETS)
 TEMPERATURE_BOUNDS = (0.02, 50.0)
-_BOOTSTRAP_CELLS = 2_000_000
 
 
 # ------------------------------------------------------------------------------------------- inputs
 
 
-def _binary(scores: Any, labels: Any, *, probabilities: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """1-D finite float scores (in [0, 1] when ``probabilities``) and 0/1 int labels of one length."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels)
-    if s.ndim != 1 or y.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D, got shapes {s.shape} and {y.shape}")
-    if s.shape != y.shape:
-        raise ValueError(f"scores and labels differ in length: {s.size} vs {y.size}")
-    if s.size == 0:
-        raise ValueError("no cases: scores and labels are empty")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinity")
-    if probabilities and (s.min() < 0.0 or s.max() > 1.0):
-        raise ValueError(f"scores must lie in [0, 1], got [{s.min():g}, {s.max():g}]")
-    if y.dtype != bool and not np.isin(np.unique(y), (0, 1)).all():
-        raise ValueError(f"labels must be 0/1 (1 = positive), got values {np.unique(y)[:10].tolist()}")
-    return s, y.astype(np.int64)
-
-
-def _both_classes(y: np.ndarray, what: str) -> None:
-    if y.min() == y.max():
-        raise UsageError(f"{what} needs both classes in the Validation labels; all {y.size} are {int(y[0])}")
+def _probabilities(y_true: Any, y_prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 int labels and 1-D finite scores in [0, 1] of one length (metrics' checks plus the range)."""
+    y, p = _as_binary_problem(y_true, y_prob)
+    if p.min() < 0.0 or p.max() > 1.0:
+        raise ValueError(f"scores must lie in [0, 1], got [{p.min():g}, {p.max():g}]")
+    return y, p
 
 
 def logit(scores: Any) -> np.ndarray:
@@ -216,8 +196,8 @@ def _fit_temperature(s: np.ndarray, y: np.ndarray) -> float:
     return temperature
 
 
-def fit(scores: Any, labels: Any, method: str = DEFAULT_METHOD) -> Calibration:
-    """Fit a score -> probability map on (Validation) ``scores`` in [0, 1] and 0/1 ``labels``.
+def fit(y_true: Any, y_score: Any, method: str = DEFAULT_METHOD) -> Calibration:
+    """Fit a score -> probability map on (Validation) 0/1 ``y_true`` and ``y_score`` in [0, 1].
 
     Why Platt is the default, measured on held-out data: synthetic 5-member ensembles (latent
     separation giving AUC 0.86-0.88, prevalence 0.30-0.45; members over-confident, under-confident,
@@ -245,10 +225,10 @@ def fit(scores: Any, labels: Any, method: str = DEFAULT_METHOD) -> Calibration:
     """
     if method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
-    s, y = _binary(scores, labels)
+    y, s = _probabilities(y_true, y_score)
     if method == "identity":
         return IDENTITY
-    _both_classes(y, f"{method} calibration")
+    _require_both_classes(y, f"{method} calibration on Validation")
     n, positives = int(y.size), int(y.sum())
     if method == "platt":
         slope, intercept = _fit_platt(s, y)
@@ -279,156 +259,30 @@ def bin_index(probs: np.ndarray, bins: int) -> np.ndarray:
     return np.minimum(np.floor(probs * bins).astype(np.int64), bins - 1)
 
 
-def expected_calibration_error(probs: Any, labels: Any, bins: int = 10) -> float:
-    """ECE: ``sum_k (n_k / n) * |mean(p in bin k) - fraction of positives in bin k|`` over equal-width
-    bins of [0, 1] (:func:`bin_index`), empty bins contributing nothing (Naeini et al. 2015; Guo et al.
-    2017's definition for the positive class)."""
+def binned_gap(hits: np.ndarray, confidence: np.ndarray, bins: int) -> float:
+    """``sum_k (n_k / n) |mean(confidence in bin k) - mean(hits in bin k)|`` over equal-width bins of
+    the confidence (:func:`bin_index`), empty bins contributing nothing: the expected calibration
+    error of any (what happened, what was claimed) pair."""
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    p, y = _binary(probs, labels)
-    index = bin_index(p, bins)
-    gap = np.abs(np.bincount(index, weights=p, minlength=bins) - np.bincount(index, weights=y, minlength=bins))
-    return float(gap.sum() / p.size)  # sum_k |sum p - sum y| / n == sum_k n_k/n |mean p - mean y|
+    index = bin_index(confidence, bins)
+    gap = np.abs(
+        np.bincount(index, weights=confidence, minlength=bins) - np.bincount(index, weights=hits, minlength=bins)
+    )
+    return float(gap.sum() / confidence.size)  # sum_k |sum p - sum y| / n == sum_k n_k/n |mean p - mean y|
 
 
-def brier_score(probs: Any, labels: Any) -> float:
-    """Mean squared difference between the probability and the 0/1 label (sklearn's ``brier_score_loss``)."""
-    p, y = _binary(probs, labels)
-    return float(np.mean((p - y) ** 2))
+def expected_calibration_error(y_true: Any, y_prob: Any, bins: int = 10) -> float:
+    """ECE of the positive class's probability against 0/1 labels (:func:`binned_gap`; Naeini et
+    al. 2015, Guo et al. 2017's definition for the positive class)."""
+    y, p = _probabilities(y_true, y_prob)
+    return binned_gap(y.astype(np.float64), p, bins)
 
 
-def log_loss(probs: Any, labels: Any) -> float:
+def log_loss(y_true: Any, y_prob: Any) -> float:
     """Mean negative log-likelihood of the labels, probabilities clipped to [1e-15, 1 - 1e-15]."""
-    p, y = _binary(probs, labels)
+    y, p = _probabilities(y_true, y_prob)
     return _cross_entropy(p, y.astype(np.float64))
-
-
-# --------------------------------------------------------------------------------- operating points
-
-
-def youden_threshold(scores: Any, labels: Any) -> float:
-    """The observed score ``t`` maximising sensitivity + specificity - 1 for ``score >= t``; ties go
-    to the highest such threshold (fewest positive calls)."""
-    s, y = _binary(scores, labels, probabilities=False)
-    _both_classes(y, "the Youden threshold")
-    order = np.argsort(-s, kind="stable")
-    s_desc, y_desc = s[order], y[order]
-    # The last index of each run of equal scores: thresholding at that score calls the whole run positive.
-    ends = np.flatnonzero(np.r_[s_desc[1:] != s_desc[:-1], True])
-    tp = np.cumsum(y_desc)[ends]
-    fp = np.cumsum(1 - y_desc)[ends]
-    j = tp / y.sum() - fp / (y.size - y.sum())
-    return float(s_desc[ends[int(np.argmax(j))]])  # argmax: first maximum = highest threshold
-
-
-def sensitivity_threshold(scores: Any, labels: Any, percent: int) -> float:
-    """The highest observed score ``t`` with sensitivity (``score >= t`` among positives) of at least
-    ``percent`` %: the k-th highest positive score, ``k = ceil(percent * P / 100)``. Any higher
-    threshold misses the target; this one has the best specificity among those meeting it (ties in
-    the scores can only raise the sensitivity above the target)."""
-    if not 0 < percent <= 100:
-        raise ValueError(f"percent must be in (0, 100], got {percent}")
-    s, y = _binary(scores, labels, probabilities=False)
-    positives = np.sort(s[y == 1])[::-1]
-    if positives.size == 0:
-        raise UsageError("a sensitivity threshold needs positive cases; there are none")
-    k = -(-percent * positives.size // 100)  # exact integer ceil
-    return float(positives[k - 1])
-
-
-def operating_points(scores: Any, labels: Any) -> dict[str, float]:
-    """``{"youden": t, "sens90": t, "sens95": t}`` on the raw ensemble ``scores`` of the Validation
-    split (see the module docstring: thresholds are compared with the raw score, ``score >= t``)."""
-    s, y = _binary(scores, labels, probabilities=False)
-    _both_classes(y, "operating points")
-    points = {"youden": youden_threshold(s, y)}
-    for name, percent in SENSITIVITY_TARGETS.items():
-        points[name] = sensitivity_threshold(s, y, percent)
-    return points
-
-
-def resolve_threshold(spec: str | float, stored: dict[str, Any] | None) -> float:
-    """The threshold a ``--threshold`` value names: ``youden`` / ``sens90`` / ``sens95`` (read from the
-    operating points stored with the ensemble weights) or a number in [0, 1] (``"0.5"``).
-
-    ``stored`` is the operating-points mapping (``operating_points``' result, as saved), or None when the
-    weights file has none (written before calibration existed): then a named point is a UsageError
-    saying what to run.
-    """
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        value = float(spec)
-    else:
-        text = str(spec).strip().lower()
-        if text in OPERATING_POINTS:
-            if not stored or text not in stored or stored[text] is None:
-                have = ", ".join(sorted(stored)) if stored else "none"
-                raise UsageError(
-                    f"threshold {text!r} needs the operating points fitted on Validation, but the ensemble "
-                    f"weights hold none for it (stored: {have}); they were written before calibration existed. "
-                    "Rerun ensemble.py (it fits the calibration and the youden/sens90/sens95 thresholds on "
-                    "the Validation split), or pass a number, e.g. --threshold 0.5"
-                )
-            value = float(stored[text])
-        else:
-            try:
-                value = float(text)
-            except ValueError:
-                raise UsageError(
-                    f"threshold {spec!r} is neither one of {', '.join(OPERATING_POINTS)} nor a number"
-                ) from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"threshold {spec!r} must be a number in [0, 1] (a score is positive when >= it)")
-    return value
-
-
-# --------------------------------------------------------------------------- sensitivity/specificity
-
-
-def _bootstrap_proportion(hits: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """``n_boot`` resampled means of the 0/1 array ``hits`` (cases drawn with replacement)."""
-    n = hits.size
-    chunk = max(1, _BOOTSTRAP_CELLS // max(1, n))
-    values = []
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        values.append(hits[rng.integers(0, n, size=(rows, n))].mean(axis=1))
-    return np.concatenate(values)
-
-
-def sens_spec_at(
-    scores: Any, labels: Any, threshold: float, n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> dict[str, Any]:
-    """Sensitivity and specificity at ``threshold`` (positive when ``score >= threshold``) with
-    percentile bootstrap intervals.
-
-    The bootstrap is stratified: positives are resampled among the positives, negatives among the
-    negatives (each proportion's denominator is its class count, fixed by the study design; no
-    resample is ever empty). Seeded with ``numpy.random.default_rng(seed)``: positives' resamples are
-    drawn first, then the negatives'. Returns ``{"threshold", "n", "positives",
-    "sensitivity": {"point", "low", "high"}, "specificity": {...}}``; a class with no cases gives NaN.
-    A percentile interval of a proportion of 0 or 1 collapses to that point (e.g. [1, 1]): read it
-    with the class count. ``n_boot`` 0: no interval (``low`` and ``high`` None).
-    """
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    s, y = _binary(scores, labels, probabilities=False)
-    rng = np.random.default_rng(seed)
-    alpha = (1.0 - level) / 2.0
-    predicted = s >= float(threshold)
-    result: dict[str, Any] = {"threshold": float(threshold), "n": int(y.size), "positives": int(y.sum())}
-    for name, mask, hit in (("sensitivity", y == 1, predicted), ("specificity", y == 0, ~predicted)):
-        hits = hit[mask].astype(np.float64)
-        if hits.size == 0:
-            result[name] = {"point": math.nan, "low": math.nan, "high": math.nan}
-            continue
-        if not n_boot:
-            result[name] = {"point": float(hits.mean()), "low": None, "high": None}
-            continue
-        low, high = np.quantile(_bootstrap_proportion(hits, n_boot, rng), [alpha, 1.0 - alpha])
-        result[name] = {"point": float(hits.mean()), "low": float(low), "high": float(high)}
-    return result
 
 
 # ------------------------------------------------------------------------------- one Validation fit
@@ -436,12 +290,28 @@ def sens_spec_at(
 
 @dataclass(frozen=True)
 class ValidationFit:
-    """What the ensemble stage stores beside the weights: the calibration and the operating points
-    (thresholds on the raw score), both from the Validation split, plus the calibration's effect there."""
+    """What the ensemble stage stores beside binary weights: the calibration and the operating
+    points (thresholds on the raw score), both from the Validation split, plus the calibration's
+    effect there. One implementation of :class:`deepcovidxr.scoring.task.Fit`."""
 
     calibration: Calibration
     operating_points: dict[str, float]
     validation: dict[str, float]  # ece/brier before and after, on the Validation cases themselves
+
+    def probability(self, scores: Any) -> np.ndarray:
+        """The ``Probability`` column: the calibrated probability of each ensemble score."""
+        return self.calibration.apply(scores)
+
+    def held_out(self, y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> dict:
+        return held_out_report(self, y_true, scores, n_boot=n_boot, seed=seed)
+
+    def describe(self) -> str:
+        """One line for the log."""
+        return (
+            f"calibration ({self.calibration.method}) on Validation: ECE {self.validation['ece_raw']:.3f} -> "
+            f"{self.validation['ece_calibrated']:.3f}; thresholds "
+            + ", ".join(f"{k} {v:.4f}" for k, v in self.operating_points.items())
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -459,43 +329,40 @@ class ValidationFit:
         )
 
 
+def _raw_and_calibrated(y: np.ndarray, s: np.ndarray, calibrated: np.ndarray, bins: int) -> dict[str, float]:
+    return {
+        "ece_raw": expected_calibration_error(y, s, bins),
+        "ece_calibrated": expected_calibration_error(y, calibrated, bins),
+        "brier_raw": brier_score(y, s),
+        "brier_calibrated": brier_score(y, calibrated),
+    }
+
+
 def fit_from_split(
-    validation_scores: Any, validation_labels: Any, method: str = DEFAULT_METHOD, bins: int = 10
+    validation_labels: Any, validation_scores: Any, method: str = DEFAULT_METHOD, bins: int = 10
 ) -> ValidationFit:
-    """Calibration + operating points from the Validation split's ensemble scores and labels only.
+    """Calibration + operating points from the Validation split's labels and ensemble scores only.
 
     The arguments are the only data used: call it with the Validation arrays, then apply the result to
     Test (``calibration.apply``; thresholds compared with the raw Test scores)."""
-    s, y = _binary(validation_scores, validation_labels)
-    calibration = fit(s, y, method)
-    calibrated = calibration.apply(s)
-    summary = {
-        "n": float(y.size),
-        "positives": float(y.sum()),
-        "ece_raw": expected_calibration_error(s, y, bins),
-        "ece_calibrated": expected_calibration_error(calibrated, y, bins),
-        "brier_raw": brier_score(s, y),
-        "brier_calibrated": brier_score(calibrated, y),
-    }
-    return ValidationFit(calibration, operating_points(s, y), summary)
+    y, s = _probabilities(validation_labels, validation_scores)
+    calibration = fit(y, s, method)
+    summary = {"n": float(y.size), "positives": float(y.sum()), **_raw_and_calibrated(y, s, calibration.apply(s), bins)}
+    return ValidationFit(calibration, operating_points(y, s), summary)
 
 
 def held_out_report(
-    fit: ValidationFit, scores: Any, labels: Any, n_boot: int = 2000, seed: int = 0, bins: int = 10
+    fitted: ValidationFit, y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0, bins: int = 10
 ) -> dict:
     """How a Validation fit does on another split (Test): expected calibration error and Brier
     score of the raw score and of the calibrated probability, and sensitivity/specificity with 95 %
     bootstrap intervals at the stored thresholds (and at the original's 0.5)."""
-    s, y = _binary(scores, labels)
-    calibrated = fit.calibration.apply(s)
-    thresholds = {"0.5": 0.5, **fit.operating_points}
+    y, s = _probabilities(y_true, scores)
+    thresholds = {"0.5": 0.5, **fitted.operating_points}
     return {
-        "calibration_method": fit.calibration.method,
-        "ece_raw": expected_calibration_error(s, y, bins),
-        "ece_calibrated": expected_calibration_error(calibrated, y, bins),
-        "brier_raw": brier_score(s, y),
-        "brier_calibrated": brier_score(calibrated, y),
+        "calibration_method": fitted.calibration.method,
+        **_raw_and_calibrated(y, s, fitted.calibration.apply(s), bins),
         "operating_points": {
-            name: sens_spec_at(s, y, threshold, n_boot=n_boot, seed=seed) for name, threshold in thresholds.items()
+            name: sens_spec_at(y, s, threshold, n_boot=n_boot, seed=seed) for name, threshold in thresholds.items()
         },
     }

@@ -1,44 +1,33 @@
-"""Combining the 24 member scores: the published weights, combination rules, the seeded weight search
-and the weight files.
+"""Combining the 24 member scores: the published weights, combination rules and the seeded weight
+search (the weight files: :mod:`deepcovidxr.scoring.weights_file`, whose functions are importable
+from here too).
 
 The original (SPEC s.10) fitted the weights with deepstack's ``DirichletEnsemble``: 10,000 unseeded draws
 from a flat Dirichlet over the members, keeping the draw whose weighted sum of sigmoids had the highest ROC
 AUC, and it did so on the Test split (SPEC bugs 1 and 18). :func:`dirichlet_search` is the same random
 search, seeded and vectorised; which split it is given is the caller's choice (it should be Validation).
 
-Weight files: the original's ``ensemble_weights.pickle`` (a float64 numpy array of 24 in canonical order)
-is read through :mod:`deepcovidxr.contract.safe_pickle`, never ``pickle.load``; ``ensemble_weights.json`` maps
-member short names to weights and may name a subset of the members.
-
 Multi-class ensembles (three or more classes, :mod:`deepcovidxr.contract.classes`): member scores are
 ``(images, members, classes)`` probability vectors, every rule returns ``(images, classes)`` rows
 summing to 1 (see :func:`combine_rule`), the weight search maximises the macro one-vs-rest ROC AUC
-(:func:`dirichlet_search`) and the weights JSON records the class names (``classes``; a binary
-file stays exactly as before, without the key).
+(:func:`dirichlet_search`). Which shape a task's scores have is
+:attr:`deepcovidxr.scoring.task.Task.score_shape`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import pickle
-from collections.abc import Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from deepcovidxr.contract import classes as class_names
-from deepcovidxr.contract import layout, safe_pickle
-from deepcovidxr.contract.atomic import atomic_path, write_json
-from deepcovidxr.contract.layout import Member, ensemble_members
 from deepcovidxr.errors import UsageError
+from deepcovidxr.scoring.weights_file import MEMBER_NAMES, METHODS
 
 logger = logging.getLogger(__name__)
-
-MEMBER_NAMES: tuple[str, ...] = tuple(member.short_name for member in ensemble_members())
 
 # The authors' ensemble_weights.pickle (SPEC s.14), canonical member order, digits exactly as stored.
 PUBLISHED_WEIGHTS: np.ndarray = np.array(
@@ -73,14 +62,6 @@ PUBLISHED_WEIGHTS: np.ndarray = np.array(
 # A module-level array is shared by every caller; read-only so nobody rescales the published values.
 PUBLISHED_WEIGHTS.flags.writeable = False
 
-WEIGHTS_PICKLE = layout.ENSEMBLE_WEIGHTS_PICKLE
-WEIGHTS_JSON = layout.ENSEMBLE_WEIGHTS_JSON
-METHODS: tuple[str, ...] = ("weighted", "mean", "vote", "max")
-SUM_TOLERANCE = 1e-6
-
-# Pickle protocol 3 is what the original's Python 3.7 wrote; protocol 5 would reference
-# numpy._core.numeric._frombuffer, which the restricted unpickler (rightly) refuses.
-_PICKLE_PROTOCOL = 3
 # Weight draws are generated in fixed blocks so a seed gives the same draws whatever the data size.
 _DRAW_BLOCK = 4096
 # Cap on (cases x candidate weightings) cells sorted at once by the AUC evaluation.
@@ -233,13 +214,23 @@ def dirichlet_search(scores: np.ndarray, labels: Any, draws: int = 10000, seed: 
     y = np.asarray(labels)
     if y.shape != (s.shape[0],):
         raise ValueError(f"{s.shape[0]} images of scores but labels of shape {y.shape}")
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
     if s.ndim == 3:
         return _multiclass_search(s, y, draws, seed)
     if not np.isin(np.unique(y), (0, 1)).all():
         raise ValueError("labels must be 0/1 (1 = COVID-positive)")
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
-    n_images, n_members = s.shape
+    weights = _best_draw(s.shape[0], s.shape[1], draws, seed, lambda candidates: fast_auc(y, s @ candidates.T))
+    # Report the AUC the way everyone else computes it, on the very sum combine() produces.
+    auc = float(roc_auc_score(y, combine(s, weights)))
+    return _searched(weights, auc, np.atleast_1d(fast_auc(y, s)), "AUC", draws, seed)
+
+
+def _best_draw(
+    n_images: int, n_members: int, draws: int, seed: int, objective: Callable[[np.ndarray], Any]
+) -> np.ndarray:
+    """The first of ``draws`` flat-Dirichlet weightings (``default_rng(seed)``, fixed blocks) with
+    the highest ``objective``, which scores a (candidates, members) block at once."""
     rng = np.random.default_rng(seed)
     chunk = max(1, _AUC_CELLS // n_images)
     best_auc, best_weights = -math.inf, np.full(n_members, 1.0 / n_members)
@@ -248,22 +239,24 @@ def dirichlet_search(scores: np.ndarray, labels: Any, draws: int = 10000, seed: 
         block /= block.sum(axis=1, keepdims=True)
         for start in range(0, block.shape[0], chunk):
             candidates = block[start : start + chunk]
-            aucs = np.atleast_1d(fast_auc(y, s @ candidates.T))
+            aucs = np.atleast_1d(objective(candidates))
             index = int(np.argmax(aucs))
             if aucs[index] > best_auc:  # strict: an equal AUC later does not displace an earlier draw
                 best_auc, best_weights = float(aucs[index]), candidates[index].copy()
-    # Report the AUC the way everyone else computes it, on the very sum combine() produces.
-    auc = float(roc_auc_score(y, combine(s, best_weights)))
-    member_aucs = np.atleast_1d(fast_auc(y, s))
+    return best_weights
+
+
+def _searched(weights: np.ndarray, auc: float, member_aucs: Any, what: str, draws: int, seed: int) -> SearchResult:
     logger.info(
-        "Dirichlet search (%d draws, seed %d): ensemble AUC %.4f; best single member AUC %.4f (column %d)",
+        "Dirichlet search (%d draws, seed %d): ensemble %s %.4f; best single member %.4f (column %d)",
         draws,
         seed,
+        what,
         auc,
-        member_aucs.max(),
-        int(member_aucs.argmax()),
+        np.max(member_aucs),
+        int(np.argmax(member_aucs)),
     )
-    return SearchResult(weights=best_weights, auc=auc, draws=draws)
+    return SearchResult(weights=weights, auc=auc, draws=draws)
 
 
 def macro_ovr_auc(labels: Any, probabilities: Any) -> float:
@@ -277,8 +270,6 @@ def macro_ovr_auc(labels: Any, probabilities: Any) -> float:
 
 def _multiclass_search(s: np.ndarray, y: np.ndarray, draws: int, seed: int) -> SearchResult:
     n_images, n_members, n_classes = s.shape
-    if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
     if not np.issubdtype(y.dtype, np.integer) and not np.all(np.equal(np.mod(y, 1), 0)):
         raise ValueError("multi-class labels must be class indices")
     y = y.astype(np.int64)
@@ -287,253 +278,16 @@ def _multiclass_search(s: np.ndarray, y: np.ndarray, draws: int, seed: int) -> S
     absent = sorted(set(range(n_classes)) - set(np.unique(y).tolist()))
     if absent:
         raise UsageError(f"the weight search needs every class among the labels; class indices {absent} have no image")
-    rng = np.random.default_rng(seed)
-    chunk = max(1, _AUC_CELLS // n_images)
-    best_auc, best_weights = -math.inf, np.full(n_members, 1.0 / n_members)
     one_vs_rest = [y == k for k in range(n_classes)]
-    for block_start in range(0, draws, _DRAW_BLOCK):
-        block = rng.standard_exponential((min(_DRAW_BLOCK, draws - block_start), n_members))
-        block /= block.sum(axis=1, keepdims=True)
-        for start in range(0, block.shape[0], chunk):
-            candidates = block[start : start + chunk]
-            # Column k of the weighted mean is linear in the weights: (images, members) @ (members, c).
-            aucs = np.mean(
-                [np.atleast_1d(fast_auc(one_vs_rest[k], s[:, :, k] @ candidates.T)) for k in range(n_classes)],
-                axis=0,
-            )
-            index = int(np.argmax(aucs))
-            if aucs[index] > best_auc:
-                best_auc, best_weights = float(aucs[index]), candidates[index].copy()
-    combined = combine(s, best_weights)
+
+    def macro(candidates: np.ndarray) -> np.ndarray:
+        # Column k of the weighted mean is linear in the weights: (images, members) @ (members, c).
+        return np.mean(
+            [np.atleast_1d(fast_auc(one_vs_rest[k], s[:, :, k] @ candidates.T)) for k in range(n_classes)], axis=0
+        )
+
+    weights = _best_draw(n_images, n_members, draws, seed, macro)
+    combined = combine(s, weights)
     auc = float(roc_auc_score(y, combined, multi_class="ovr", average="macro", labels=list(range(n_classes))))
     member_aucs = [macro_ovr_auc(y, s[:, m, :]) for m in range(n_members)]
-    logger.info(
-        "Dirichlet search (%d draws, seed %d): ensemble macro one-vs-rest AUC %.4f; best single member %.4f "
-        "(column %d)",
-        draws,
-        seed,
-        auc,
-        max(member_aucs),
-        int(np.argmax(member_aucs)),
-    )
-    return SearchResult(weights=best_weights, auc=auc, draws=draws)
-
-
-# ---------------------------------------------------------------------------------------- weight files
-
-
-def _canonical_name(name: str) -> str:
-    """A member short name; legacy weight-file names (``ResNet50_331_up_crop.h5``) are accepted too,
-    and so is any member the layout can name (``res_128_crop``: members trained at other sizes)."""
-    if name in MEMBER_NAMES:
-        return name
-    try:
-        return Member.parse(name).short_name
-    except ValueError:
-        raise UsageError(f"unknown ensemble member {name!r}; members are named like {MEMBER_NAMES[0]}") from None
-
-
-def _validated(weights: Mapping[str, Any], source: str) -> dict[str, float]:
-    """Canonical names, canonical order, finite non-negative floats summing to 1 (else ValueError
-    naming ``source``)."""
-    if not weights:
-        raise UsageError(f"{source}: no ensemble weights")
-    result: dict[str, float] = {}
-    for raw_name, raw_value in weights.items():
-        try:
-            name = _canonical_name(str(raw_name))
-        except ValueError as error:
-            raise UsageError(f"{source}: {error}") from None
-        if name in result:
-            raise UsageError(f"{source}: member {name} is given twice")
-        if isinstance(raw_value, bool) or not isinstance(raw_value, int | float | np.integer | np.floating):
-            raise UsageError(f"{source}: weight of {name} is not a number: {raw_value!r}")
-        value = float(raw_value)
-        if not math.isfinite(value) or value < 0:
-            raise UsageError(f"{source}: weight of {name} must be finite and non-negative, got {value}")
-        result[name] = value
-    total = math.fsum(result.values())
-    if abs(total - 1.0) > SUM_TOLERANCE:
-        raise UsageError(f"{source}: ensemble weights must sum to 1 (within {SUM_TOLERANCE}), they sum to {total!r}")
-    return {name: result[name] for name in sorted(result, key=lambda n: layout.member_order(Member.parse(n)))}
-
-
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicates = sorted({key for key in keys if keys.count(key) > 1})
-    if duplicates:
-        raise UsageError(f"duplicate keys {duplicates}")
-    return dict(pairs)
-
-
-def _from_vector(values: list[float], path: Path) -> dict[str, float]:
-    """An array or list of weights: the full canonical 24, or a subset whose names are in the sibling
-    JSON this module writes alongside (the pickle alone cannot say which members a subset holds)."""
-    if len(values) == len(MEMBER_NAMES):
-        return _validated(dict(zip(MEMBER_NAMES, values, strict=True)), str(path))
-    sibling = path.with_name(WEIGHTS_JSON)
-    if sibling.is_file():
-        named = load_weights(sibling)
-        if len(named) == len(values) and np.allclose(list(named.values()), values, rtol=0, atol=1e-12):
-            return named
-    raise UsageError(
-        f"{path}: holds {len(values)} weights, not {len(MEMBER_NAMES)}; the members of a subset ensemble are "
-        f"named only in its {WEIGHTS_JSON}, load that instead"
-    )
-
-
-def _json_weights(payload: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The weights of a weights JSON: ours (``{"rule": ..., "weights": {...}}``) or a flat
-    ``{member: weight}`` mapping (older files, hand-written ones: the weighted rule)."""
-    if "weights" not in payload:
-        return payload
-    if not isinstance(payload["weights"], dict):
-        raise UsageError(f"{path}: 'weights' must map member names to weights")
-    return payload["weights"]
-
-
-def load_rule(path: Path) -> str:
-    """The combination rule stored with the weights: the JSON's ``rule``; for the original's
-    pickle, the rule of the JSON written beside it when that JSON holds the same weights, else
-    ``weighted`` (the authors' published rule)."""
-    path = Path(path)
-    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
-    if not source.is_file():
-        return "weighted"
-    try:
-        payload = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
-    rule = payload.get("rule", "weighted") if isinstance(payload, dict) else "weighted"
-    if rule not in METHODS:
-        raise UsageError(f"{source}: unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
-    if source != path and load_weights(source) != load_weights(path):
-        return "weighted"  # a pickle that is not the one its neighbour describes
-    return rule
-
-
-def load_classes(path: Path) -> tuple[str, ...] | None:
-    """The class names the weights were fitted for: the JSON's ``classes`` (for a pickle, those
-    of the JSON written beside it when it holds the same weights), or None when the file says
-    nothing about classes (the authors' pickle, the original's flat ``{member: weight}`` JSON, our
-    binary files): the caller then takes the members' own classes (their sidecars)."""
-    path = Path(path)
-    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
-    if not source.is_file():
-        return None
-    try:
-        payload = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
-    recorded = payload.get("classes") if isinstance(payload, dict) else None
-    if recorded is None:
-        return None
-    if not isinstance(recorded, list) or len(recorded) < 2 or not all(isinstance(c, str) for c in recorded):
-        raise UsageError(f"{source}: 'classes' must be a list of at least two class names")
-    if source != path and load_weights(source) != load_weights(path):
-        return None  # a pickle that is not the one its neighbour describes
-    return tuple(recorded)
-
-
-def load_calibration(path: Path) -> dict[str, Any] | None:
-    """The Validation fit stored with the weights (``calibration`` in the JSON; for a pickle, that of
-    the JSON beside it when it holds the same weights), or None: the authors' files and weights
-    written before calibration existed have none."""
-    path = Path(path)
-    source = path if path.suffix.lower() == ".json" else path.with_name(WEIGHTS_JSON)
-    if not source.is_file():
-        return None
-    try:
-        payload = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UsageError(f"{source}: not a valid weights JSON ({error})") from error
-    stored = payload.get("calibration") if isinstance(payload, dict) else None
-    if stored is None or (source != path and load_weights(source) != load_weights(path)):
-        return None
-    if not isinstance(stored, dict) or "calibration" not in stored or "operating_points" not in stored:
-        raise UsageError(
-            f"{source}: 'calibration' must hold 'calibration' and 'operating_points' (as ensemble.py writes it)"
-        )
-    return stored
-
-
-def load_weights(path: Path) -> dict[str, float]:
-    """Read ensemble weights as ``{member short name: weight}`` in canonical order.
-
-    ``*.json``: an object mapping member names to weights (possibly a subset of the 24). Anything else is
-    read as the original's pickle (float64 array or plain list of 24 in canonical order, or a dict) with
-    the restricted unpickler, so a pickle carrying code is refused. Weights must be finite,
-    non-negative and sum to 1 within 1e-6; every failure is a ValueError naming the file.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".json":
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicate_keys)
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as error:
-            raise UsageError(f"{path}: not a valid weights JSON ({error})") from error
-        if not isinstance(payload, dict):
-            raise UsageError(f"{path}: expected a JSON object {{member name: weight}}, got {type(payload).__name__}")
-        return _validated(_json_weights(payload, path), str(path))
-    payload = safe_pickle.load(path)  # ValueError naming the file for anything but plain data
-    if isinstance(payload, Mapping):
-        return _validated(payload, str(path))
-    if isinstance(payload, np.ndarray):
-        if payload.ndim != 1 or not np.issubdtype(payload.dtype, np.number):
-            raise UsageError(f"{path}: expected a 1-D numeric array of weights, got {payload.dtype} {payload.shape}")
-        return _from_vector(payload.astype(np.float64).tolist(), path)
-    if isinstance(payload, list | tuple):
-        for value in payload:
-            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-                raise UsageError(f"{path}: expected a list of numbers, found {value!r}")
-        return _from_vector([float(v) for v in payload], path)
-    raise UsageError(f"{path}: expected an array, list or dict of weights, got {type(payload).__name__}")
-
-
-def weight_vector(weights: Mapping[str, float]) -> tuple[tuple[str, ...], np.ndarray]:
-    """Canonically ordered member names and the float64 weight array for :func:`combine`."""
-    valid = _validated(weights, "weights")
-    return tuple(valid), np.array(list(valid.values()), dtype=np.float64)
-
-
-def save_weights(
-    weights: Mapping[str, float],
-    folder: Path,
-    rule: str = "weighted",
-    classes: tuple[str, ...] | None = None,
-    calibration: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``ensemble_weights.pickle`` and ``ensemble_weights.json`` into ``folder``, atomically.
-
-    The pickle is what the original reads: a float64 array in canonical order, over the members present
-    only (no zeros are invented for absent members, so for a subset it is not a drop-in 24-member file and
-    the JSON, which names the members, is the source of truth). Invalid weights raise ValueError before
-    anything is written. ``classes`` (multi-class ensembles) is recorded in the JSON as ``classes``;
-    a binary ensemble's JSON is written without it, exactly as before. ``calibration``
-    (:meth:`deepcovidxr.scoring.calibration.ValidationFit.to_dict`: the score -> probability map and the
-    operating points, fitted on Validation) travels in the same JSON, after the weights.
-    """
-    folder = Path(folder)
-    names, vector = weight_vector(weights)
-    pickle_path, json_path = folder / WEIGHTS_PICKLE, folder / WEIGHTS_JSON
-    with atomic_path(pickle_path) as tmp:
-        tmp.write_bytes(pickle.dumps(vector, protocol=_PICKLE_PROTOCOL))
-    if rule not in METHODS:
-        raise UsageError(f"unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
-    # The rule travels with the weights: every later stage applies it (mean/vote/max ignore the
-    # values but keep the members).
-    payload: dict[str, Any] = {"rule": rule}
-    if classes is not None and not class_names.is_binary(classes):
-        payload["classes"] = list(classes)
-    payload["weights"] = dict(zip(names, vector.tolist(), strict=True))
-    if calibration is not None:
-        payload["calibration"] = dict(calibration)
-    write_json(json_path, payload)
-    if set(names) != set(MEMBER_NAMES):
-        logger.warning(
-            "%d of %d members weighted: %s names them, the pickle alone does not",
-            len(names),
-            len(MEMBER_NAMES),
-            json_path,
-        )
-    logger.info("wrote %s and %s", pickle_path, json_path)
-    return pickle_path, json_path
+    return _searched(weights, auc, member_aucs, "macro one-vs-rest AUC", draws, seed)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -127,6 +128,18 @@ def auc_or_nan(labels: Any, scores: Any) -> float:
     return float(roc_auc_score(labels, scores)) if 0 < labels.sum() < labels.size else math.nan
 
 
+def macro_auc_or_nan(y_true: Any, probabilities: Any, n_classes: int) -> float:
+    """scikit-learn's macro one-vs-rest ROC AUC of (cases, classes) ``probabilities`` against
+    class indices; NaN when a class has no case (or every case is of one class) or a probability
+    is not finite (a diverged member), as :func:`auc_or_nan` is for two classes."""
+    labels = np.asarray(y_true).astype(int)
+    if len(np.unique(labels)) < n_classes or not np.all(np.isfinite(probabilities)):
+        return math.nan
+    return float(
+        roc_auc_score(labels, probabilities, multi_class="ovr", average="macro", labels=list(range(n_classes)))
+    )
+
+
 def auc_with_case_weights(y_true: Any, scores: Any, case_weights: Any) -> np.ndarray:
     """ROC AUC for many weightings of the same cases at once (the bootstrap's inner loop).
 
@@ -156,6 +169,38 @@ def auc_with_case_weights(y_true: Any, scores: Any, case_weights: Any) -> np.nda
     return auc
 
 
+def _check_bootstrap(n_boot: int, level: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def resample_indices(rng: np.random.Generator, n: int, n_boot: int) -> Iterator[np.ndarray]:
+    """``n_boot`` bootstrap resamples of ``n`` cases drawn with replacement from ``rng``, as
+    (resamples, cases) index blocks of at most ``_BOOTSTRAP_CELLS`` cells (every bootstrap of the
+    package draws through here, so a seed means the same resamples everywhere)."""
+    chunk = max(1, _BOOTSTRAP_CELLS // max(1, n))
+    for start in range(0, n_boot, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+
+
+def _resample_counts(n: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
+    """:func:`resample_indices` (``default_rng(seed)``) as (resamples, cases) counts of how often
+    each case was drawn."""
+    for drawn in resample_indices(np.random.default_rng(seed), n, n_boot):
+        rows = drawn.shape[0]
+        # One bincount over offset indices counts every resample at once.
+        flat = (drawn + (np.arange(rows) * n)[:, None]).ravel()
+        yield np.bincount(flat, minlength=rows * n).reshape(rows, n)
+
+
+def _percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return (float(low), float(high))
+
+
 def bootstrap_auc_ci(
     y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
@@ -167,25 +212,11 @@ def bootstrap_auc_ci(
     ``(nan, nan)`` when no resample is usable (e.g. only one class in the data).
     """
     y, s = _as_binary_problem(y_true, scores)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_bootstrap(n_boot, level)
     if y.min() == y.max():
         logger.warning("bootstrap AUC CI undefined: all %d labels are %d", y.size, int(y[0]))
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    n = y.size
-    chunk = max(1, _BOOTSTRAP_CELLS // n)
-    aucs: list[np.ndarray] = []
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        drawn = rng.integers(0, n, size=(rows, n))
-        # Count how often each case was drawn in each resample: one bincount over offset indices.
-        flat = (drawn + (np.arange(rows) * n)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=rows * n).reshape(rows, n)
-        aucs.append(auc_with_case_weights(y, s, counts))
-    values = np.concatenate(aucs)
+    values = np.concatenate([auc_with_case_weights(y, s, counts) for counts in _resample_counts(y.size, n_boot, seed)])
     values = values[np.isfinite(values)]
     skipped = n_boot - values.size
     if skipped:
@@ -193,9 +224,7 @@ def bootstrap_auc_ci(
     if values.size == 0:
         logger.warning("bootstrap AUC CI undefined: no resample held both classes")
         return (math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return (float(low), float(high))
+    return _percentile_interval(values, level)
 
 
 def brier_score(y_true: Any, scores: Any) -> float:
@@ -314,23 +343,13 @@ def bootstrap_macro_auc_ci(
     y = np.asarray(y_true, np.int64)
     p = np.asarray(probabilities, dtype=np.float64)
     n_classes = p.shape[1]
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_bootstrap(n_boot, level)
     present = np.bincount(y, minlength=n_classes)
     if (present == 0).any() or (present == y.size).any():
         logger.warning("bootstrap macro AUC CI undefined: class counts %s", present.tolist())
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    n = y.size
-    chunk = max(1, _BOOTSTRAP_CELLS // n)
     values: list[np.ndarray] = []
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        drawn = rng.integers(0, n, size=(rows, n))
-        flat = (drawn + (np.arange(rows) * n)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=rows * n).reshape(rows, n)
+    for counts in _resample_counts(y.size, n_boot, seed):
         per_class = np.stack(
             [auc_with_case_weights((y == k).astype(np.int64), p[:, k], counts) for k in range(n_classes)]
         )
@@ -341,9 +360,7 @@ def bootstrap_macro_auc_ci(
         logger.info("bootstrap macro AUC: skipped %d of %d resamples missing a class", n_boot - macro.size, n_boot)
     if macro.size == 0:
         return (math.nan, math.nan)
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(macro, [alpha, 1.0 - alpha])
-    return (float(low), float(high))
+    return _percentile_interval(macro, level)
 
 
 # Why a one-vs-rest rate has a zero denominator (f1's is zero only when both of the first two hold).

@@ -9,7 +9,9 @@ mode (:mod:`deepcovidxr.scoring.calibration`) would not keep the rows summing to
 Reported (Validation when fitted, Test by evaluate.py): the log loss, the multi-class Brier score
 (``mean over images of sum over classes (p - onehot)^2``) and the top-label expected calibration
 error (equal-width bins of the predicted class's probability, |confidence - accuracy| per bin,
-weighted by the bin's share; Guo et al. 2017), raw and calibrated.
+weighted by the bin's share; Guo et al. 2017), raw and calibrated. Arguments in scikit-learn's
+order, ``(y_true, probabilities)``; :class:`MulticlassFit` is the multi-class implementation of
+:class:`deepcovidxr.scoring.task.Fit`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from deepcovidxr.scoring.calibration import bin_index
+from deepcovidxr.scoring.calibration import binned_gap
 
 METHOD = "temperature"
 # 1/T searched in this range: T from 0.02 (sharpen 50x) to 50 (flatten almost to uniform)
@@ -27,14 +29,14 @@ INVERSE_BOUNDS = (0.02, 50.0)
 EPS = 1e-12
 
 
-def _checked(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def _checked(labels: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(probs, np.float64)
     y = np.asarray(labels).astype(np.int64).ravel()
     if p.ndim != 2 or p.shape[0] != y.size or p.shape[1] < 3:
         raise ValueError(f"need (images, classes >= 3) probabilities and one label each, got {p.shape}, {y.shape}")
     if not np.isfinite(p).all() or y.min(initial=0) < 0 or y.max(initial=0) >= p.shape[1]:
         raise ValueError("probabilities must be finite and labels class indices")
-    return p, y
+    return y, p
 
 
 def scale(probs: Any, temperature: float) -> np.ndarray:
@@ -45,36 +47,34 @@ def scale(probs: Any, temperature: float) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def log_loss(probs: Any, labels: Any) -> float:
-    p, y = _checked(probs, labels)
+def log_loss(labels: Any, probs: Any) -> float:
+    y, p = _checked(labels, probs)
     return float(-np.mean(np.log(np.clip(p[np.arange(y.size), y], EPS, 1.0))))
 
 
-def brier(probs: Any, labels: Any) -> float:
-    p, y = _checked(probs, labels)
+def brier(labels: Any, probs: Any) -> float:
+    """``mean over images of sum over classes (p - onehot)^2`` (twice the binary Brier score on a
+    two-class row, which is why :func:`deepcovidxr.scoring.metrics.brier_score` is not it)."""
+    y, p = _checked(labels, probs)
     onehot = np.eye(p.shape[1])[y]
     return float(np.mean(((p - onehot) ** 2).sum(axis=1)))
 
 
-def top_label_ece(probs: Any, labels: Any, bins: int = 10) -> float:
-    p, y = _checked(probs, labels)
-    confidence = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    index = bin_index(confidence, bins)
-    gap = np.abs(
-        np.bincount(index, weights=confidence, minlength=bins) - np.bincount(index, weights=correct, minlength=bins)
-    )
-    return float(gap.sum() / y.size)
+def top_label_ece(labels: Any, probs: Any, bins: int = 10) -> float:
+    """The expected calibration error of the predicted class's probability against whether it
+    was right (:func:`deepcovidxr.scoring.calibration.binned_gap`)."""
+    y, p = _checked(labels, probs)
+    return binned_gap((p.argmax(axis=1) == y).astype(np.float64), p.max(axis=1), bins)
 
 
-def _figures(raw: np.ndarray, calibrated: np.ndarray, y: np.ndarray, bins: int) -> dict[str, float]:
+def _figures(y: np.ndarray, raw: np.ndarray, calibrated: np.ndarray, bins: int) -> dict[str, float]:
     return {
-        "log_loss_raw": log_loss(raw, y),
-        "log_loss_calibrated": log_loss(calibrated, y),
-        "brier_raw": brier(raw, y),
-        "brier_calibrated": brier(calibrated, y),
-        "ece_raw": top_label_ece(raw, y, bins),
-        "ece_calibrated": top_label_ece(calibrated, y, bins),
+        "log_loss_raw": log_loss(y, raw),
+        "log_loss_calibrated": log_loss(y, calibrated),
+        "brier_raw": brier(y, raw),
+        "brier_calibrated": brier(y, calibrated),
+        "ece_raw": top_label_ece(y, raw, bins),
+        "ece_calibrated": top_label_ece(y, calibrated, bins),
     }
 
 
@@ -89,6 +89,27 @@ class MulticlassFit:
 
     def apply(self, probs: Any) -> np.ndarray:
         return scale(probs, self.temperature)
+
+    @property
+    def operating_points(self) -> dict[str, float]:
+        """None: a multi-class decision is the argmax, which scaling never changes."""
+        return {}
+
+    def probability(self, probs: Any) -> np.ndarray:
+        """The ``Probability`` column: the scaled probability of the predicted class (the argmax)."""
+        return self.apply(probs).max(axis=1)
+
+    def held_out(self, y_true: Any, probs: Any, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+        return held_out_report(self, y_true, probs)  # no resampling: n_boot and seed are the binary's
+
+    def describe(self) -> str:
+        """One line for the log."""
+        v = self.validation
+        return (
+            f"multi-class temperature scaling on Validation: T {self.temperature:.3f}, log loss "
+            f"{v['log_loss_raw']:.4f} -> {v['log_loss_calibrated']:.4f}, top-label ECE {v['ece_raw']:.3f} -> "
+            f"{v['ece_calibrated']:.3f}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         # The same top-level keys as the binary fit (ensemble.load_calibration checks them); no
@@ -115,9 +136,9 @@ def is_multiclass(payload: dict[str, Any] | None) -> bool:
     return bool(payload) and "classes" in payload
 
 
-def fit(probs: Any, labels: Any, classes: tuple[str, ...], bins: int = 10) -> MulticlassFit:
+def fit(labels: Any, probs: Any, classes: tuple[str, ...], bins: int = 10) -> MulticlassFit:
     """The temperature minimising the log loss of ``probs`` (Validation's ensemble probabilities)."""
-    p, y = _checked(probs, labels)
+    y, p = _checked(labels, probs)
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} class names for {p.shape[1]} probability columns")
     logp = np.log(np.clip(p, EPS, 1.0))
@@ -143,14 +164,14 @@ def fit(probs: Any, labels: Any, classes: tuple[str, ...], bins: int = 10) -> Mu
             b = low + ratio * (high - low)
             fb = loss(np.exp(b))
     temperature = float(1.0 / np.exp((low + high) / 2.0))
-    return MulticlassFit(temperature, tuple(classes), int(y.size), _figures(p, scale(p, temperature), y, bins))
+    return MulticlassFit(temperature, tuple(classes), int(y.size), _figures(y, p, scale(p, temperature), bins))
 
 
-def held_out_report(fitted: MulticlassFit, probs: Any, labels: Any, bins: int = 10) -> dict[str, Any]:
+def held_out_report(fitted: MulticlassFit, labels: Any, probs: Any, bins: int = 10) -> dict[str, Any]:
     """How the Validation temperature does on another split (Test)."""
-    p, y = _checked(probs, labels)
+    y, p = _checked(labels, probs)
     return {
         "calibration_method": METHOD,
         "temperature": fitted.temperature,
-        **_figures(p, fitted.apply(p), y, bins),
+        **_figures(y, p, fitted.apply(p), bins),
     }

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepcovidxr.config import stages as configs
+from deepcovidxr.config import data_stages, inference_stages, training_stages
 
 
 @dataclass(frozen=True)
@@ -28,20 +28,20 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.stem: s
     for s in (
-        Stage("crop_img", configs.CropConfig, "deepcovidxr.stages.crop:run", "crop"),
-        Stage("resize_img", configs.ResizeConfig, "deepcovidxr.stages.resize:run", "resize"),
-        Stage("build_dataset", configs.DatasetConfig, "deepcovidxr.stages.build_dataset:run"),
-        Stage("train_unet", configs.UnetTrainConfig, "deepcovidxr.stages.train_unet:run"),
-        Stage("demo", configs.DemoConfig, "deepcovidxr.stages.demo:run"),
-        Stage("pretrain", configs.PretrainConfig, "deepcovidxr.stages.pretrain:run"),
-        Stage("tuner", configs.TuneConfig, "deepcovidxr.stages.tuner:run", "tune"),
-        Stage("train", configs.TrainConfig, "deepcovidxr.stages.train:run"),
-        Stage("train_all", configs.TrainAllConfig, "deepcovidxr.stages.train_all:run"),
-        Stage("ensemble", configs.EnsembleConfig, "deepcovidxr.stages.ensemble:run"),
-        Stage("evaluate", configs.EvaluateConfig, "deepcovidxr.stages.evaluate:run"),
-        Stage("predict", configs.PredictConfig, "deepcovidxr.stages.predict:run"),
-        Stage("visSample", configs.GradcamConfig, "deepcovidxr.stages.vis_sample:run", "gradcam"),
-        Stage("export", configs.ExportConfig, "deepcovidxr.stages.export:run"),
+        Stage("crop_img", data_stages.CropConfig, "deepcovidxr.stages.crop:run", "crop"),
+        Stage("resize_img", data_stages.ResizeConfig, "deepcovidxr.stages.resize:run", "resize"),
+        Stage("build_dataset", data_stages.DatasetConfig, "deepcovidxr.stages.build_dataset:run"),
+        Stage("train_unet", data_stages.UnetTrainConfig, "deepcovidxr.stages.train_unet:run"),
+        Stage("demo", data_stages.DemoConfig, "deepcovidxr.stages.demo:run"),
+        Stage("pretrain", training_stages.PretrainConfig, "deepcovidxr.stages.pretrain:run"),
+        Stage("tuner", training_stages.TuneConfig, "deepcovidxr.stages.tuner:run", "tune"),
+        Stage("train", training_stages.TrainConfig, "deepcovidxr.stages.train:run"),
+        Stage("train_all", training_stages.TrainAllConfig, "deepcovidxr.stages.train_all:run"),
+        Stage("ensemble", inference_stages.EnsembleConfig, "deepcovidxr.stages.ensemble:run"),
+        Stage("evaluate", inference_stages.EvaluateConfig, "deepcovidxr.stages.evaluate:run"),
+        Stage("predict", inference_stages.PredictConfig, "deepcovidxr.stages.predict:run"),
+        Stage("visSample", inference_stages.GradcamConfig, "deepcovidxr.stages.vis_sample:run", "gradcam"),
+        Stage("export", inference_stages.ExportConfig, "deepcovidxr.stages.export:run"),
     )
 }
 

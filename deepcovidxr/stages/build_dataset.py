@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr.config.stages import DatasetConfig
+from deepcovidxr.config.data_stages import DatasetConfig
 from deepcovidxr.contract import layout
 from deepcovidxr.contract.file_report import ERROR, BatchReport, stamped
 from deepcovidxr.contract.layout import CropMode, DataTree, Split
@@ -64,13 +64,7 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
 
     def base_row(item: tuple) -> dict:
         _, row, split, name = item
-        return {
-            "file": row.file,
-            "label": row.label,
-            "patient_id": row.patient_id,
-            "split": split.value,
-            "name": name,
-        }
+        return {"file": row.file, "label": row.label, "patient_id": row.patient_id, "split": split.value, "name": name}
 
     def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, QcItem]:
         _, row, split, name = item
@@ -99,7 +93,12 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
                 output.unlink(missing_ok=True)
     if qc.items:
         write_qc_montage(config.output / layout.QC_MONTAGE, qc.items)
-    counts = report.status_counts()
+    _log_outcome(report, path)
+    return StageResult(path, report.status_counts())
+
+
+def _log_outcome(report: BatchReport, path: Path) -> None:
+    """The images per split and class, and those the input check left out or ``--keep-flagged`` kept."""
     written = [r for r in report.rows.values() if r["status"] not in (ERROR, LEFT_OUT)]
     split_counts = Counter((r["split"], r["label"]) for r in written)
     log.info("dataset: %s", ", ".join(f"{s}/{lab} {n}" for (s, lab), n in sorted(split_counts.items())))
@@ -109,7 +108,6 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
     kept = sum(1 for r in written if r.get("input_check") not in ("", OK))
     if kept:
         log.warning("dataset: %d flagged image(s) kept (--keep-flagged); see %s", kept, path)
-    return StageResult(path, counts)
 
 
 def _pinned(report: BatchReport, recorded: dict[str, dict], split_rule: dict) -> dict[str, Split]:

@@ -3,7 +3,7 @@ that would overwrite each other."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepcovidxr.contract import layout
@@ -12,8 +12,13 @@ from deepcovidxr.contract.file_report import ERROR, BatchReport
 
 @dataclass(frozen=True)
 class StageResult:
+    """What every stage's ``run`` returns: ``report``, its main output (a report, a CSV, a
+    checkpoint: the path ``cli`` prints), ``counts`` of its rows by status (any ``error`` makes the
+    exit code 1) and ``files``, other outputs a caller may want (export.py's member files)."""
+
     report: Path
-    counts: dict[str, int]
+    counts: dict[str, int] = field(default_factory=dict)
+    files: tuple[Path, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -50,6 +55,15 @@ def explanation_options(config, chosen) -> dict:
     return {**crop_options(config), **ensemble_options(chosen), "target": config.target, "method": config.method} | lime
 
 
+def report_page(folder: Path, title: str, config, chosen, **sections) -> Path:
+    """report.html of an ensemble stage (evaluate.py, predict.py): what was run (the options, the
+    members, the engine) and ``sections`` (:func:`deepcovidxr.reports.page.write_report`'s)."""
+    from deepcovidxr.reports.page import write_report
+
+    engine = f"{config.engine} {config.precision}"
+    return write_report(folder, title, config=config.options(), members=chosen.names, engine=engine, **sections)
+
+
 def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> dict[str, str]:
     """Error rows for the inputs whose outputs would overwrite another input's (never written)."""
     clashes = layout.collisions(outputs)
@@ -58,29 +72,22 @@ def refuse_collisions(report: BatchReport, outputs: dict[str, list[Path]]) -> di
     return clashes
 
 
-def crop_for_explanation(todo: list[tuple], config, report: BatchReport, handle) -> None:
+def crop_for_explanation(todo: list[tuple], config, report: BatchReport, keep) -> list[str]:
     """The explanation stages' crop (Grad-CAM, LIME): ``todo`` items ``(path, name)`` through the
-    U-Net in batches; ``handle(item, gray, probability, input_check)`` keeps what the stage needs,
-    and only failures become final rows of ``report`` (the explanation writes the others)."""
+    U-Net in batches; ``keep(item, gray, crop, input_check)`` keeps what the stage needs. Failures
+    become final rows of ``report`` (the explanation writes the others); returns the names cropped,
+    in ``todo``'s order."""
     from deepcovidxr.lungs.cropper import LungCropper
-    from deepcovidxr.lungs.pipeline import segment_files
-    from deepcovidxr.reports.montage import QcCollector
+    from deepcovidxr.lungs.pipeline import crop_images
 
     if not todo:
-        return
-
-    def failed(item: tuple, reason: str) -> dict:
-        return {"file": item[1], "status": ERROR, "error": reason}
-
-    class Failures:
-        def add(self, row: dict) -> None:
-            if row["status"] == ERROR:
-                report.add(row)
-
+        return []
     cropper = LungCropper(config.unet, batch_size=config.batch_size, precision=config.precision)
-    segment_files(
-        todo, cropper, handle, failed, Failures(), QcCollector(limit=0), config.workers, "crop", pass_check=True
-    )
+    outcome = crop_images(todo, cropper, keep, config.workers)
+    for name, (status, error) in outcome.items():
+        if status == ERROR:
+            report.add({"file": name, "status": ERROR, "error": error})
+    return [name for _, name in todo if outcome.get(name, (ERROR, ""))[0] != ERROR]
 
 
 def plan_outputs(source: Path, output: Path, report: BatchReport, names) -> tuple[int, list[tuple[Path, str]]]:

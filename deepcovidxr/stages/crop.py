@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr.config.stages import CropConfig
+from deepcovidxr.config.data_stages import CropConfig
 from deepcovidxr.contract import layout
 from deepcovidxr.contract.file_report import ERROR, BatchReport
 from deepcovidxr.imaging.reader import iter_input_files, write_gray

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr import DISCLAIMER
-from deepcovidxr.config.stages import EnsembleConfig
+from deepcovidxr.config.inference_stages import EnsembleConfig
 from deepcovidxr.contract import classes as class_names
-from deepcovidxr.contract import layout
+from deepcovidxr.contract import layout, run_paths
 from deepcovidxr.contract.atomic import write_json
 from deepcovidxr.contract.file_report import ERROR
 from deepcovidxr.contract.layout import Split
@@ -35,8 +35,8 @@ from deepcovidxr.inference.ensemble import (
     write_csv,
     write_unreadable,
 )
-from deepcovidxr.scoring import calibration, multiclass_calibration
-from deepcovidxr.scoring import combination as ensemble
+from deepcovidxr.scoring import combination, multiclass_calibration, weights_file
+from deepcovidxr.scoring.task import task_for
 from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
@@ -47,15 +47,16 @@ def run(config: EnsembleConfig) -> StageResult:
     ensemble on Test. A file no view can read is left out of its split, listed in
     ``Ensemble_Results/unreadable.csv`` and makes the exit code 1 (the weights are still written)."""
 
-    if config.method not in ensemble.METHODS:
-        raise UsageError(f"unknown method {config.method!r}; choose one of {ensemble.METHODS}")
+    if config.method not in weights_file.METHODS:
+        raise UsageError(f"unknown method {config.method!r}; choose one of {weights_file.METHODS}")
     members = available_members(config.weights, config.members)
     names = [m.short_name for m, _ in members]
-    out = layout.EnsemblePaths(Path(config.output))
+    out = run_paths.EnsemblePaths(Path(config.output))
     results, scratch = out.folder, out.scratch
     classes = class_names.common(members)
+    task = task_for(classes)
     published = {m for m, _ in members} & set(layout.ensemble_members())
-    if not config.members and class_names.is_binary(classes) and len(published) == len(members) < 24:
+    if not config.members and task.published_weights and len(published) == len(members) < 24:
         log.warning(
             "%d of 24 members have no file in %s; ensembling the %d present",
             24 - len(members),
@@ -68,43 +69,24 @@ def run(config: EnsembleConfig) -> StageResult:
         config.data, Split.VALIDATION, candidate, scratch, config.batch_size, engine=engine
     )
     if config.method == "weighted":
-        search = ensemble.dirichlet_search(val_scores, validation.labels, draws=config.draws, seed=config.seed)
+        search = combination.dirichlet_search(val_scores, validation.labels, draws=config.draws, seed=config.seed)
         weights = np.asarray(search.weights, np.float64)
         log.info(
             "Dirichlet search (%d draws, seed %d): validation %sAUC %.4f",
             config.draws,
             config.seed,
-            "" if candidate.binary else "macro one-vs-rest ",
+            task.pick(binary="", multiclass="macro one-vs-rest "),
             search.auc,
         )
     else:
         weights = candidate.weights
-    fitted = None
     # Calibration (and, binary, operating points) from Validation only, like the weights: Test is
     # scored after both are written, and nothing fitted reads it.
-    val_combined = ensemble.combine_rule(val_scores, config.method, weights if config.method == "weighted" else None)
-    if candidate.binary:
-        fitted = calibration.fit_from_split(val_combined, validation.labels, method=config.calibrate)
-        log.info(
-            "calibration (%s) on Validation: ECE %.3f -> %.3f; thresholds %s",
-            config.calibrate,
-            fitted.validation["ece_raw"],
-            fitted.validation["ece_calibrated"],
-            ", ".join(f"{k} {v:.4f}" for k, v in fitted.operating_points.items()),
-        )
-    elif config.calibrate != "identity":
-        # Several classes: one temperature keeps the rows summing to 1 and the argmax (see
-        # multiclass_calibration); platt/temperature/isotonic all mean it here.
-        fitted = multiclass_calibration.fit(val_combined, validation.labels, classes)
-        log.info(
-            "multi-class temperature scaling on Validation: T %.3f, log loss %.4f -> %.4f, top-label ECE %.3f -> %.3f",
-            fitted.temperature,
-            fitted.validation["log_loss_raw"],
-            fitted.validation["log_loss_calibrated"],
-            fitted.validation["ece_raw"],
-            fitted.validation["ece_calibrated"],
-        )
-    pickle_path, json_path = ensemble.save_weights(
+    val_combined = combination.combine_rule(val_scores, config.method, weights if config.method == "weighted" else None)
+    fitted = task.fit_calibration(validation.labels, val_combined, config.calibrate)
+    if fitted is not None:
+        log.info("%s", fitted.describe())
+    pickle_path, json_path = weights_file.save_weights(
         dict(zip(names, weights.tolist(), strict=True)),
         results,
         rule=config.method,
@@ -112,17 +94,15 @@ def run(config: EnsembleConfig) -> StageResult:
         calibration=fitted.to_dict() if fitted else None,
     )
     test, test_scores = score_split(config.data, Split.TEST, candidate, scratch, config.batch_size, engine=engine)
-    combined = ensemble.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
-    if not candidate.binary:
-        _multiclass(config, out, names, classes, weights, test, test_scores, combined, fitted)
-    else:
-        _binary_report(config, out, names, weights, test, test_scores, combined, fitted)
+    combined = combination.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
+    report = task.pick(binary=_binary_report, multiclass=_multiclass)
+    report(config, out, names, classes, weights, test, test_scores, combined, fitted)
     log.info("ensemble weights: %s and %s", pickle_path, json_path)
     errors = write_unreadable(out.unreadable, [(Split.VALIDATION.value, validation), (Split.TEST.value, test)])
     return StageResult(json_path, {"ok": len(validation.names) + len(test.names), ERROR: errors})
 
 
-def _binary_report(config, out, names, weights, test, test_scores, combined, fitted) -> None:
+def _binary_report(config, out, names, classes, weights, test, test_scores, combined, fitted) -> None:
     """member_auc.csv, the Test predictions, the figures and the summary of a binary ensemble."""
     from deepcovidxr.reports import plots
     from deepcovidxr.scoring import metrics
@@ -162,7 +142,7 @@ def _binary_report(config, out, names, weights, test, test_scores, combined, fit
             "weights": dict(zip(names, weights.tolist(), strict=True)),
             "calibration": {
                 **fitted.to_dict(),
-                "test": calibration.held_out_report(fitted, combined, test.labels, seed=config.seed),
+                "test": fitted.held_out(test.labels, combined, seed=config.seed),
             },
             "test": summary,
         },
@@ -211,7 +191,7 @@ def _multiclass(config, out, names, classes, weights, test, test_scores, combine
                 "method": multiclass_calibration.METHOD,
                 "fitted_on": "Validation",
                 "validation": fitted.validation,
-                "test": multiclass_calibration.held_out_report(fitted, combined, test.labels),
+                "test": fitted.held_out(test.labels, combined),
             },
         },
     )

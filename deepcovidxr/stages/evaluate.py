@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr import DISCLAIMER
-from deepcovidxr.config.stages import EvaluateConfig
-from deepcovidxr.contract import layout
+from deepcovidxr.config.inference_stages import EvaluateConfig
+from deepcovidxr.contract import layout, run_paths
 from deepcovidxr.contract.atomic import write_json
 from deepcovidxr.contract.file_report import ERROR
 from deepcovidxr.contract.layout import DataTree, Split
@@ -38,8 +38,8 @@ from deepcovidxr.inference.ensemble import (
     write_csv,
     write_unreadable,
 )
-from deepcovidxr.reports.page import Failure, ImageRow, write_report
-from deepcovidxr.stages.common import StageResult
+from deepcovidxr.reports.page import Failure, ImageRow
+from deepcovidxr.stages.common import StageResult, report_page
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run(config: EvaluateConfig) -> StageResult:
     """Score Test with every member, then write the binary or multi-class outputs; a file no view
     can read is left out, listed in ``Results/unreadable.csv`` and makes the exit code 1."""
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
-    out = layout.EvaluationPaths(Path(config.output))
+    out = run_paths.EvaluationPaths(Path(config.output))
     variance: list[np.ndarray] = []
     images, scores = score_split(
         config.image,
@@ -69,18 +69,18 @@ def run(config: EvaluateConfig) -> StageResult:
     )
     # predict.py's definition: the TTA passes' variance joins the members' spread (reliability.image_uncertainty)
     spread = reliability.image_uncertainty(chosen, scores, variance[0] if config.tta and variance else None)
-    path = (_binary if chosen.binary else _multiclass)(config, chosen, out, images, scores, spread)
+    write = chosen.task.pick(binary=_binary, multiclass=_multiclass)  # the original's files, or p_<class> ones
+    path = write(config, chosen, out, images, scores, spread)
     errors = write_unreadable(out.unreadable, [(Split.TEST.value, images)])
     return StageResult(path, {"ok": len(images.names), ERROR: errors})
 
 
 def _binary(
-    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
+    config: EvaluateConfig, chosen: Ensemble, out: run_paths.EvaluationPaths, images: SplitImages, scores, spread
 ) -> Path:
     from deepcovidxr.reports import plots
     from deepcovidxr.scoring import metrics
 
-    results = out.folder
     combined = chosen.combine(scores)
     probs = reliability.probabilities(chosen, combined)
     rows = []
@@ -121,7 +121,26 @@ def _binary(
     summary["member_auc"] = {
         name: metrics.auc_or_nan(images.labels, scores[:, i]) for i, name in enumerate(chosen.names)
     }
-    held_out = reliability.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
+    figures = plots.evaluation_plots(out.folder, images.labels, combined, THRESHOLD, "Ensemble on Test")
+    _publish(config, chosen, out, images, combined, spread, summary, figures, {}, TTA_NOTE if config.tta else "")
+    log.info(
+        "Test: AUC %.4f (95%% CI %s), sensitivity %.3f, specificity %.3f at 0.5; %s",
+        summary["auc"],
+        _interval(summary["auc_ci95"]),
+        summary["at_0.5"]["sensitivity"],
+        summary["at_0.5"]["specificity"],
+        path,
+    )
+    return path
+
+
+def _publish(config, chosen, out, images, combined, spread, summary, figures, extra: dict, note: str) -> None:
+    """What both tasks write after their predictions: metrics.json (the summary, held-out
+    calibration, referral), the calibration and referral figures, the figures as TensorBoard
+    images, and report.html."""
+    from deepcovidxr.reports.tensorboard_images import write_images
+
+    held_out = reliability.held_out_calibration(chosen, images.labels, combined, config.bootstrap, config.seed)
     referral = reliability.referral(images.labels, combined, spread)
     write_json(
         out.metrics,
@@ -133,29 +152,18 @@ def _binary(
             "ensemble_rule": chosen.rule,
             **summary,
             "unreadable": dict(images.unreadable),
-            "uncertainty": UNCERTAINTY_NOTE + (TTA_NOTE if config.tta else ""),
+            **extra,
+            "uncertainty": UNCERTAINTY_NOTE + note,
             "referral": referral,
             "calibrated": chosen.calibrated,
             "calibration": held_out if held_out is not None else chosen.uncalibrated_reason,
         },
     )
-    figures = plots.evaluation_plots(results, images.labels, combined, THRESHOLD, "Ensemble on Test")
-    figures += reliability.evaluation_figures(out, chosen, images.labels, combined, referral)
-    from deepcovidxr.reports.tensorboard_images import write_images
-
+    figures = figures + reliability.evaluation_figures(out, chosen, images.labels, combined, referral)
     # The same figures in TensorBoard, beside the members' training curves (tensorboard --logdir).
-    write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
+    write_images(out.folder / layout.TENSORBOARD, {f.stem: f for f in figures})
     rows = reliability.metric_rows(summary, held_out, referral)
     _report(config, chosen, out, images, combined, spread, rows, figures)
-    log.info(
-        "Test: AUC %.4f (95%% CI %s), sensitivity %.3f, specificity %.3f at 0.5; %s",
-        summary["auc"],
-        _interval(summary["auc_ci95"]),
-        summary["at_0.5"]["sensitivity"],
-        summary["at_0.5"]["specificity"],
-        path,
-    )
-    return path
 
 
 def _interval(bounds: list) -> str:
@@ -170,11 +178,8 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
     folder = DataTree(config.image).split_dir(*views_of(chosen.members)[0], Split.TEST)
     rows = []
     for index, name in enumerate(images.names):
-        if chosen.binary:
-            score, prediction = float(combined[index]), decision(float(combined[index]))[2]
-        else:
-            best = int(np.argmax(combined[index]))
-            score, prediction = float(combined[index, best]), chosen.classes[best]
+        call, score = chosen.task.call(combined[index])
+        prediction = chosen.task.call_names[call]
         actual = images.classes[int(images.labels[index])]
         rows.append(
             ImageRow(
@@ -186,12 +191,11 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
                 prediction=prediction,
             )
         )
-    write_report(
+    report_page(
         out.folder,
         "deepcovidxr evaluation on Test",
-        config=config.options(),
-        members=chosen.names,
-        engine=f"{config.engine} {config.precision}",
+        config,
+        chosen,
         metrics=metric_rows,
         figures=reliability.figures_of(figures),
         failures=[Failure(name, reason) for name, reason in images.unreadable],
@@ -200,10 +204,9 @@ def _report(config, chosen, out, images, combined, spread, metric_rows, figures)
 
 
 def _multiclass(
-    config: EvaluateConfig, chosen: Ensemble, out: layout.EvaluationPaths, images: SplitImages, scores, spread
+    config: EvaluateConfig, chosen: Ensemble, out: run_paths.EvaluationPaths, images: SplitImages, scores, spread
 ) -> Path:
     from deepcovidxr.reports import plots
-    from deepcovidxr.reports.tensorboard_images import write_images
     from deepcovidxr.scoring import metrics
 
     results = out.folder
@@ -222,33 +225,12 @@ def _multiclass(
     summary = metrics.multiclass_metrics(
         images.labels, combined, chosen.classes, n_boot=config.bootstrap, seed=config.seed
     )
-    referral = reliability.referral(images.labels, combined, spread)
-    held_out = reliability.held_out_calibration(chosen, combined, images.labels, config.bootstrap, config.seed)
     member_auc = {
         name: float(metrics.ovr_auc(images.labels, scores[:, i, :]).mean()) for i, name in enumerate(chosen.names)
     }
-    write_json(
-        out.metrics,
-        {
-            "disclaimer": DISCLAIMER,
-            "split": "Test",
-            "tta": config.tta,
-            "ensemble_weights": dict(zip(chosen.names, chosen.weights.tolist(), strict=True)),
-            "ensemble_rule": chosen.rule,
-            **summary,
-            "unreadable": dict(images.unreadable),
-            "member_macro_auc": member_auc,
-            "uncertainty": UNCERTAINTY_NOTE + "; multi-class: of the predicted class's probability",
-            "referral": referral,
-            "calibrated": chosen.calibrated,
-            "calibration": held_out if held_out is not None else chosen.uncalibrated_reason,
-        },
-    )
     figures = plots.multiclass_evaluation_plots(results, images.labels, combined, chosen.classes, "Ensemble on Test")
-    figures += reliability.evaluation_figures(out, chosen, images.labels, combined, referral)
-    write_images(results / layout.TENSORBOARD, {f.stem: f for f in figures})
-    rows = reliability.metric_rows(summary, held_out, referral)
-    _report(config, chosen, out, images, combined, spread, rows, figures)
+    note = "; multi-class: of the predicted class's probability"
+    _publish(config, chosen, out, images, combined, spread, summary, figures, {"member_macro_auc": member_auc}, note)
     log.info(
         "Test (%d classes): macro AUC %.4f (95%% CI %s), accuracy %.3f; %s",
         len(chosen.classes),

@@ -11,16 +11,18 @@ member). The conversion runs in a process of its own (:mod:`deepcovidxr.runtime.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepcovidxr import DISCLAIMER, __version__
-from deepcovidxr.config.stages import ExportConfig
+from deepcovidxr.config.inference_stages import ExportConfig
 from deepcovidxr.contract import classes as class_names
 from deepcovidxr.contract.atomic import write_json
 from deepcovidxr.contract.layout import Member
 from deepcovidxr.imaging.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from deepcovidxr.runtime import engines, export_worker
+from deepcovidxr.runtime import convert, export_worker, exports
+from deepcovidxr.runtime.digest import file_sha256, package_version, tree_sha256
+from deepcovidxr.scoring.task import task_for
+from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 # Re-exported: the checks live beside the conversion in the worker process.
@@ -29,24 +31,12 @@ run_exported = export_worker.run_exported
 
 REPORT = "ensemble.json"
 PARITY_WARN = 1e-4
-# How each format names the score tensor (ONNX: renamed by engines.to_onnx; the others: Keras' exporters).
+# How each format names the score tensor (ONNX: renamed by convert.to_onnx; the others: Keras' exporters).
 OUTPUT_NAMES = {
-    "onnx": engines.OUTPUT_NAME,
+    "onnx": convert.OUTPUT_NAME,
     "tflite": "the model's single output tensor",
     "saved_model": "output_0 of the 'serve' signature",
 }
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """``report``: the ensemble.json written; ``files``: the exported member files in ensemble order."""
-
-    report: Path
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def exit_code(self) -> int:
-        return 0
 
 
 def _combination(chosen) -> dict:
@@ -72,7 +62,7 @@ def _combination(chosen) -> dict:
 
 def input_contract(size: int) -> dict:
     return {
-        "name": engines.INPUT_NAME,
+        "name": convert.INPUT_NAME,
         "shape": [None, size, size, 3],
         "layout": "NHWC",
         "size": size,
@@ -87,13 +77,13 @@ def input_contract(size: int) -> dict:
 
 
 def export_member(member: Member, member_path: Path, fmt: str, output: Path, classes: tuple[str, ...]) -> dict:
-    """Export one member (in a process of its own: :data:`deepcovidxr.runtime.engines.ISOLATE_EXPORTS`,
+    """Export one member (in a process of its own: :data:`deepcovidxr.runtime.exports.ISOLATE_EXPORTS`,
     so 24 members cost one export's memory) and check every output column against Keras; returns
     its ensemble.json entry."""
-    suffix = engines.CONVERTERS[fmt][0]
+    suffix = convert.CONVERTERS[fmt][0]
     destination = Path(output) / f"{Path(member.legacy_filename).stem}{suffix}"
-    request = engines.member_request(member, member_path, fmt, destination, parity=True)
-    result = engines.run_export_worker(request) if engines.ISOLATE_EXPORTS else export_worker.export(request)
+    request = exports.member_request(member, member_path, fmt, destination, parity=True)
+    result = exports.run_export_worker(request) if exports.ISOLATE_EXPORTS else export_worker.export(request)
     seconds, difference = result["seconds"], result["parity_max_abs_diff"]
     if difference is not None and difference > PARITY_WARN:
         log.warning("%s: exported scores differ from Keras by up to %.2e", destination.name, difference)
@@ -102,10 +92,10 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path, cla
         member_path.name,
         destination.name,
         seconds,
-        class_names.outputs(classes),
+        task_for(classes).units,
         "not checked" if difference is None else f"{difference:.1e}",
     )
-    digest = engines.tree_sha256(destination) if destination.is_dir() else engines.file_sha256(destination)
+    digest = tree_sha256(destination) if destination.is_dir() else file_sha256(destination)
     return {
         "name": member.short_name,
         "backbone": member.backbone,
@@ -115,7 +105,7 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path, cla
         "file": destination.name,
         "sha256": digest,
         "source": member_path.name,
-        "source_sha256": engines.file_sha256(member_path),
+        "source_sha256": file_sha256(member_path),
         "input": input_contract(member.size),
         "export_seconds": round(seconds, 3),
         "parity_max_abs_diff": difference,
@@ -124,23 +114,24 @@ def export_member(member: Member, member_path: Path, fmt: str, output: Path, cla
 
 def output_contract(fmt: str, classes: tuple[str, ...], combination: dict) -> dict:
     """What each member file outputs, as ensemble.json states it: one sigmoid unit for the binary
-    task, a softmax over the classes otherwise (:mod:`deepcovidxr.contract.classes`)."""
-    units = class_names.outputs(classes)
-    if class_names.is_binary(classes):
-        meaning = (
-            f"probability of class {classes[1]!r} (COVID-19 positive); the ensemble score is "
+    task, a softmax over the classes otherwise (:mod:`deepcovidxr.scoring.task`)."""
+    task = task_for(classes)
+    meaning = task.pick(
+        binary=(
+            f"probability of class {classes[-1]!r} (COVID-19 positive); the ensemble score is "
             f"{combination['description']}, positive when >= {combination['threshold']}"
-        )
-        return {"name": OUTPUT_NAMES[fmt], "shape": [None, units], "activation": "sigmoid", "meaning": meaning}
-    meaning = (
-        f"probability of each class, in the order of class_names ({', '.join(classes)}); rows sum to 1; "
-        f"the ensemble's probabilities are {combination['description']} per class, the predicted class "
-        "the largest"
+        ),
+        multiclass=(
+            f"probability of each class, in the order of class_names ({', '.join(classes)}); rows sum to 1; "
+            f"the ensemble's probabilities are {combination['description']} per class, the predicted class "
+            "the largest"
+        ),
     )
-    return {"name": OUTPUT_NAMES[fmt], "shape": [None, units], "activation": "softmax", "meaning": meaning}
+    shape = [None, task.units]
+    return {"name": OUTPUT_NAMES[fmt], "shape": shape, "activation": task.activation, "meaning": meaning}
 
 
-def run(config: ExportConfig) -> ExportResult:
+def run(config: ExportConfig) -> StageResult:
     """Export every chosen member (default: those with a non-zero weight) and write ensemble.json."""
     from deepcovidxr.inference.ensemble import resolve_ensemble
 
@@ -167,9 +158,10 @@ def run(config: ExportConfig) -> ExportResult:
             "output": output_contract(config.format, classes, combination),
             "versions": {
                 "deepcovidxr": __version__,
-                **{p: engines.package_version(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx")},
+                **{p: package_version(p) for p in ("tensorflow", "keras", "tf2onnx", "onnx")},
             },
         },
     )
     log.info("export: wrote %s", report)
-    return ExportResult(report, [config.output / e["file"] for e in entries])
+    # report: the ensemble.json written; files: the exported member files in ensemble order
+    return StageResult(report, files=tuple(config.output / e["file"] for e in entries))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from deepcovidxr.config.stages import ResizeConfig
+from deepcovidxr.config.data_stages import ResizeConfig
 from deepcovidxr.contract import layout
 from deepcovidxr.contract.file_report import ERROR, BatchReport
 from deepcovidxr.errors import UsageError

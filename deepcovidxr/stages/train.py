@@ -4,9 +4,9 @@ loop), best of --repeats seeds.
 
 from __future__ import annotations
 
-from deepcovidxr.config.stages import TrainConfig
+from deepcovidxr.config.training_stages import TrainConfig
 from deepcovidxr.contract.file_report import ERROR, count_unreadable
-from deepcovidxr.contract.layout import RunPaths
+from deepcovidxr.contract.run_paths import RunPaths
 from deepcovidxr.errors import UsageError
 from deepcovidxr.stages.common import StageResult
 from deepcovidxr.training.trainer import train_member

@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from deepcovidxr.config.stages import TrainAllConfig, TrainConfig
+from deepcovidxr.config.training_stages import TrainAllConfig, TrainConfig
 from deepcovidxr.contract.file_report import ERROR, count_unreadable
-from deepcovidxr.contract.layout import Member, RunPaths
+from deepcovidxr.contract.layout import Member
+from deepcovidxr.contract.run_paths import RunPaths
 from deepcovidxr.errors import DeepcovidxrError, MissingInputError, UsageError
 from deepcovidxr.stages.common import StageResult
 from deepcovidxr.training.trainer import member_hyperparameters, member_weights, train_member

@@ -7,26 +7,27 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 
-from deepcovidxr.config.stages import UnetTrainConfig
+from deepcovidxr.config.data_stages import UnetTrainConfig
 from deepcovidxr.contract.atomic import atomic_path
 from deepcovidxr.lungs import segment
 from deepcovidxr.lungs.augment import augment_pair
 from deepcovidxr.lungs.train import dice, find_pairs, initial_model, load_256, split_heldout, write_unet_metadata
+from deepcovidxr.stages.common import StageResult
 
 log = logging.getLogger(__name__)
 
 
-def run(config: UnetTrainConfig) -> Path:
+def run(config: UnetTrainConfig) -> StageResult:
     """Train, keep the best held-out epoch, write ``lung_unet.weights.h5`` + ``lung_unet.json``."""
     import keras
 
+    from deepcovidxr.training.schedule import set_precision
+
     keras.utils.set_random_seed(config.seed)
-    policy = "mixed_bfloat16" if config.mixed_precision else "float32"
-    keras.mixed_precision.set_dtype_policy(policy)
+    policy = set_precision(config.precision)  # fp16's loss scaling: compile() wraps the optimizer
     model = initial_model(config, policy)  # first: a wrong --init fails before the data is read
     pairs = find_pairs(config.data)
     if config.limit:
@@ -92,4 +93,4 @@ def run(config: UnetTrainConfig) -> Path:
     seconds = time.time() - started
     model.load_weights(weights_path)
     write_unet_metadata(model, config, pairs, train_pairs, held_pairs, history, best, seconds)
-    return weights_path
+    return StageResult(weights_path)

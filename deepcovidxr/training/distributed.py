@@ -22,13 +22,16 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from deepcovidxr.config.stages import TrainConfig
+from deepcovidxr.config.training_stages import TrainConfig
 from deepcovidxr.contract.atomic import write_json
-from deepcovidxr.contract.layout import RunPaths
+from deepcovidxr.contract.run_paths import RunPaths
 from deepcovidxr.errors import UsageError
 from deepcovidxr.training.schedule import (
     PLATEAU_FACTOR,
@@ -37,7 +40,6 @@ from deepcovidxr.training.schedule import (
     finish_member,
     finished_member,
     learning_rate_of,
-    macro_auc_or_nan,
     phase_optimizer,
     resolved_hyperparameters,
     set_learning_rate,
@@ -123,14 +125,22 @@ def _validation_loss(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
 
+def _agreed_to_skip(strategy, chief: bool, paths: RunPaths, record: RunRecord, config: TrainConfig) -> bool:
+    """Whether every worker skips the member (the chief found it finished); the chief's refusal
+    raised on every worker."""
+    says, refusal = _chief_decision(paths, record, config.overwrite) if chief else (TRAIN, None)
+    decision = _chief_decides(strategy, says)
+    if decision == REFUSE:
+        raise refusal or UsageError(f"the chief worker refused to train {config.member.short_name}; see its log")
+    return decision == SKIP
+
+
 def train_member_multiworker(config: TrainConfig) -> Path:
     import keras
     import tensorflow as tf
 
-    from deepcovidxr.contract import classes as class_names
     from deepcovidxr.data.tfdata import make_dataset
-    from deepcovidxr.networks.members import build_member, head_for, save_member, set_backbone_trainable
-    from deepcovidxr.scoring import metrics
+    from deepcovidxr.networks.members import head_for, save_member
     from deepcovidxr.training.trainer import training_splits
 
     if "TF_CONFIG" not in os.environ:
@@ -141,37 +151,17 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     member = config.member
     paths = RunPaths(config.output, member)
     record = RunRecord.for_member(config)
-    says, refusal = _chief_decision(paths, record, config.overwrite) if chief else (TRAIN, None)
-    decision = _chief_decides(strategy, says)
-    if decision == REFUSE:
-        raise refusal or UsageError(f"the chief worker refused to train {member.short_name}; see its log")
-    if decision == SKIP:
+    if _agreed_to_skip(strategy, chief, paths, record, config):
         return paths.final
     hp = resolved_hyperparameters(config)
     keras.utils.set_random_seed(config.seed)
-    policy = set_precision(config.mixed_precision)
+    policy = set_precision(config.precision)
     classes, train_files, val_files = training_splits(config.path, config.size, paths.unreadable if chief else None)
-    binary = class_names.is_binary(classes)
     outputs, activation = head_for(classes)
     schedule = Schedule.for_member(config, hp, train_files.labels, classes)
     global_batch = config.batch_size * workers
     steps = max(1, math.ceil(len(train_files) / global_batch))
-
-    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        batch = context.get_per_replica_batch_size(global_batch)
-        ds = make_dataset(
-            train_files,
-            config.size,
-            batch,
-            training=True,
-            seed=config.seed,
-            oversample=config.oversample,
-            cache=config.cache,
-            repeat=True,
-        )
-        return schedule.weigh(ds.shard(context.num_input_pipelines, context.input_pipeline_id))
-
-    distributed = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    batches = _distributed_batches(strategy, config, train_files, schedule, global_batch)
     val_ds = make_dataset(val_files, config.size, config.batch_size, training=False, cache=config.cache)
     log.info(
         "worker %d of %d: %s, %d steps per epoch, global batch %d, %s",
@@ -182,80 +172,11 @@ def train_member_multiworker(config: TrainConfig) -> Path:
         global_batch,
         policy,
     )
-
-    with strategy.scope():
-        model = build_member(
-            member.backbone,
-            member.size,
-            dropout=hp.dropout_rate,
-            weights=config.weights,
-            outputs=outputs,
-            activation=activation,
-        )
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            # Batch statistics over the global batch: moving averages then stay identical on
-            # every worker (local statistics would make the workers' weights drift apart).
-            synchronize_batch_norm(layer)
-    optimizer = None
-    scaled = policy == "mixed_float16"
-
-    def step_fn(images, labels, weights=None):
-        with tf.GradientTape() as tape:
-            predictions = model(images, training=True)
-            loss = weighted_loss(labels, predictions, weights, global_batch)
-            target = optimizer.scale_loss(loss) if scaled else loss
-        variables = model.trainable_variables
-        gradients = tape.gradient(target, variables)
-        optimizer.apply_gradients(zip(gradients, variables, strict=False))  # unscales when scaled
-        return loss
-
-    history: dict[str, dict[str, list[float]]] = {}
-    for phase in schedule.phases:
-        best_weights = None
-        set_backbone_trainable(model, phase != "initial")
-        with strategy.scope():  # a fresh optimizer per phase, built for this phase's variables
-            optimizer = phase_optimizer(schedule.optimizer, schedule.learning_rate, schedule.momentum, policy)
-            optimizer.build(model.trainable_variables)
-
-        @tf.function
-        def train_step(iterator):
-            per_replica = strategy.run(step_fn, args=next(iterator))
-            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-        rule = schedule.rule(phase)
-        records: dict[str, list[float]] = {"loss": [], "val_auc": [], "val_loss": [], "learning_rate": []}
-        for epoch in range(schedule.epochs):
-            losses = [float(train_step(distributed)) for _ in range(steps)]
-            scores = np.concatenate([np.asarray(model(x, training=False), np.float32) for x, _ in val_ds])
-            if binary:
-                scores = scores[:, 0]
-                auc = metrics.auc_or_nan(val_files.labels, scores)
-            else:
-                auc = macro_auc_or_nan(val_files.labels, scores, len(classes))
-            val_loss = _validation_loss(val_files.labels, scores)
-            rate = learning_rate_of(optimizer)
-            epoch_numbers = {"loss": np.mean(losses), "val_auc": auc, "val_loss": val_loss, "learning_rate": rate}
-            for key, value in epoch_numbers.items():
-                records[key].append(float(value))
-            log.info(
-                "worker %d phase %s epoch %d: loss %.4f val_auc %.4f", index, phase, epoch + 1, np.mean(losses), auc
-            )
-            decision = rule.update(epoch, auc, val_loss)
-            if decision.checkpoint:
-                best_weights = [w.numpy() for w in model.weights]
-            if decision.cut:
-                set_learning_rate(optimizer, rate * PLATEAU_FACTOR)
-            if decision.stop:
-                break
-        if best_weights is None:  # as train_member: every validation loss was NaN or infinite
-            raise UsageError(
-                f"{member.short_name} phase {phase}: no epoch had a finite validation loss (training diverged); "
-                "try a lower --learning-rate"
-            )
-        for variable, value in zip(model.weights, best_weights, strict=True):
-            variable.assign(value)
-        history[phase] = records
+    model = _synchronized_member(strategy, config, hp.dropout_rate, outputs, activation)
+    loop = _Loop(
+        strategy, model, schedule, policy, global_batch, steps, batches, val_ds, val_files.labels, classes, index
+    )
+    history = {phase: _train_phase(loop, phase, member.short_name) for phase in schedule.phases}
     if chief:
         write_json(
             paths.config,
@@ -275,19 +196,140 @@ def train_member_multiworker(config: TrainConfig) -> Path:
     # the record naming its digest before the member file
     target = paths.checkpoint("final") if chief else (paths.worker_copy(copies, index) if copies else None)
     if target is not None:
-        save_member(
-            model,
-            target,
-            member,
-            {
-                "hyperparameters": hp.as_dict(),
-                "workers": workers,
-                "policy": policy,
-                "engine": "MultiWorkerMirroredStrategy custom loop",
-                "history": history,
-            },
-            classes=classes,
-        )
+        meta = {"hyperparameters": hp.as_dict(), "workers": workers, "policy": policy}
+        meta |= {"engine": "MultiWorkerMirroredStrategy custom loop", "history": history}
+        save_member(model, target, member, meta, classes=classes)
     if chief:
         finish_member(paths, record, target)
     return paths.final
+
+
+def _distributed_batches(strategy, config: TrainConfig, train_files, schedule: Schedule, global_batch: int) -> Iterator:
+    """The training batches, repeated, each worker's input pipeline reading its own shard."""
+    import tensorflow as tf
+
+    from deepcovidxr.training.trainer import training_dataset
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        ds = training_dataset(config, train_files, context.get_per_replica_batch_size(global_batch), repeat=True)
+        return schedule.weigh(ds.shard(context.num_input_pipelines, context.input_pipeline_id))
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+def _synchronized_member(strategy, config: TrainConfig, dropout: float, outputs: int, activation: str):
+    """The member built under ``strategy`` from ``--weights``, its batch-norm layers computing
+    their statistics over the global batch."""
+    import keras
+
+    from deepcovidxr.networks.members import build_member
+
+    member = config.member
+    with strategy.scope():
+        model = build_member(
+            member.backbone,
+            member.size,
+            dropout=dropout,
+            weights=config.weights,
+            outputs=outputs,
+            activation=activation,
+        )
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Batch statistics over the global batch: moving averages then stay identical on
+            # every worker (local statistics would make the workers' weights drift apart).
+            synchronize_batch_norm(layer)
+    return model
+
+
+@dataclass(frozen=True)
+class _Loop:
+    """What every phase of the custom loop uses."""
+
+    strategy: Any
+    model: Any
+    schedule: Schedule
+    policy: str
+    global_batch: int
+    steps: int  # per epoch
+    batches: Iterator  # the distributed training batches, repeated
+    val_ds: Any
+    val_labels: np.ndarray
+    classes: tuple[str, ...]
+    index: int  # this worker's
+
+
+def _train_step(loop: _Loop, optimizer):
+    """One distributed training step (the global batch's summed loss) for this phase's optimizer;
+    under mixed_float16 the loss is scaled, as compile() does for fit."""
+    import tensorflow as tf
+
+    model, scaled = loop.model, loop.policy == "mixed_float16"
+
+    def step_fn(images, labels, weights=None):
+        with tf.GradientTape() as tape:
+            predictions = model(images, training=True)
+            loss = weighted_loss(labels, predictions, weights, loop.global_batch)
+            target = optimizer.scale_loss(loss) if scaled else loss
+        variables = model.trainable_variables
+        gradients = tape.gradient(target, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=False))  # unscales when scaled
+        return loss
+
+    @tf.function
+    def train_step(iterator):
+        per_replica = loop.strategy.run(step_fn, args=next(iterator))
+        return loop.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return train_step
+
+
+def _validate(loop: _Loop) -> tuple[float, float]:
+    """Validation AUC (macro one-vs-rest for three or more classes) and loss of the model now."""
+    from deepcovidxr.scoring.task import task_for
+
+    task = task_for(loop.classes)
+    outputs = np.concatenate([np.asarray(loop.model(x, training=False), np.float32) for x, _ in loop.val_ds])
+    scores = task.member_scores(outputs)
+    return task.auc(loop.val_labels, scores), _validation_loss(loop.val_labels, scores)
+
+
+def _train_phase(loop: _Loop, phase: str, name: str) -> dict[str, list[float]]:
+    """Train ``phase`` under the schedule's rule with a fresh optimizer; the model ends with the
+    best epoch's weights. The phase's history."""
+    from deepcovidxr.networks.members import set_backbone_trainable
+
+    model, schedule = loop.model, loop.schedule
+    best_weights = None
+    set_backbone_trainable(model, phase != "initial")
+    with loop.strategy.scope():  # a fresh optimizer per phase, built for this phase's variables
+        optimizer = phase_optimizer(schedule.optimizer, schedule.learning_rate, schedule.momentum, loop.policy)
+        optimizer.build(model.trainable_variables)
+    train_step = _train_step(loop, optimizer)
+    rule = schedule.rule(phase)
+    records: dict[str, list[float]] = {"loss": [], "val_auc": [], "val_loss": [], "learning_rate": []}
+    for epoch in range(schedule.epochs):
+        losses = [float(train_step(loop.batches)) for _ in range(loop.steps)]
+        auc, val_loss = _validate(loop)
+        rate = learning_rate_of(optimizer)
+        epoch_numbers = {"loss": np.mean(losses), "val_auc": auc, "val_loss": val_loss, "learning_rate": rate}
+        for key, value in epoch_numbers.items():
+            records[key].append(float(value))
+        log.info(
+            "worker %d phase %s epoch %d: loss %.4f val_auc %.4f", loop.index, phase, epoch + 1, np.mean(losses), auc
+        )
+        decision = rule.update(epoch, auc, val_loss)
+        if decision.checkpoint:
+            best_weights = [w.numpy() for w in model.weights]
+        if decision.cut:
+            set_learning_rate(optimizer, rate * PLATEAU_FACTOR)
+        if decision.stop:
+            break
+    if best_weights is None:  # as train_member: every validation loss was NaN or infinite
+        raise UsageError(
+            f"{name} phase {phase}: no epoch had a finite validation loss (training diverged); "
+            "try a lower --learning-rate"
+        )
+    for variable, value in zip(model.weights, best_weights, strict=True):
+        variable.assign(value)
+    return records

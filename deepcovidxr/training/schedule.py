@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from deepcovidxr.contract import classes as class_names
-from deepcovidxr.contract.layout import PHASES, Member, RunPaths, Split
+from deepcovidxr.contract.layout import Member, Split
+from deepcovidxr.contract.run_paths import PHASES, RunPaths
 from deepcovidxr.errors import UsageError
+from deepcovidxr.scoring.task import task_for
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,15 @@ PLATEAU_MIN_DELTA = 1e-4  # Keras ReduceLROnPlateau's default, kept from the ori
 OPTIMIZERS = ("sgd", "adam")
 
 
-def set_precision(enabled: bool) -> str:
-    """mixed_float16 on GPU, mixed_bfloat16 on CPU, float32 when disabled."""
+def set_precision(precision) -> str:
+    """Set Keras' global dtype policy for a training ``--precision`` (a value or a resolved
+    :class:`deepcovidxr.runtime.precision.Policy`; auto: fp16 on a GPU, bf16 on a CPU with native
+    bf16, else fp32) and return it: float32, mixed_bfloat16 or mixed_float16."""
     import keras
-    import tensorflow as tf
 
-    policy = "float32"
-    if enabled:
-        policy = "mixed_float16" if tf.config.list_physical_devices("GPU") else "mixed_bfloat16"
+    from deepcovidxr.runtime.precision import for_training
+
+    policy = for_training(precision).keras_dtype_policy
     keras.mixed_precision.set_dtype_policy(policy)
     return policy
 
@@ -71,34 +74,9 @@ def compile_member(
     macro one-vs-rest AUC (Keras' AUC over one label per class, averaged)."""
     import keras
 
-    classes = tuple(classes)
-    if class_names.is_binary(classes):
-        loss = "binary_crossentropy"
-        metrics = [
-            keras.metrics.BinaryAccuracy(name="acc"),
-            keras.metrics.AUC(name="auc"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-        ]
-    else:
-        loss = "categorical_crossentropy"
-        metrics = [
-            keras.metrics.CategoricalAccuracy(name="acc"),
-            keras.metrics.AUC(name="auc", multi_label=True, num_labels=len(classes)),
-        ]
-    model.compile(optimizer=make_optimizer(optimizer, learning_rate, momentum), loss=loss, metrics=metrics)
-
-
-def macro_auc_or_nan(labels: np.ndarray, scores: np.ndarray, n_classes: int) -> float:
-    """The validation AUC of a multi-class member: scikit-learn's macro one-vs-rest ROC AUC of
-    ``scores`` (images, classes) against class indices; NaN when a class has no image (or every
-    image is of one class)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels).astype(int)
-    if len(np.unique(labels)) < n_classes or not np.all(np.isfinite(scores)):
-        return float("nan")
-    return float(roc_auc_score(labels, scores, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    task = task_for(classes)
+    metrics = [getattr(keras.metrics, name)(**kwargs) for name, kwargs in task.keras_metrics]
+    model.compile(optimizer=make_optimizer(optimizer, learning_rate, momentum), loss=task.loss, metrics=metrics)
 
 
 def phase_optimizer(name: str, learning_rate: float, momentum: float, policy: str):
@@ -327,7 +305,7 @@ def data_fingerprint(view_dir: Path, classes) -> dict:
 def weights_identity(weights: str | None) -> str | dict:
     """-w as the record holds it: none, imagenet, or a file by name, size and content digest (a
     file rewritten in place under the same name is other initial weights)."""
-    from deepcovidxr.runtime.engines import file_sha256  # the one file hasher (the export cache's key)
+    from deepcovidxr.runtime.digest import file_sha256  # the one file hasher (the export cache's key)
 
     if weights is None or str(weights).lower() == "none":
         return "none"
@@ -357,6 +335,7 @@ class RunRecord:
         """This run's record, from a TrainConfig: its resolved hyperparameters, the classes and the
         data fingerprint of its view folder (computed here, once per member)."""
         from deepcovidxr.contract import classes as class_names
+        from deepcovidxr.runtime.precision import for_training
 
         hp = resolved_hyperparameters(config)
         classes = class_names.discover(config.path)
@@ -377,7 +356,8 @@ class RunRecord:
             "warmup": config.warmup,
             "class_weight": config.class_weight,
             "oversample": config.oversample,
-            "mixed_precision": config.mixed_precision,
+            # A bool as records have always held it (a record that differs retrains the member).
+            "mixed_precision": for_training(config.precision).mixed,
             "initial_weights": weights_identity(config.weights),
             "repeats": config.repeats,
         }
@@ -438,7 +418,7 @@ def finished_member(paths: RunPaths, record: RunRecord, overwrite: bool) -> bool
     member is retrained over it. A member file no record describes (another tool's, the
     authors', an older version's run) is a user's file: refused rather than overwritten.
     ``--overwrite`` retrains in every case."""
-    from deepcovidxr.runtime.engines import file_sha256
+    from deepcovidxr.runtime.digest import file_sha256
 
     if not paths.final.is_file() or overwrite:
         return False

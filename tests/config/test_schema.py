@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from deepcovidxr import cli, stages
+from deepcovidxr.config import data_stages, inference_stages, run_record, training_stages
 from deepcovidxr.config import schema as config
-from deepcovidxr.config import stages as configs
 from deepcovidxr.errors import MissingInputError, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def test_a_switch_says_it_is_off_by_default() -> None:
         ("predict", ["-t"], "tta", 10),
         ("predict", ["--shard", "3/8"], "shard", (3, 8)),
         ("crop_img", ["--no-qc"], "qc_montage", False),
-        ("crop_img", ["--precision", "bfloat16"], "precision", "mixed"),
+        ("crop_img", ["--precision", "bfloat16"], "precision", "bf16"),  # deprecated, still read
     ],
 )
 def test_the_original_spellings_parse(stem: str, argv: list[str], field: str, value) -> None:
@@ -89,7 +89,7 @@ def test_the_original_spellings_parse(stem: str, argv: list[str], field: str, va
 
 def test_only_explicit_flags_leave_the_parser() -> None:
     """Defaults are SUPPRESSed so a config file's value is not overwritten by a flag's default."""
-    parser = config.build_parser(configs.PredictConfig)
+    parser = config.build_parser(inference_stages.PredictConfig)
     assert vars(parser.parse_args(["-o", "out"])) == {"output": Path("out"), "verbose": 0}
 
 
@@ -110,7 +110,7 @@ def test_predict_config_file_with_a_flag_overriding_it(tmp_path: Path) -> None:
         "  epochs: 3\n",
         encoding="utf-8",
     )
-    chosen = resolve(configs.PredictConfig, "predict", ["--config", str(file), "-w", str(tmp_path / "other")])
+    chosen = resolve(inference_stages.PredictConfig, "predict", ["--config", str(file), "-w", str(tmp_path / "other")])
     assert chosen.weights == tmp_path / "other"  # the flag wins
     assert chosen.input == tmp_path / "images" and chosen.output == Path("out")
     assert chosen.batch_size == 4 and chosen.tta == 5
@@ -123,10 +123,10 @@ def test_json_config_and_the_field_names(tmp_path: Path) -> None:
     file.write_text(
         json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "qc_montage": False}}), encoding="utf-8"
     )
-    chosen = resolve(configs.CropConfig, "crop_img", ["--config", str(file)])
+    chosen = resolve(data_stages.CropConfig, "crop_img", ["--config", str(file)])
     assert chosen.input == tmp_path and chosen.qc_montage is False
     file.write_text(json.dumps({"crop_img": {"folder": str(tmp_path), "output": "o", "no_qc": True}}), encoding="utf-8")
-    assert resolve(configs.CropConfig, "crop_img", ["--config", str(file)]).qc_montage is False
+    assert resolve(data_stages.CropConfig, "crop_img", ["--config", str(file)]).qc_montage is False
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_config_file_mistakes_name_the_key_and_section(
     file = tmp_path / "bad.yaml"
     file.write_text(content, encoding="utf-8")
     with pytest.raises(SystemExit) as done:
-        resolve(configs.PredictConfig, "predict", ["--config", str(file), "-o", "x", "--merge", "a"])
+        resolve(inference_stages.PredictConfig, "predict", ["--config", str(file), "-o", "x", "--merge", "a"])
     assert done.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -161,28 +161,28 @@ def test_precedence_defaults_file_hyperparameters_flags(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     base = ["--config", str(file)]
-    chosen = resolve(configs.TrainConfig, "train", base)
+    chosen = resolve(training_stages.TrainConfig, "train", base)
     # the hyperparameters file beats the config file; the file's own values fill the rest
     assert (chosen.learning_rate, chosen.dropout, chosen.momentum, chosen.epochs) == (3e-4, 0.4, 0.5, 7)
     # explicit flags beat both
-    chosen = resolve(configs.TrainConfig, "train", [*base, "--learning-rate", "0.02", "--epochs", "9"])
+    chosen = resolve(training_stages.TrainConfig, "train", [*base, "--learning-rate", "0.02", "--epochs", "9"])
     assert (chosen.learning_rate, chosen.dropout, chosen.epochs) == (0.02, 0.4, 9)
     # without a file: the dataclass defaults
-    plain = resolve(configs.TrainConfig, "train", ["-m", "ResNet-50", "-s", "224", "-p", str(data), "-o", "o"])
-    assert (plain.learning_rate, plain.epochs, plain.batch_size, plain.precision) == (None, 50, 16, "float32")
+    plain = resolve(training_stages.TrainConfig, "train", ["-m", "ResNet-50", "-s", "224", "-p", str(data), "-o", "o"])
+    assert (plain.learning_rate, plain.epochs, plain.batch_size, plain.precision) == (None, 50, 16, "fp32")
 
 
 def test_configs_check_values_whoever_builds_them(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="--batch-size: must be at least 1"):
-        configs.CropConfig(input=tmp_path, output=tmp_path / "o", batch_size=0)
+        data_stages.CropConfig(input=tmp_path, output=tmp_path / "o", batch_size=0)
     with pytest.raises(MissingInputError, match="nowhere"):
-        configs.CropConfig(input=tmp_path / "nowhere", output=tmp_path / "o")
+        data_stages.CropConfig(input=tmp_path / "nowhere", output=tmp_path / "o")
     with pytest.raises(UsageError, match="-f/--folder is required"):
-        configs.CropConfig(output=tmp_path / "o")
-    with pytest.raises(UsageError, match="--precision: 'half' is not one of"):
-        configs.CropConfig(input=tmp_path, output=tmp_path / "o", precision="half")
+        data_stages.CropConfig(output=tmp_path / "o")
+    with pytest.raises(UsageError, match=r"--precision: 'half' is not accepted .*choose one of auto, fp32, bf16$"):
+        data_stages.CropConfig(input=tmp_path, output=tmp_path / "o", precision="half")
     # library callers may pass text and lists: coerced to the declared types
-    built = configs.DatasetConfig(
+    built = data_stages.DatasetConfig(
         images=str(tmp_path), labels=str(tmp_path), output="d", sizes=[224], fractions=[0.5, 0.25, 0.25]
     )
     assert built.images == tmp_path and built.sizes == (224,) and built.fractions == (0.5, 0.25, 0.25)
@@ -190,37 +190,28 @@ def test_configs_check_values_whoever_builds_them(tmp_path: Path) -> None:
 
 def test_one_default_per_option() -> None:
     """Shared options come from one declaration: the same default in every stage."""
-    workers = {configs.CropConfig.__dataclass_fields__["workers"].default_factory() for _ in range(1)}
-    for cls in (configs.ResizeConfig, configs.DatasetConfig, configs.PredictConfig, configs.DemoConfig):
+    workers = {data_stages.CropConfig.__dataclass_fields__["workers"].default_factory() for _ in range(1)}
+    for cls in (
+        data_stages.ResizeConfig,
+        data_stages.DatasetConfig,
+        inference_stages.PredictConfig,
+        data_stages.DemoConfig,
+    ):
         workers.add(cls.__dataclass_fields__["workers"].default_factory())
     assert len(workers) == 1
     spellings = {
         tuple(cls.__dataclass_fields__["precision"].metadata["option"].flags)
-        for cls in (configs.CropConfig, configs.TrainConfig, configs.UnetTrainConfig, configs.PretrainConfig)
+        for cls in (
+            data_stages.CropConfig,
+            training_stages.TrainConfig,
+            data_stages.UnetTrainConfig,
+            training_stages.PretrainConfig,
+        )
     }
     assert spellings == {("--precision",)}  # one flag for one idea
-    assert configs.UnetTrainConfig(data=".", precision="mixed").mixed_precision is True
-    assert configs.TrainConfig(model="ResNet-50", size=224, path=".", output="o").mixed_precision is False
-
-
-@pytest.mark.parametrize("native_bf16", [False, True], ids=["emulated-bf16", "native-bf16"])
-def test_auto_precision_mixes_only_where_bfloat16_is_native(monkeypatch, native_bf16: bool) -> None:
-    """train_unet.py's default used to be mixed: on a CPU without native bfloat16 (this AMD EPYC)
-    a U-Net training step took 37 s against 10 s in float32. ``auto`` (its default now) mixes only
-    on a GPU or a CPU with avx512_bf16/AMX."""
-    from deepcovidxr.runtime import hardware
-
-    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: native_bf16)
-    unet = configs.UnetTrainConfig(data=".")
-    assert unet.precision == "auto"
-    import tensorflow as tf
-
-    gpu = bool(tf.config.list_physical_devices("GPU"))
-    assert unet.mixed_precision is (native_bf16 or gpu)
-    train = configs.TrainConfig(model="ResNet-50", size=224, path=".", output="o", precision="auto")
-    assert train.mixed_precision is unet.mixed_precision
-    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda: False)
-    assert configs.UnetTrainConfig(data=".", precision="float32").mixed_precision is False
+    # What each value means on this machine: tests/runtime/test_precision.py.
+    assert data_stages.UnetTrainConfig(data=".").precision == "auto"
+    assert training_stages.TrainConfig(model="ResNet-50", size=224, path=".", output="o").precision == "fp32"
 
 
 def test_run_config_records_the_run_and_reads_back(tmp_path: Path) -> None:
@@ -229,8 +220,8 @@ def test_run_config_records_the_run_and_reads_back(tmp_path: Path) -> None:
     (source / "a.png").write_bytes(b"1234")
     (source / "sub" / "b.png").write_bytes(b"12")
     (source / ".DS_Store").write_bytes(b"junk")
-    chosen = resolve(configs.CropConfig, "crop_img", ["-f", str(source), "-o", str(tmp_path / "out"), "--no-qc"])
-    path = config.dump_run(chosen, "crop_img")
+    chosen = resolve(data_stages.CropConfig, "crop_img", ["-f", str(source), "-o", str(tmp_path / "out"), "--no-qc"])
+    path = run_record.dump_run(chosen, "crop_img")
     record = json.loads(path.read_text(encoding="utf-8"))
     assert path == tmp_path / "out" / "run_config.json"
     assert record["crop_img"]["input"] == str(source) and record["crop_img"]["qc_montage"] is False
@@ -240,9 +231,9 @@ def test_run_config_records_the_run_and_reads_back(tmp_path: Path) -> None:
     assert "commit" in run
     # the fingerprint changes with the folder's content
     (source / "a.png").write_bytes(b"12345")
-    assert config.fingerprint(source)["sha256"] != run["input"]["sha256"]
+    assert run_record.fingerprint(source)["sha256"] != run["input"]["sha256"]
     # the record is a config file for the same stage: the run repeats with the same options
-    again = resolve(configs.CropConfig, "crop_img", ["--config", str(path)])
+    again = resolve(data_stages.CropConfig, "crop_img", ["--config", str(path)])
     assert again == chosen
 
 

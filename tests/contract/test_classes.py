@@ -10,6 +10,7 @@ import pytest
 
 from deepcovidxr.contract import classes
 from deepcovidxr.errors import MissingInputError, UsageError
+from deepcovidxr.scoring.task import BinaryTask, task_for
 
 
 def make_tree(view: Path, layout: dict[str, list[str]]) -> Path:
@@ -23,14 +24,14 @@ def test_binary_tree_is_the_original_task(tmp_path):
     view = make_tree(tmp_path, {s: ["Positive", "Negative"] for s in ("Train", "Validation", "Test")})
     found = classes.discover(view)
     assert found == ("Negative", "Positive")
-    assert classes.is_binary(found) and classes.outputs(found) == 1
+    assert isinstance(task_for(found), BinaryTask) and task_for(found).units == 1
 
 
 def test_classes_are_sorted_train_folders_and_hidden_folders_ignored(tmp_path):
     view = make_tree(tmp_path, {"Train": ["Pneumonia", "COVID-19", "Normal", ".ipynb_checkpoints"]})
     found = classes.discover(view)
     assert found == ("COVID-19", "Normal", "Pneumonia")
-    assert classes.outputs(found) == 3
+    assert task_for(found).units == 3
     assert [classes.probability_column(c) for c in found] == ["p_COVID-19", "p_Normal", "p_Pneumonia"]
 
 

@@ -104,7 +104,8 @@ MEMBERS = [pytest.param(m, id=m.short_name) for m in ensemble_members()]
 
 @pytest.mark.parametrize("member", MEMBERS)
 def test_member_output_paths_parse_back(member, tmp_path: Path) -> None:
-    from deepcovidxr.contract.layout import Member, RunPaths, TunerPaths
+    from deepcovidxr.contract.layout import Member
+    from deepcovidxr.contract.run_paths import RunPaths, TunerPaths
 
     assert Member.parse(member.short_name) == member == Member.parse(member.legacy_filename)
     run = RunPaths(tmp_path, member)
@@ -127,7 +128,7 @@ def test_member_output_paths_parse_back(member, tmp_path: Path) -> None:
 
 
 def test_no_two_members_share_an_output_path(tmp_path: Path) -> None:
-    from deepcovidxr.contract.layout import PHASES, RunPaths, TunerPaths
+    from deepcovidxr.contract.run_paths import PHASES, RunPaths, TunerPaths
 
     paths = []
     for member in ensemble_members():
@@ -140,7 +141,7 @@ def test_no_two_members_share_an_output_path(tmp_path: Path) -> None:
 def test_tuner_writes_where_train_reads(tmp_path: Path) -> None:
     """The tuned-values path was spelled twice (tuning.py wrote it, training.py rebuilt it)."""
     from deepcovidxr.config import hyperparams
-    from deepcovidxr.contract.layout import TunerPaths
+    from deepcovidxr.contract.run_paths import TunerPaths
     from deepcovidxr.training.trainer import member_hyperparameters
 
     tuned, untuned = ensemble_members()[5], ensemble_members()[6]
@@ -154,7 +155,8 @@ def test_tuner_writes_where_train_reads(tmp_path: Path) -> None:
 
 def test_pretrain_names_parse_back(tmp_path: Path) -> None:
     from deepcovidxr.contract.backbones import BACKBONES
-    from deepcovidxr.contract.layout import SIZES, PretrainPaths
+    from deepcovidxr.contract.layout import SIZES
+    from deepcovidxr.contract.run_paths import PretrainPaths
     from deepcovidxr.training.pretraining import checkpoint_name
 
     for backbone in BACKBONES:
@@ -175,16 +177,17 @@ def test_pretrain_names_parse_back(tmp_path: Path) -> None:
 
 
 def test_result_folders_keep_the_original_names(tmp_path: Path) -> None:
-    from deepcovidxr.contract.layout import GRADCAM_FOLDER, EnsemblePaths, EvaluationPaths, gradcam_dir, gradcam_names
-    from deepcovidxr.scoring import combination
+    from deepcovidxr.contract.layout import GRADCAM_FOLDER, gradcam_dir, gradcam_names
+    from deepcovidxr.contract.run_paths import EnsemblePaths, EvaluationPaths
+    from deepcovidxr.scoring import weights_file
 
     evaluation, fitted = EvaluationPaths(tmp_path), EnsemblePaths(tmp_path)
     assert evaluation.predictions == tmp_path / "Results" / "predictions.csv"
     assert evaluation.metrics == tmp_path / "Results" / "metrics.json"
     assert fitted.weights_pickle == tmp_path / "Ensemble_Results" / "ensemble_weights.pickle"
     assert (fitted.weights_pickle.name, fitted.weights_json.name) == (
-        combination.WEIGHTS_PICKLE,
-        combination.WEIGHTS_JSON,
+        weights_file.WEIGHTS_PICKLE,
+        weights_file.WEIGHTS_JSON,
     )
     assert (
         [p.name for p in evaluation.plots]

@@ -72,7 +72,7 @@ def uid_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_crop_masks_of_uid_named_dicoms_do_not_overwrite_each_other(
     uid_folder: Path, tmp_path: Path, lung_cropper
 ) -> None:
-    from deepcovidxr.config.stages import CropConfig
+    from deepcovidxr.config.data_stages import CropConfig
     from deepcovidxr.stages.crop import run as run_crop
 
     result = run_crop(
@@ -102,7 +102,7 @@ def test_crop_masks_of_uid_named_dicoms_do_not_overwrite_each_other(
 
 
 def test_resize_refuses_the_clash_too(uid_folder: Path, tmp_path: Path) -> None:
-    from deepcovidxr.config.stages import ResizeConfig
+    from deepcovidxr.config.data_stages import ResizeConfig
     from deepcovidxr.stages.resize import run as run_resize
 
     rows = _report(run_resize(ResizeConfig(input=uid_folder, output=tmp_path / "r", size=64)).report)

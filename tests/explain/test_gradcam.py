@@ -95,7 +95,7 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
 
     import keras
 
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
     from deepcovidxr.contract.layout import Member
     from deepcovidxr.networks.members import build_member, save_member
     from deepcovidxr.stages.vis_sample import run as run_gradcam
@@ -128,9 +128,9 @@ def test_grad_cam_refuses_inputs_whose_outputs_would_overwrite(tmp_path) -> None
 
 
 def test_fused_map_sums_weights_and_replaces_for_the_max_rule(tmp_path) -> None:
-    from deepcovidxr.stages.vis_sample import _Maps
+    from deepcovidxr.explain.ensemble_cam import CamSums
 
-    maps = _Maps(tmp_path / "maps", 1)
+    maps = CamSums(tmp_path / "maps", 1)
     maps.shapes[0], maps.boxes[0] = (100, 50), (0, 0, 50, 50)
     left, right = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)
     left[:, :4], right[:, 4:] = 1.0, 1.0
@@ -147,10 +147,10 @@ def test_fused_map_sums_weights_and_replaces_for_the_max_rule(tmp_path) -> None:
 def test_fused_maps_of_a_multi_class_ensemble_are_kept_per_class(tmp_path) -> None:
     """Multi-class: one sum per class name; a member adds only the classes it is given (vote,
     max), the others keep their sums."""
-    from deepcovidxr.stages.vis_sample import _Maps
+    from deepcovidxr.explain.ensemble_cam import CamSums
 
     classes = ("Alpha", "Beta", "Gamma")
-    maps = _Maps(tmp_path / "maps", 1, classes)
+    maps = CamSums(tmp_path / "maps", 1, classes)
     maps.shapes[0], maps.boxes[0] = (64, 64), (0, 0, 64, 64)
     left, right = np.zeros((8, 8), np.float32), np.zeros((8, 8), np.float32)
     left[:, :4], right[:, 4:] = 1.0, 1.0

@@ -36,7 +36,7 @@ def _three_class_weights(tmp_path: Path, classes=("Alpha", "Beta", "Gamma")) -> 
 
     from deepcovidxr.contract.layout import Member
     from deepcovidxr.networks.members import build_member, save_member
-    from deepcovidxr.scoring.combination import save_weights
+    from deepcovidxr.scoring.weights_file import save_weights
 
     member = Member.parse("res_224_uncrop")
     weights = tmp_path / "weights3"
@@ -109,7 +109,7 @@ def test_resolve_target_keeps_the_binary_spelling_and_checks_class_names() -> No
 
 
 def test_gradcam_target_picks_the_class_unit_of_a_three_class_member(tmp_path) -> None:
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
     from deepcovidxr.stages.vis_sample import run
 
     weights = _three_class_weights(tmp_path)
@@ -168,7 +168,7 @@ def test_lime_folder_writes_one_image_per_input_and_a_report(tmp_path) -> None:
     broken file an error row (exit code 1), the CSV naming the predicted class and score."""
     from PIL import Image
 
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
     from deepcovidxr.stages.vis_sample import run
 
     weights = _binary_weights(tmp_path)
@@ -215,7 +215,7 @@ def test_lime_folder_writes_one_image_per_input_and_a_report(tmp_path) -> None:
 
 
 def test_lime_explains_a_chosen_class_of_a_three_class_ensemble(tmp_path) -> None:
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
     from deepcovidxr.stages.vis_sample import run
 
     weights = _three_class_weights(tmp_path)

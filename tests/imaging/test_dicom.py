@@ -144,7 +144,7 @@ def test_shared_dicoms_keep_their_header_windows() -> None:
 
 
 def test_crop_report_records_the_window(tmp_path: Path, lung_cropper) -> None:
-    from deepcovidxr.config.stages import CropConfig
+    from deepcovidxr.config.data_stages import CropConfig
     from deepcovidxr.stages.crop import run as run_crop
 
     source = tmp_path / "in"

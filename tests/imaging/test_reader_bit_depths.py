@@ -201,7 +201,7 @@ def test_training_and_evaluation_resize_an_off_size_image_alike(tmp_path: Path) 
 def test_evaluate_scores_the_8bit_and_16bit_trees_alike(trees: tuple[Path, Path], tmp_path: Path) -> None:
     import keras
 
-    from deepcovidxr.config.stages import EvaluateConfig
+    from deepcovidxr.config.inference_stages import EvaluateConfig
     from deepcovidxr.networks.members import build_member, save_member
     from deepcovidxr.stages.evaluate import run as run_evaluate
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from deepcovidxr.contract.layout import Member
-from deepcovidxr.scoring import combination as ensemble
+from deepcovidxr.scoring import combination, weights_file
 from deepcovidxr.stages import ensemble as ensemble_stage
 from deepcovidxr.stages import evaluate as evaluate_stage
 from tests.support.helpers import make_phantom_tree, run_script, save_random_members, shared
@@ -184,16 +184,16 @@ def test_view_pairing_is_by_name_and_mismatches_are_errors(tree: Path, tmp_path:
 def test_ensemble_fits_on_validation_only_and_reports_test(
     tree: Path, weights_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepcovidxr.config.stages import EnsembleConfig
+    from deepcovidxr.config.inference_stages import EnsembleConfig
 
     seen = []
-    original = ensemble.dirichlet_search
+    original = combination.dirichlet_search
 
     def spy(scores, labels, draws=10000, seed=0):
         seen.append(len(labels))
         return original(scores, labels, draws=draws, seed=seed)
 
-    monkeypatch.setattr(ensemble, "dirichlet_search", spy)
+    monkeypatch.setattr(combination, "dirichlet_search", spy)
     validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
     json_path = ensemble_stage.run(
         EnsembleConfig(
@@ -201,9 +201,9 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
         )
     ).report
     assert seen == [validation_count]
-    weights = ensemble.load_weights(json_path)
+    weights = weights_file.load_weights(json_path)
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
-    assert ensemble.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
+    assert weights_file.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
     results = tmp_path / "Ensemble_Results"
     rows = list(csv.DictReader((results / "ensemble_predictions.csv").open(encoding="utf-8")))
     test_names = sorted(
@@ -222,7 +222,7 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
             weights=weights_dir, data=tree, output=tmp_path / "again", draws=200, seed=1, members=MEMBERS, batch_size=4
         )
     )
-    assert ensemble.load_weights(tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json") == weights
+    assert weights_file.load_weights(tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json") == weights
 
 
 def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def test_an_unreadable_tree_file_is_reported_and_the_rest_evaluated(
     """One unreadable file in a split (seen aborting a whole evaluate run) is left out of every
     view, named with its reason on stderr and in unreadable.csv and the report, and the exit code
     says something failed; the other images are scored as without it."""
-    from deepcovidxr.config.stages import EnsembleConfig
+    from deepcovidxr.config.inference_stages import EnsembleConfig
 
     copy = tmp_path / "tree"
     shutil.copytree(tree, copy)
@@ -354,7 +354,7 @@ def test_vissample_writes_fused_heatmaps_in_original_coordinates(
 def test_combination_rule_travels_with_the_weights(tree: Path, weights_dir: Path, tmp_path: Path, method: str) -> None:
     """Regression (issue 10, defect 3): --method vote|max used to save uniform weights that every
     later stage replayed as a weighted mean."""
-    from deepcovidxr.config.stages import EnsembleConfig, EvaluateConfig
+    from deepcovidxr.config.inference_stages import EnsembleConfig, EvaluateConfig
 
     json_path = ensemble_stage.run(
         EnsembleConfig(
@@ -381,12 +381,13 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
 ) -> None:
     """Regression (issue 10, defect 5): the U-Net ran once per image (each padded to a batch of 16)
     and every image's maps were computed in one pass and held in memory together."""
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
+    from deepcovidxr.explain import ensemble_cam
     from deepcovidxr.lungs.cropper import LungCropper
     from deepcovidxr.stages import vis_sample as explain
 
     unet_batches, cam_batches = [], []
-    probabilities, member_cams = LungCropper.probabilities, explain.member_cams
+    probabilities, member_cams = LungCropper.probabilities, ensemble_cam.member_cams
 
     def count_unet(self, inputs):
         unet_batches.append(len(inputs))
@@ -397,7 +398,7 @@ def test_vissample_batches_the_crop_and_streams_the_maps(
         return member_cams(model, layer, inputs)
 
     monkeypatch.setattr(LungCropper, "probabilities", count_unet)
-    monkeypatch.setattr(explain, "member_cams", count_cams)
+    monkeypatch.setattr(ensemble_cam, "member_cams", count_cams)
     config = GradcamConfig(
         weights=weights_dir,
         path=messy_images,
@@ -455,8 +456,7 @@ def test_predict_threshold_names_the_operating_point_stored_with_the_weights(
 ) -> None:
     """``--threshold youden`` decides ``Binary pred`` with the threshold ensemble.py stored, and
     ``Probability`` is the stored calibration of ``Scores``; the default stays the original's 0.5."""
-    from deepcovidxr.scoring import calibration
-    from deepcovidxr.scoring import combination as ensemble
+    from deepcovidxr.scoring import calibration, weights_file
 
     default_out, _ = folder_run
     default = _rows(default_out / "predictions.csv")
@@ -464,13 +464,15 @@ def test_predict_threshold_names_the_operating_point_stored_with_the_weights(
     assert all(r["Binary pred"] == str(int(float(r["Scores"]) >= 0.5)) for r in default.values() if r["Scores"])
     rng = np.random.default_rng(0)
     labels = (rng.random(200) < 0.5).astype(float)
-    fit = calibration.fit_from_split(np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.1, 200), 0, 1), labels)
+    fit = calibration.fit_from_split(labels, np.clip(0.5 + 0.2 * (labels - 0.5) + rng.normal(0, 0.1, 200), 0, 1))
     # A Youden point between the images' scores, so the decision visibly follows it.
     cut = (scores[0] + scores[1]) / 2
     stored = {**fit.to_dict(), "operating_points": {**fit.operating_points, "youden": cut}}
     folder = tmp_path / "calibrated"
     folder.mkdir()
-    ensemble.save_weights(ensemble.load_weights(weights_dir / "ensemble_weights.json"), folder, calibration=stored)
+    weights_file.save_weights(
+        weights_file.load_weights(weights_dir / "ensemble_weights.json"), folder, calibration=stored
+    )
     common = ("-w", weights_dir, "-i", messy_images, "-e", folder / "ensemble_weights.json", "--batch-size", "2")
     done = run_script("predict.py", *common, "-o", tmp_path / "youden", "--threshold", "youden")
     assert done.returncode == 1, done.stderr[-3000:]  # the broken file, as before
@@ -503,7 +505,7 @@ def test_predict_threshold_names_the_operating_point_stored_with_the_weights(
 def test_vissample_rerun_with_another_target_redoes_the_maps(weights_dir: Path, tmp_path: Path) -> None:
     """Regression: a rerun kept every finished map, so changing --target (or the members) left the
     other class's heatmaps reported ok."""
-    from deepcovidxr.config.stages import GradcamConfig
+    from deepcovidxr.config.inference_stages import GradcamConfig
     from deepcovidxr.stages import vis_sample as explain
 
     images = tmp_path / "in"
@@ -528,7 +530,7 @@ def test_predict_killed_mid_run_resumes_with_the_members_left(
     """Regression: a killed predict.py restarted from zero and left its memory-mapped views in
     .scratch for good. Now each member's scores are journaled as it finishes: the rerun opens only
     the members left, gives the scores of an uninterrupted run, and removes a dead run's scratch."""
-    from deepcovidxr.config.stages import PredictConfig
+    from deepcovidxr.config.inference_stages import PredictConfig
     from deepcovidxr.inference import streaming as predictor
     from deepcovidxr.stages import predict as predict_stage
 

@@ -43,18 +43,18 @@ def _rows(path: Path) -> dict[str, dict]:
 def test_members_of_other_sizes_are_ensembled_and_evaluated(small, tmp_path: Path) -> None:
     """Issue 19: ensemble.py found 64 px members but crashed after scoring all of Validation
     (the weights file knew only the 24 published names), and resolve_ensemble refused them."""
-    from deepcovidxr.config.stages import EnsembleConfig
+    from deepcovidxr.config.inference_stages import EnsembleConfig
     from deepcovidxr.inference.ensemble import resolve_ensemble
-    from deepcovidxr.scoring import combination as ensemble
+    from deepcovidxr.scoring import weights_file
     from deepcovidxr.stages import ensemble as ensemble_stage
 
     tree, weights = small
     json_path = ensemble_stage.run(
         EnsembleConfig(weights=weights, data=tree, output=tmp_path / "fit", draws=50, batch_size=8)
     ).report
-    stored = ensemble.load_weights(json_path)
+    stored = weights_file.load_weights(json_path)
     assert list(stored) == list(MEMBERS) and sum(stored.values()) == pytest.approx(1.0)
-    assert ensemble.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(stored)
+    assert weights_file.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(stored)
     # evaluate.py, predict.py and visSample.py take the weights file (the next test runs two of them)
     chosen = resolve_ensemble(weights, json_path)
     assert chosen.names == list(MEMBERS) and chosen.calibrated
@@ -65,7 +65,7 @@ def test_evaluate_and_predict_give_one_uncertainty_with_tta(small, tmp_path: Pat
     """Issue 19: ``evaluate.py -t N`` left the TTA variance out of ``uncertainty`` while
     ``predict.py -t N`` added it. The same images (the Test files, under the same relative names,
     so the same per-image augmentation seeds), the same members, ``-t 2``: the same uncertainty."""
-    from deepcovidxr.config.stages import EvaluateConfig, PredictConfig
+    from deepcovidxr.config.inference_stages import EvaluateConfig, PredictConfig
     from deepcovidxr.stages import evaluate as evaluate_stage
     from deepcovidxr.stages import predict as predict_stage
 

@@ -20,8 +20,7 @@ from sklearn.metrics import (
 
 from deepcovidxr.contract import atomic
 from deepcovidxr.contract.layout import Member
-from deepcovidxr.scoring import combination as ensemble
-from deepcovidxr.scoring import metrics
+from deepcovidxr.scoring import combination, metrics, weights_file
 
 CLASSES = ("COVID", "Normal", "Pneumonia")
 
@@ -141,29 +140,31 @@ WEIGHTS3 = np.array([0.5, 0.3, 0.2])
 
 
 def test_multiclass_combine_rules_against_hand_computation() -> None:
-    weighted = ensemble.combine_rule(SCORES3, "weighted", WEIGHTS3)
+    weighted = combination.combine_rule(SCORES3, "weighted", WEIGHTS3)
     np.testing.assert_allclose(
         weighted, [[0.35 + 0.03 + 0.1, 0.1 + 0.24 + 0.08, 0.05 + 0.03 + 0.02], [0.21, 0.21, 0.58]], atol=1e-12
     )
     # weights not summing to 1 still give a weighted mean (rows sum to 1)
-    np.testing.assert_allclose(ensemble.combine_rule(SCORES3, "weighted", WEIGHTS3 * 4), weighted, atol=1e-12)
+    np.testing.assert_allclose(combination.combine_rule(SCORES3, "weighted", WEIGHTS3 * 4), weighted, atol=1e-12)
     np.testing.assert_allclose(
-        ensemble.combine_rule(SCORES3, "mean"), [[1.3 / 3, 1.4 / 3, 0.3 / 3], [0.6 / 3, 0.6 / 3, 1.8 / 3]], atol=1e-12
+        combination.combine_rule(SCORES3, "mean"),
+        [[1.3 / 3, 1.4 / 3, 0.3 / 3], [0.6 / 3, 0.6 / 3, 1.8 / 3]],
+        atol=1e-12,
     )
     # vote: member argmaxes are (0, 1, 0) and (2, 2, 2)
-    np.testing.assert_allclose(ensemble.combine_rule(SCORES3, "vote"), [[2 / 3, 1 / 3, 0], [0, 0, 1]], atol=1e-12)
+    np.testing.assert_allclose(combination.combine_rule(SCORES3, "vote"), [[2 / 3, 1 / 3, 0], [0, 0, 1]], atol=1e-12)
     # max: per-class max (0.7, 0.8, 0.1) and (0.3, 0.3, 0.8), renormalised
     np.testing.assert_allclose(
-        ensemble.combine_rule(SCORES3, "max"), [[0.7 / 1.6, 0.8 / 1.6, 0.1 / 1.6], [0.3 / 1.4, 0.3 / 1.4, 0.8 / 1.4]]
+        combination.combine_rule(SCORES3, "max"), [[0.7 / 1.6, 0.8 / 1.6, 0.1 / 1.6], [0.3 / 1.4, 0.3 / 1.4, 0.8 / 1.4]]
     )
-    for method in ensemble.METHODS:
-        combined = ensemble.combine_rule(SCORES3, method, WEIGHTS3)
+    for method in weights_file.METHODS:
+        combined = combination.combine_rule(SCORES3, method, WEIGHTS3)
         assert combined.shape == (2, 3)
         np.testing.assert_allclose(combined.sum(axis=1), 1.0, atol=1e-12)
     with pytest.raises(ValueError, match="weights"):
-        ensemble.combine_rule(SCORES3, "weighted", WEIGHTS3[:2])
+        combination.combine_rule(SCORES3, "weighted", WEIGHTS3[:2])
     with pytest.raises(ValueError, match="classes"):
-        ensemble.combine_rule(np.zeros((2, 3, 3, 1)), "mean")
+        combination.combine_rule(np.zeros((2, 3, 3, 1)), "mean")
 
 
 def test_multiclass_search_maximises_macro_auc_seeded() -> None:
@@ -171,32 +172,32 @@ def test_multiclass_search_maximises_macro_auc_seeded() -> None:
     y = rng.integers(0, 3, 120)
     scores = np.stack([_probabilities(120, 3, 10 + m) for m in range(4)], axis=1)
     scores[:, 2, :] = _probabilities(120, 3, 99, y)  # only member 2 knows anything
-    result = ensemble.dirichlet_search(scores, y, draws=500, seed=3)
+    result = combination.dirichlet_search(scores, y, draws=500, seed=3)
     assert result.weights.shape == (4,) and result.weights.sum() == pytest.approx(1.0)
     assert int(np.argmax(result.weights)) == 2
-    combined = ensemble.combine(scores, result.weights)
+    combined = combination.combine(scores, result.weights)
     assert result.auc == pytest.approx(roc_auc_score(y, combined, multi_class="ovr"), abs=1e-12)
     assert result.auc >= max(roc_auc_score(y, scores[:, m, :], multi_class="ovr") for m in range(4)) - 0.02
-    again = ensemble.dirichlet_search(scores, y, draws=500, seed=3)
+    again = combination.dirichlet_search(scores, y, draws=500, seed=3)
     np.testing.assert_array_equal(again.weights, result.weights)
-    assert ensemble.macro_ovr_auc(y, combined) == pytest.approx(result.auc, abs=1e-12)
+    assert combination.macro_ovr_auc(y, combined) == pytest.approx(result.auc, abs=1e-12)
     with pytest.raises(ValueError, match="every class"):
-        ensemble.dirichlet_search(scores[y != 1], y[y != 1], draws=10)
+        combination.dirichlet_search(scores[y != 1], y[y != 1], draws=10)
 
 
 def test_weights_json_records_the_classes_and_binary_files_stay_as_before(tmp_path: Path) -> None:
     weights = {"res_224_uncrop": 0.25, "res_224_crop": 0.75}
-    _, json_path = ensemble.save_weights(weights, tmp_path / "multi", rule="vote", classes=CLASSES)
+    _, json_path = weights_file.save_weights(weights, tmp_path / "multi", rule="vote", classes=CLASSES)
     payload = json.loads(json_path.read_text(encoding="utf-8"))
     assert payload["classes"] == list(CLASSES) and payload["rule"] == "vote"
-    assert ensemble.load_classes(json_path) == CLASSES
-    assert ensemble.load_classes(json_path.with_name("ensemble_weights.pickle")) == CLASSES
-    assert ensemble.load_weights(json_path) == pytest.approx(weights)
-    _, binary = ensemble.save_weights(weights, tmp_path / "binary", classes=("Negative", "Positive"))
-    _, plain = ensemble.save_weights(weights, tmp_path / "plain")
+    assert weights_file.load_classes(json_path) == CLASSES
+    assert weights_file.load_classes(json_path.with_name("ensemble_weights.pickle")) == CLASSES
+    assert weights_file.load_weights(json_path) == pytest.approx(weights)
+    _, binary = weights_file.save_weights(weights, tmp_path / "binary", classes=("Negative", "Positive"))
+    _, plain = weights_file.save_weights(weights, tmp_path / "plain")
     assert binary.read_bytes() == plain.read_bytes()
     assert list(json.loads(plain.read_text(encoding="utf-8"))) == ["rule", "weights"]
-    assert ensemble.load_classes(plain) is None  # says nothing: the members' sidecars decide (issue 19)
+    assert weights_file.load_classes(plain) is None  # says nothing: the members' sidecars decide (issue 19)
 
 
 # -------------------------------------------------------------------------------------- the stages
@@ -333,7 +334,7 @@ def test_ensemble_and_evaluate_on_a_three_class_tree(multiclass_setup, tmp_path:
 
 @pytest.mark.parametrize("method", ["mean", "vote", "max"])
 def test_fixed_rules_work_for_multiclass(multiclass_setup, tmp_path: Path, method: str) -> None:
-    from deepcovidxr.config.stages import EnsembleConfig
+    from deepcovidxr.config.inference_stages import EnsembleConfig
     from deepcovidxr.stages import ensemble as ensemble_stage
 
     tree, weights = multiclass_setup
@@ -345,7 +346,7 @@ def test_fixed_rules_work_for_multiclass(multiclass_setup, tmp_path: Path, metho
     _, members = _read(tmp_path / "Ensemble_Results" / "individual_predictions.csv")
     member_p = np.array([[float(v) for k, v in r.items() if k != "Filenames"] for r in members]).reshape(-1, 2, 3)
     probabilities = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
-    np.testing.assert_allclose(probabilities, ensemble.combine_rule(member_p, method), atol=2e-6)
+    np.testing.assert_allclose(probabilities, combination.combine_rule(member_p, method), atol=2e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
@@ -456,7 +457,7 @@ def test_weights_that_name_no_classes_take_the_members_classes(multiclass_setup,
         chosen = resolve_ensemble(weights, source)
         assert chosen.classes == CLASSES and chosen.names == list(MEMBERS)
         assert chosen.weights.tolist() == pytest.approx([0.4, 0.6])
-        assert ensemble.load_classes(source) is None
+        assert weights_file.load_classes(source) is None
 
 
 def test_binary_tree_keeps_its_columns(tmp_path: Path) -> None:

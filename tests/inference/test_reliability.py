@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcovidxr.config.stages import EnsembleConfig, EvaluateConfig
+from deepcovidxr.config.inference_stages import EnsembleConfig, EvaluateConfig
 from deepcovidxr.contract.layout import Member, Split
 from deepcovidxr.inference.ensemble import Ensemble, SplitImages
-from deepcovidxr.scoring import calibration, uncertainty
-from deepcovidxr.scoring import combination as ensemble
+from deepcovidxr.scoring import calibration, uncertainty, weights_file
 from deepcovidxr.stages import ensemble as ensemble_stage
 from deepcovidxr.stages import evaluate as evaluate_stage
 
@@ -71,7 +70,7 @@ def test_calibration_and_thresholds_come_from_validation_only(fake_scoring, tmp_
     # ... and what is stored is the fit of the Validation ensemble score, computed independently.
     val_images, val_scores = splits[Split.VALIDATION]
     weights = np.array([first["weights"][m.short_name] for m in MEMBERS])
-    expected = calibration.fit_from_split(val_scores @ weights, val_images.labels)
+    expected = calibration.fit_from_split(val_images.labels, val_scores @ weights)
     assert first["calibration"]["operating_points"] == pytest.approx(expected.operating_points)
     stored = first["calibration"]["calibration"]
     assert stored["method"] == "platt" and stored["n"] == len(val_images.labels)
@@ -132,7 +131,7 @@ def test_evaluate_keeps_the_original_decision_and_adds_probability_and_uncertain
     assert np.allclose([float(r["uncertainty"]) for r in rows], uncertainty.uncertainty(scores, weights), atol=1e-6)
     metrics = json.loads((out / "Results" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["calibration"]["ece_calibrated"] == pytest.approx(
-        calibration.expected_calibration_error(fit.calibration.apply(combined), images.labels)
+        calibration.expected_calibration_error(images.labels, fit.calibration.apply(combined))
     )
     assert [r["fraction"] for r in metrics["referral"]][:3] == [0.0, 0.1, 0.2]
     assert (out / "Results" / "Referral_Curve.png").is_file()
@@ -142,7 +141,7 @@ def test_evaluate_keeps_the_original_decision_and_adds_probability_and_uncertain
 def test_weights_without_calibration_still_evaluate(fake_scoring, tmp_path: Path, monkeypatch) -> None:
     _, _, members = fake_scoring
     chosen = Ensemble(members, np.full(3, 1 / 3))
-    assert ensemble.load_calibration(tmp_path / "missing.json") is None
+    assert weights_file.load_calibration(tmp_path / "missing.json") is None
     monkeypatch.setattr(evaluate_stage, "resolve_ensemble", lambda *a, **k: chosen)
     monkeypatch.setattr(evaluate_stage, "_report", lambda *a, **k: None)
     out = tmp_path / "eval"
@@ -250,8 +249,9 @@ def test_a_member_subset_drops_the_borrowed_calibration(
 def test_predict_refuses_a_stored_operating_point_on_a_subset_before_any_work(
     fake_scoring, tmp_path: Path, monkeypatch
 ) -> None:
-    from deepcovidxr.config.stages import PredictConfig
+    from deepcovidxr.config.inference_stages import PredictConfig
     from deepcovidxr.errors import UsageError
+    from deepcovidxr.inference import prediction
     from deepcovidxr.stages import predict as predict_stage
 
     weights_json = _fitted(tmp_path)
@@ -260,7 +260,7 @@ def test_predict_refuses_a_stored_operating_point_on_a_subset_before_any_work(
     from PIL import Image
 
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(images / "a.png")
-    monkeypatch.setattr(predict_stage, "segment_files", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(prediction, "crop_images", lambda *a, **k: pytest.fail("work started"))
     config = PredictConfig(
         weights=tmp_path / "members",
         input=images,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcovidxr.stages.demo import write_index
+from deepcovidxr.reports.demo_page import write_index
 from tests.support.browser import image_widths
 
 PICTURES = ("dataset/crop_qc.png", "views.png", "gradcam/gradCAM_img/a b_gradCAM.png")

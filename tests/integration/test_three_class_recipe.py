@@ -1,5 +1,5 @@
-"""The README's recipe for a real 3-class tree from ../shared/data: the snippet itself is run, then
-build_dataset.py on a sample of its table gives one folder per class in every view and split. Both
+"""The documented recipe for a real 3-class tree from ../shared/data (docs/data.md): the snippet
+itself is run, then build_dataset.py on a sample of its table gives one folder per class in every view and split. Both
 run under a plain-ASCII locale, as on the CI machine where the manifest's non-ASCII bytes broke
 the recipe (the snippet and our code must say encoding="utf-8")."""
 
@@ -18,13 +18,13 @@ from tests.support.helpers import ASCII_LOCALE, REPO, run_script, shared
 
 
 def recipe() -> str:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "data.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- recipe:three-class -->\s*```python\n(.*?)```\s*<!-- /recipe -->", text, re.S)
-    assert block, "README lost its 3-class recipe"
+    assert block, "docs/data.md lost its 3-class recipe"
     return block.group(1)
 
 
-def test_the_readme_recipe_builds_a_three_class_tree(tmp_path: Path) -> None:
+def test_the_documented_recipe_builds_a_three_class_tree(tmp_path: Path) -> None:
     cxr = shared("cxr")
     code = recipe().replace('Path("../shared/data/cxr")', f"Path({str(cxr)!r})")
     done = subprocess.run(

@@ -22,15 +22,16 @@ PROBE = """
 import json, sys
 from pathlib import Path
 import deepcovidxr
-from deepcovidxr.scoring import combination as ensemble
+from deepcovidxr.scoring import combination
+from deepcovidxr.scoring import weights_file
 from deepcovidxr.inference import ensemble as inference
 from deepcovidxr.lungs import cropper
 from deepcovidxr.lungs.unet import load_unet
 
 unet_path = cropper.default_unet_path()
 model, meta = load_unet(unet_path)
-weights = ensemble.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS)
-json_weights = ensemble.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS.with_name("ensemble_weights.json"))
+weights = weights_file.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS)
+json_weights = weights_file.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS.with_name("ensemble_weights.json"))
 print(json.dumps({
     "package": deepcovidxr.__file__,
     "modules": [m.__file__ for m in (ensemble, inference, cropper)],
@@ -39,7 +40,7 @@ print(json.dumps({
     "ensemble": str(Path(inference.DEFAULT_ENSEMBLE_WEIGHTS).resolve()),
     "weights": weights,
     "json_weights": json_weights,
-    "rule": ensemble.load_rule(inference.DEFAULT_ENSEMBLE_WEIGHTS),
+    "rule": weights_file.load_rule(inference.DEFAULT_ENSEMBLE_WEIGHTS),
 }))
 """
 
@@ -106,9 +107,9 @@ def test_installed_wheel_finds_and_loads_the_shipped_weights(installed: Path, tm
     for path in (found["package"], *found["modules"], found["unet"], found["ensemble"]):
         assert Path(path).resolve().is_relative_to(site), f"{path} is not from the installed wheel in {site}"
     assert found["unet_outputs"][1:] == [256, 256, 1]
-    from deepcovidxr.scoring import combination as ensemble
+    from deepcovidxr.scoring import combination
 
-    assert found["weights"] == ensemble.published_weights() == found["json_weights"]
+    assert found["weights"] == combination.published_weights() == found["json_weights"]
     assert found["rule"] == "weighted"
 
 

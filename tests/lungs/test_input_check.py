@@ -176,7 +176,7 @@ def _frontal_and_ct() -> tuple[Path, Path]:
 
 
 def test_crop_report_has_input_check(tmp_path: Path, lung_cropper) -> None:
-    from deepcovidxr.config.stages import CropConfig
+    from deepcovidxr.config.data_stages import CropConfig
     from deepcovidxr.stages import crop
 
     frontal, ct = _frontal_and_ct()
@@ -196,7 +196,7 @@ def test_crop_report_has_input_check(tmp_path: Path, lung_cropper) -> None:
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_build_dataset_leaves_flagged_images_out(tmp_path: Path, lung_cropper, keep: bool) -> None:
-    from deepcovidxr.config.stages import DatasetConfig
+    from deepcovidxr.config.data_stages import DatasetConfig
     from deepcovidxr.contract.layout import DataTree
     from deepcovidxr.data.dataset import LEFT_OUT
     from deepcovidxr.stages import build_dataset

@@ -85,7 +85,7 @@ def _inputs(root: Path) -> tuple[list[ImageRow], list[Figure], list[Failure]]:
     s = np.clip(0.35 * y + 0.65 * rng.random(300), 0, 1)
     figures = [
         Figure(plot_roc(y, s, report / "roc.png", "Test: ROC"), "ROC curve"),
-        Figure(plot_calibration_comparison(y, s, cal.fit(s, y).apply(s), report / "calibration.png"), "Calibration"),
+        Figure(plot_calibration_comparison(y, s, cal.fit(y, s).apply(s), report / "calibration.png"), "Calibration"),
         Figure(
             plot_referral(unc.referral_curve(y, s, -np.abs(s - 0.5)), root / "elsewhere" / "referral.png"), "Referral"
         ),

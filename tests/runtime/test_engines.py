@@ -1,5 +1,6 @@
-"""deepcovidxr.runtime.engines: one member on Keras / ONNX Runtime / OpenVINO at fp32, bf16 and int8,
-and the export cache beside the members. One tiny random-weight ResNet-50 (32 px)."""
+"""The engines (deepcovidxr.runtime: load, runners, exports, cache, int8): one member on Keras /
+ONNX Runtime / OpenVINO at fp32, bf16 and int8, and the export cache beside the members. One tiny
+random-weight ResNet-50 (32 px)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from deepcovidxr.contract.layout import CropMode, Member
 from deepcovidxr.errors import UsageError
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import cache, convert, digest, exports, hardware, load
 from tests.stages.test_export import real_batch
 
 SIZE = 32
@@ -52,19 +53,19 @@ def calibration() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def keras_scores(member_file: Path, images: np.ndarray) -> np.ndarray:
-    return engines.open_member(MEMBER, member_file, "keras").predict(images)
+    return load.open_member(MEMBER, member_file, "keras").predict(images)
 
 
 @pytest.fixture(scope="module")
 def built(member_file: Path) -> dict:
     """The first ONNX Runtime open: builds the ONNX export into <members>/.engine_cache."""
-    runner = engines.open_member(MEMBER, member_file, "onnxruntime")
+    runner = load.open_member(MEMBER, member_file, "onnxruntime")
     return {"runner": runner, "stats": dict(runner.stats)}
 
 
 def test_onnxruntime_fp32_matches_keras_and_takes_any_batch(built, images, keras_scores, member_file) -> None:
     runner = built["runner"]
-    assert built["stats"]["built"] and (member_file.parent / engines.CACHE_FOLDER).is_dir()
+    assert built["stats"]["built"] and (member_file.parent / cache.CACHE_FOLDER).is_dir()
     scores = runner.predict(images)
     assert scores.shape == (len(images),) and scores.dtype == np.float32
     assert np.max(np.abs(scores - keras_scores)) <= PARITY
@@ -79,9 +80,9 @@ def test_second_open_uses_the_cache(built, images, member_file, monkeypatch: pyt
     def no_export(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(engines, "to_onnx", no_export)
-    monkeypatch.setattr(engines, "_load_keras", no_export)
-    runner = engines.open_member(MEMBER, member_file, "onnxruntime")
+    monkeypatch.setattr(convert, "to_onnx", no_export)
+    monkeypatch.setattr(exports, "load_keras", no_export)
+    runner = load.open_member(MEMBER, member_file, "onnxruntime")
     assert "built" not in runner.stats
     assert np.array_equal(runner.predict(images), built["runner"].predict(images))
 
@@ -106,25 +107,25 @@ def spied(built, member_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     folder.mkdir()
     path = shutil.copy(member_file, folder / member_file.name)
     spy = ExportSpy(built["runner"].path)
-    monkeypatch.setattr(engines, "to_onnx", spy)
-    monkeypatch.setattr(engines, "_load_keras", lambda member, member_path: None)
+    monkeypatch.setattr(convert, "to_onnx", spy)
+    monkeypatch.setattr(exports, "load_keras", lambda member, member_path: None)
     return Path(path), spy
 
 
 def _entries(folder: Path) -> list[str]:
     # Entries only: the hidden per-entry lock files stay (removing a lock file another process may
     # hold would let a third take a second lock on a new file).
-    return sorted(p.name for p in (folder / engines.CACHE_FOLDER).iterdir() if not p.name.startswith("."))
+    return sorted(p.name for p in (folder / cache.CACHE_FOLDER).iterdir() if not p.name.startswith("."))
 
 
 def test_changed_member_file_rebuilds(spied) -> None:
     path, spy = spied
-    engines.open_member(MEMBER, path, "onnxruntime")
-    engines.open_member(MEMBER, path, "onnxruntime")
+    load.open_member(MEMBER, path, "onnxruntime")
+    load.open_member(MEMBER, path, "onnxruntime")
     assert spy.calls == 1
     before = _entries(path.parent)
     _save(path, seed=1)  # retrained: new weights, new sha256
-    engines.open_member(MEMBER, path, "onnxruntime")
+    load.open_member(MEMBER, path, "onnxruntime")
     assert spy.calls == 2
     after = _entries(path.parent)
     assert len(after) == len(before) == 2 and not set(after) & set(before)  # the stale entry is gone
@@ -133,9 +134,9 @@ def test_changed_member_file_rebuilds(spied) -> None:
 @pytest.mark.parametrize("damage", ["manifest missing", "file truncated", "file corrupted", "key differs"])
 def test_partial_or_mismatched_cache_is_rebuilt(spied, damage: str) -> None:
     path, spy = spied
-    runner = engines.open_member(MEMBER, path, "onnxruntime")
+    runner = load.open_member(MEMBER, path, "onnxruntime")
     artifact = runner.path
-    manifest = artifact.with_name(artifact.name.removesuffix(".onnx") + engines.MANIFEST_SUFFIX)
+    manifest = artifact.with_name(artifact.name.removesuffix(".onnx") + cache.MANIFEST_SUFFIX)
     if damage == "manifest missing":  # an export interrupted before its manifest
         manifest.unlink()
     elif damage == "file truncated":
@@ -148,20 +149,20 @@ def test_partial_or_mismatched_cache_is_rebuilt(spied, damage: str) -> None:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))
         recorded["key"]["versions"]["onnx"] = "0.0"
         manifest.write_text(json.dumps(recorded), encoding="utf-8")
-    rebuilt = engines.open_member(MEMBER, path, "onnxruntime")
+    rebuilt = load.open_member(MEMBER, path, "onnxruntime")
     assert spy.calls == 2 and rebuilt.stats["built"]
     assert rebuilt.path == artifact  # same key, same name, rebuilt in place
-    assert json.loads(manifest.read_text(encoding="utf-8"))["artifacts"][".onnx"]["sha256"] == engines.file_sha256(
+    assert json.loads(manifest.read_text(encoding="utf-8"))["artifacts"][".onnx"]["sha256"] == digest.file_sha256(
         artifact
     )
 
 
 def test_new_converter_version_does_not_reuse_the_cache(spied, monkeypatch: pytest.MonkeyPatch) -> None:
     path, spy = spied
-    first = engines.open_member(MEMBER, path, "onnxruntime").path
-    real = engines.package_version
-    monkeypatch.setattr(engines, "package_version", lambda name: "99.0" if name == "tf2onnx" else real(name))
-    second = engines.open_member(MEMBER, path, "onnxruntime").path
+    first = load.open_member(MEMBER, path, "onnxruntime").path
+    real = digest.package_version
+    monkeypatch.setattr(digest, "package_version", lambda name: "99.0" if name == "tf2onnx" else real(name))
+    second = load.open_member(MEMBER, path, "onnxruntime").path
     assert spy.calls == 2 and second != first and not first.exists()
 
 
@@ -170,26 +171,26 @@ def test_missing_runtime_is_a_usage_error(engine, module, spied, monkeypatch: py
     path, spy = spied
     monkeypatch.setitem(sys.modules, module, None)  # import now raises ImportError
     with pytest.raises(UsageError, match=rf"pip install {module}.*or use (openvino|onnxruntime)"):
-        engines.open_member(MEMBER, path, engine)
+        load.open_member(MEMBER, path, engine)
     assert spy.calls == 0  # refused before any export, and no silent fallback
 
 
 def test_precision_errors_name_the_alternative(member_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UsageError, match="use engine openvino"):
-        engines.open_member(MEMBER, member_file, "onnxruntime", "bf16")
+        load.open_member(MEMBER, member_file, "onnxruntime", "bf16")
     with pytest.raises(UsageError, match="openvino"):
-        engines.open_member(MEMBER, member_file, "keras", "bf16")
+        load.open_member(MEMBER, member_file, "keras", "bf16")
     with pytest.raises(UsageError, match="calibration images"):
-        engines.open_member(MEMBER, member_file, "onnxruntime", "int8")
+        load.open_member(MEMBER, member_file, "onnxruntime", "int8")
     with pytest.raises(UsageError, match="unknown engine"):
-        engines.open_member(MEMBER, member_file, "tensorrt")
-    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda core=None: False)
+        load.open_member(MEMBER, member_file, "tensorrt")
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda core=None: False)
     with pytest.raises(UsageError, match=r"avx512_bf16 or AMX.*use precision fp32"):
-        engines.open_member(MEMBER, member_file, "openvino", "bf16")
+        load.open_member(MEMBER, member_file, "openvino", "bf16")
 
 
 def test_openvino_fp32_matches_keras(built, member_file, images, keras_scores) -> None:
-    runner = engines.open_member(MEMBER, member_file, "openvino")
+    runner = load.open_member(MEMBER, member_file, "openvino")
     assert runner.stats["inference_precision"] == "f32"
     scores = runner.predict(images)
     assert np.max(np.abs(scores - keras_scores)) <= PARITY
@@ -197,11 +198,11 @@ def test_openvino_fp32_matches_keras(built, member_file, images, keras_scores) -
 
 
 def test_openvino_bf16_runs_close(built, member_file, images, keras_scores) -> None:
-    if not engines.cpu_supports_bf16():
+    if not hardware.cpu_supports_bf16():
         with pytest.raises(UsageError, match="avx512_bf16"):
-            engines.open_member(MEMBER, member_file, "openvino", "bf16")
+            load.open_member(MEMBER, member_file, "openvino", "bf16")
         return
-    runner = engines.open_member(MEMBER, member_file, "openvino", "bf16")
+    runner = load.open_member(MEMBER, member_file, "openvino", "bf16")
     assert runner.stats["inference_precision"] == "bf16"
     assert "built" not in runner.stats  # bf16 is a compile hint on the fp32 IR: nothing new exported
     difference = float(np.max(np.abs(runner.predict(images) - keras_scores)))
@@ -211,14 +212,14 @@ def test_openvino_bf16_runs_close(built, member_file, images, keras_scores) -> N
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_int8_runs_close(engine, built, member_file, images, calibration, keras_scores) -> None:
-    runner = engines.open_member(MEMBER, member_file, engine, "int8", calibration=calibration)
+    runner = load.open_member(MEMBER, member_file, engine, "int8", calibration=calibration)
     scores = runner.predict(images)
     difference = float(np.max(np.abs(scores - keras_scores)))
     print(f"{engine} int8 max |diff| vs Keras fp32: {difference:.2e}")
     assert scores.shape == (len(images),) and difference <= INT8_TOLERANCE
     if engine == "onnxruntime":  # (one engine is enough: the key is built the same way for both)
         # Other calibration images are another key: a new quantised model, never the old one.
-        other = engines.open_member(MEMBER, member_file, engine, "int8", calibration=calibration[:8])
+        other = load.open_member(MEMBER, member_file, engine, "int8", calibration=calibration[:8])
         assert other.stats["built"] and other.path != runner.path
 
 
@@ -228,7 +229,7 @@ def test_int8_runs_close(engine, built, member_file, images, calibration, keras_
 _RACER = """
 import json, shutil, sys, time
 from pathlib import Path
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import convert, exports, load
 from deepcovidxr.contract.layout import CropMode, Member
 
 member_path, source, delay = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
@@ -239,11 +240,11 @@ def slow_export(model, destination):
     time.sleep(1.0)
     return destination
 
-engines.to_onnx = slow_export
-engines._load_keras = lambda member, path: None
-engines.ISOLATE_EXPORTS = False
+convert.to_onnx = slow_export
+exports.load_keras = lambda member, path: None
+exports.ISOLATE_EXPORTS = False
 time.sleep(delay)
-runner = engines.open_member(Member("ResNet-50", 32, CropMode.UNCROP), member_path, "onnxruntime")
+runner = load.open_member(Member("ResNet-50", 32, CropMode.UNCROP), member_path, "onnxruntime")
 sys.stdout.write(json.dumps({"path": str(runner.path), "built": bool(runner.stats.get("built"))}) + "\\n")
 """
 
@@ -277,7 +278,7 @@ def test_two_processes_building_one_entry_at_once_both_succeed(
     results = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outcomes]
     assert results[0]["path"] == results[1]["path"]
     assert [r["built"] for r in results] == [True, False]  # the second waited for the first's entry
-    runner = engines.open_member(MEMBER, path, "onnxruntime")
+    runner = load.open_member(MEMBER, path, "onnxruntime")
     assert "built" not in runner.stats  # the entry both left is valid
     assert np.max(np.abs(runner.predict(images) - keras_scores)) <= PARITY
 
@@ -292,14 +293,14 @@ def test_read_only_members_folder_caches_in_the_user_cache(
     # A shared server's read-only folder. Tests run as root, which writes through mode bits, so the
     # writability probe is told what a user would find.
     members.chmod(0o555)
-    monkeypatch.setattr(engines, "_writable", lambda folder: not Path(folder).is_relative_to(members), raising=False)
+    monkeypatch.setattr(cache, "_writable", lambda folder: not Path(folder).is_relative_to(members), raising=False)
     try:
-        with caplog.at_level("INFO", logger="deepcovidxr.runtime.engines"):
-            runner = engines.open_member(MEMBER, path, "onnxruntime")
+        with caplog.at_level("INFO", logger="deepcovidxr.runtime.cache"):
+            runner = load.open_member(MEMBER, path, "onnxruntime")
     finally:
         members.chmod(0o755)
     assert runner.path.is_relative_to(tmp_path / "xdg" / "deepcovidxr") and spy.calls == 1
-    assert not (members / engines.CACHE_FOLDER).exists()
+    assert not (members / cache.CACHE_FOLDER).exists()
     assert "not writable" in caplog.text and str(tmp_path / "xdg") in caplog.text
 
 
@@ -309,9 +310,9 @@ def test_openvino_converts_without_an_onnx_step(member_file: Path, images, keras
     folder = tmp_path / "members"
     folder.mkdir()
     path = Path(shutil.copy(member_file, folder / member_file.name))
-    runner = engines.open_member(MEMBER, path, "openvino")
+    runner = load.open_member(MEMBER, path, "openvino")
     assert runner.stats["built"] == [runner.path.name] and runner.path.suffix == ".xml"
-    assert not list((folder / engines.CACHE_FOLDER).glob("*.onnx"))
+    assert not list((folder / cache.CACHE_FOLDER).glob("*.onnx"))
     assert np.max(np.abs(runner.predict(images) - keras_scores)) <= PARITY
 
 
@@ -324,10 +325,10 @@ _EXPORT_ONLY = """
 import sys
 from pathlib import Path
 import keras
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import convert
 from deepcovidxr.networks.members import build_member
 keras.utils.set_random_seed(0)
-engines.to_onnx(build_member("ResNet-50", 32, weights=None), Path(sys.argv[1]))
+convert.to_onnx(build_member("ResNet-50", 32, weights=None), Path(sys.argv[1]))
 """
 
 
@@ -352,11 +353,11 @@ def test_export_missing_builds_a_cold_cache_once(spied) -> None:
     """What a stage calls before scoring: every missing export built (with a progress bar), then
     nothing on a warm cache; Keras needs none."""
     path, spy = spied
-    assert engines.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == [MEMBER.short_name]
+    assert load.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == [MEMBER.short_name]
     assert spy.calls == 1
-    assert engines.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == []
-    assert engines.export_missing([(MEMBER, path)], "keras", "fp32") == []
-    assert spy.calls == 1 and "built" not in engines.open_member(MEMBER, path, "onnxruntime").stats
+    assert load.export_missing([(MEMBER, path)], "onnxruntime", "fp32") == []
+    assert load.export_missing([(MEMBER, path)], "keras", "fp32") == []
+    assert spy.calls == 1 and "built" not in load.open_member(MEMBER, path, "onnxruntime").stats
 
 
 def test_worker_exports_run_in_parallel_within_the_memory_budget(monkeypatch) -> None:
@@ -378,12 +379,12 @@ def test_worker_exports_run_in_parallel_within_the_memory_budget(monkeypatch) ->
             running.remove(name)
 
     sizes = {"big1": 3.0, "big2": 3.0, "small1": 1.0, "small2": 1.0}
-    engines._within_budget([(name, size) for name, size in sizes.items()], job, 4.0)
+    exports.within_budget([(name, size) for name, size in sizes.items()], job, 4.0)
     assert {name for group in seen for name in group} == set(sizes)
     assert any(len(group) == 2 for group in seen)  # parallel
     assert all(sum(sizes[n] for n in group) <= 4.0 for group in seen)  # within the budget
     seen.clear()
-    engines._within_budget([(name, size) for name, size in sizes.items()], job, 0.5)
+    exports.within_budget([(name, size) for name, size in sizes.items()], job, 0.5)
     assert all(len(group) == 1 for group in seen) and len(seen) == 4  # a job alone always starts
 
     def failing(name: str) -> None:
@@ -391,4 +392,4 @@ def test_worker_exports_run_in_parallel_within_the_memory_budget(monkeypatch) ->
             raise RuntimeError("export of small1 failed")
 
     with pytest.raises(RuntimeError, match="small1"):
-        engines._within_budget([(name, size) for name, size in sizes.items()], failing, 4.0)
+        exports.within_budget([(name, size) for name, size in sizes.items()], failing, 4.0)

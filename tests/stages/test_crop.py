@@ -189,7 +189,7 @@ def test_unet_crops_keep_the_lungs_of_held_out_real_images(lung_cropper) -> None
 def test_rerun_redoes_a_replaced_input_and_another_unet(tmp_path: Path, lung_cropper) -> None:
     """Regression: a rerun skipped every file whose crop existed, so a film replaced under the same
     name (or another U-Net) left the old crop reported ok."""
-    from deepcovidxr.config.stages import CropConfig
+    from deepcovidxr.config.data_stages import CropConfig
     from deepcovidxr.stages.crop import run as run_crop
 
     source, out = tmp_path / "in", tmp_path / "out"

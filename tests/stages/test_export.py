@@ -12,7 +12,7 @@ import pytest
 
 from deepcovidxr.contract import backbones
 from deepcovidxr.contract.layout import CropMode, Member
-from deepcovidxr.runtime import engines
+from deepcovidxr.runtime import convert, digest
 from tests.support.helpers import shared
 
 PARITY = 1e-4
@@ -58,7 +58,7 @@ def test_onnx_export_matches_keras_on_real_images(backbone: backbones.Backbone, 
     model = build_member(backbone.name, backbone.min_size, weights=None)
     batch = real_batch(backbone.min_size)
     start = time.perf_counter()
-    path = engines.to_onnx(model, tmp_path / "member.onnx")
+    path = convert.to_onnx(model, tmp_path / "member.onnx")
     seconds = time.perf_counter() - start
     got = run_exported("onnx", path, batch)
     expected = keras_scores(model, batch)
@@ -88,7 +88,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("fmt", ["onnx", pytest.param("tflite", marks=pytest.mark.slow)])  # tflite: 55 s
 def test_run_export_writes_members_and_ensemble_json(fmt: str, weights_dir: Path, tmp_path: Path) -> None:
-    from deepcovidxr.config.stages import ExportConfig
+    from deepcovidxr.config.inference_stages import ExportConfig
     from deepcovidxr.networks.members import load_member
     from deepcovidxr.stages.export import REPORT, run_exported
     from deepcovidxr.stages.export import run as run_export
@@ -104,8 +104,8 @@ def test_run_export_writes_members_and_ensemble_json(fmt: str, weights_dir: Path
     (entry,) = report["members"]
     exported = out / entry["file"]
     assert entry["file"] == f"ResNet50_224_up_uncrop.{fmt}"
-    assert entry["sha256"] == engines.file_sha256(exported)
-    assert entry["source_sha256"] == engines.file_sha256(weights_dir / "ResNet50_224_up_uncrop.h5")
+    assert entry["sha256"] == digest.file_sha256(exported)
+    assert entry["source_sha256"] == digest.file_sha256(weights_dir / "ResNet50_224_up_uncrop.h5")
     assert entry["weight"] == 1.0 and entry["parity_max_abs_diff"] <= PARITY
     assert entry["input"]["dtype"] == "float32" and entry["input"]["shape"] == [None, 224, 224, 3]
     assert entry["input"]["normalisation"] == "ImageNet mean/std after /255"
@@ -130,8 +130,8 @@ def test_saved_model_export_matches_keras(tmp_path: Path) -> None:
     keras.utils.set_random_seed(0)
     model = build_member("ResNet-50", 32)
     batch = real_batch(32, count=4)
-    first = engines.to_saved_model(model, tmp_path / "member")
-    again = engines.to_saved_model(model, tmp_path / "member")  # replaces the folder whole
+    first = convert.to_saved_model(model, tmp_path / "member")
+    again = convert.to_saved_model(model, tmp_path / "member")  # replaces the folder whole
     assert first == again and (again / "saved_model.pb").is_file()
     assert np.max(np.abs(run_exported("saved_model", again, batch) - keras_scores(model, batch))) <= PARITY
     assert [p.name for p in tmp_path.iterdir()] == ["member"]
@@ -142,7 +142,7 @@ def test_multiclass_export_is_described_as_softmax_and_every_column_checked(tmp_
     check covers every column (it once compared column 0 only and called every ensemble binary)."""
     import keras
 
-    from deepcovidxr.config.stages import ExportConfig
+    from deepcovidxr.config.inference_stages import ExportConfig
     from deepcovidxr.networks.members import build_member, save_member
     from deepcovidxr.stages import export as export_stage
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcovidxr.config.stages import PredictConfig
+from deepcovidxr.config.inference_stages import PredictConfig
 from deepcovidxr.contract.layout import Member
 from deepcovidxr.errors import UsageError
-from deepcovidxr.inference import streaming
-from deepcovidxr.runtime import engines
+from deepcovidxr.inference import prediction, streaming
+from deepcovidxr.runtime import exports, hardware, load
+from deepcovidxr.scoring.task import task_for
 from deepcovidxr.stages import predict as predict_stage
 from tests.support.helpers import shared
 
@@ -81,14 +82,14 @@ def world(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def tiny_members(monkeypatch: pytest.MonkeyPatch):
-    """engines._load_keras builds the tiny stand-in of each member (1 unit, or 3 with a classes sidecar)."""
+    """exports.load_keras builds the tiny stand-in of each member (1 unit, or 3 with a classes sidecar)."""
     from deepcovidxr.contract import classes as class_names
 
     def load(member: Member, path: Path):
-        units = class_names.outputs(class_names.member_classes(path))
+        units = task_for(class_names.member_classes(path)).units
         return tiny_member(units, MEMBERS.index(member.short_name))
 
-    monkeypatch.setattr(engines, "_load_keras", load)
+    monkeypatch.setattr(exports, "load_keras", load)
 
 
 def _config(world, output: Path, **overrides) -> PredictConfig:
@@ -119,14 +120,14 @@ def engine_runs(world, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     patch = pytest.MonkeyPatch()
     patch.setattr(
-        engines,
-        "_load_keras",
+        exports,
+        "load_keras",
         lambda member, path: tiny_member(
-            class_names.outputs(class_names.member_classes(path)), MEMBERS.index(member.short_name)
+            task_for(class_names.member_classes(path)).units, MEMBERS.index(member.short_name)
         ),
     )
     cases = [("keras", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
-    if engines.cpu_supports_bf16():
+    if hardware.cpu_supports_bf16():
         cases.append(("openvino", "bf16"))
     runs = {}
     try:
@@ -145,8 +146,8 @@ def engine_runs(world, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_every_engine_writes_the_same_columns(engine_runs) -> None:
     headers = {case: header for case, (header, _, _) in engine_runs.items()}
     reference = headers[("keras", "fp32")]
-    assert reference[:6] == predict_stage.PREDICTION_COLUMNS
-    assert reference[6:] == [*MEMBERS, *predict_stage.TRUST_COLUMNS]
+    assert reference[:6] == prediction.PREDICTION_COLUMNS
+    assert reference[6:] == [*MEMBERS, *prediction.TRUST_COLUMNS]
     assert all(header == reference for header in headers.values()), headers
     for case, (_, rows, info) in engine_runs.items():
         assert set(rows) == {"a.png", "n0.png", "n1.png", "broken.png"}
@@ -179,7 +180,7 @@ def test_warm_cache_imports_no_tensorflow(engine_runs, world, tmp_path: Path) ->
         f"""
         import sys
         from pathlib import Path
-        from deepcovidxr.config.stages import PredictConfig
+        from deepcovidxr.config.inference_stages import PredictConfig
         from deepcovidxr.stages import predict
         config = PredictConfig(weights=Path({weights!r}), input=Path({images!r}), output=Path({out!r}),
             ensemble_weights=Path({weights!r}) / "ensemble_weights.json", engine_cache=Path({cache!r}),
@@ -213,11 +214,11 @@ def test_nothing_to_score_opens_nothing(contents, world, tmp_path: Path, monkeyp
     if contents == "all broken":
         (images / "x.png").write_bytes(b"not an image")
     member, unet = Spy(), Spy()
-    monkeypatch.setattr(predict_stage, "member_opener", lambda *a, **k: member)
+    monkeypatch.setattr(prediction, "member_opener", lambda *a, **k: member)
     monkeypatch.setattr("deepcovidxr.lungs.cropper.LungCropper", unet)
     predict_stage.run(_config(world, tmp_path / "out", input=images, engine="keras"))
     header, rows = _read(tmp_path / "out" / "predictions.csv")
-    assert header == predict_stage.PREDICTION_COLUMNS + list(MEMBERS) + predict_stage.TRUST_COLUMNS
+    assert header == prediction.PREDICTION_COLUMNS + list(MEMBERS) + prediction.TRUST_COLUMNS
     assert member.calls == 0 and unet.calls == 0
     assert (rows == {}) if contents == "empty" else (rows["x.png"]["crop_status"] == "error")
 
@@ -260,10 +261,10 @@ def test_runners_return_one_column_per_unit(world, tiny_members, tmp_path: Path)
     member = Member.parse(MEMBERS[0])
     path = folder / member.legacy_filename
     batch = np.random.default_rng(1).normal(size=(3, 224, 224, 3)).astype(np.float32)
-    reference = engines.open_member(member, path, "keras").predict(batch)
+    reference = load.open_member(member, path, "keras").predict(batch)
     assert reference.shape == (3, len(CLASSES))
     for engine in ("onnxruntime", "openvino"):
-        runner = engines.open_member(member, path, engine, cache_dir=tmp_path / "cache")
+        runner = load.open_member(member, path, engine, cache_dir=tmp_path / "cache")
         assert runner.units == len(CLASSES)
         assert np.max(np.abs(runner.predict(batch) - reference)) <= 1e-5
         assert runner.predict(batch[:0]).shape == (0, len(CLASSES))
@@ -289,14 +290,14 @@ def test_multiclass_ensemble_writes_class_columns(world, tiny_members, tmp_path:
     assert row["Probability"] == ""  # no calibration stored with these weights
     # With a temperature stored (combination.py's multi-class calibration), Probability is the
     # temperature-scaled probability of the predicted class.
-    from deepcovidxr.scoring import combination
+    from deepcovidxr.scoring import weights_file
     from deepcovidxr.scoring.multiclass_calibration import MulticlassFit
 
     fit = MulticlassFit(2.0, tuple(CLASSES), 10, {})
     calibrated = tmp_path / "calibrated"
     calibrated.mkdir()
-    stored = combination.load_weights(weights / "ensemble_weights.json")
-    combination.save_weights(stored, calibrated, classes=tuple(CLASSES), calibration=fit.to_dict())
+    stored = weights_file.load_weights(weights / "ensemble_weights.json")
+    weights_file.save_weights(stored, calibrated, classes=tuple(CLASSES), calibration=fit.to_dict())
     predict_stage.run(
         _config(
             world,
@@ -324,24 +325,22 @@ def test_missing_runtime_is_a_clear_error_before_any_work(world, tmp_path: Path,
 
 
 def test_bf16_without_cpu_support_is_a_clear_error(world, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda core=None: False)
+    monkeypatch.setattr(hardware, "cpu_supports_bf16", lambda core=None: False)
     with pytest.raises(UsageError, match=r"avx512_bf16 or AMX.*use precision fp32"):
         predict_stage.run(_config(world, tmp_path / "out", engine="openvino", precision="bf16"))
     # auto is the documented default, fp32 on such a CPU (not a fallback from an explicit bf16)
-    assert predict_stage.resolved_precision("openvino", "auto") == "fp32"
-    assert predict_stage.resolved_precision("keras", "auto") == "fp32"
+    from deepcovidxr.runtime.precision import for_engine
+
+    assert for_engine("auto", "openvino").engine_precision == "fp32"
+    assert for_engine("auto", "keras").engine_precision == "fp32"
 
 
 def test_precision_spellings_and_calibration_rules(world, tmp_path: Path) -> None:
-    from deepcovidxr.config import options
+    from deepcovidxr.config import precision
 
-    assert [options._engine_precision(s) for s in ("float32", "mixed", "bfloat16", "auto", "int8")] == [
-        "fp32",
-        "bf16",
-        "bf16",
-        "auto",
-        "int8",
-    ]
+    with pytest.warns(DeprecationWarning):  # the old spellings still read, as what they meant here
+        spelled = [precision.spelled(s, precision.ENGINE) for s in ("float32", "mixed", "bfloat16", "auto", "int8")]
+    assert spelled == ["fp32", "bf16", "bf16", "auto", "int8"]
     with pytest.raises(UsageError, match="overlaps the images being predicted"):
         _config(world, tmp_path / "out", calibration=world["images"])
     inner = world["images"] / "calib"
@@ -375,7 +374,7 @@ def test_int8_calibration_from_a_tree_takes_every_class(tmp_path: Path) -> None:
 def test_int8_calibration_key_covers_the_unet(tmp_path: Path) -> None:
     """Regression: the int8 calibration digest left out the U-Net that crops the calibration
     images, so quantised crop members calibrated under another U-Net were reused from the cache."""
-    from deepcovidxr.stages.predict import folder_calibration
+    from deepcovidxr.inference.prediction import folder_calibration
 
     images = tmp_path / "calibration"
     images.mkdir()
@@ -398,10 +397,10 @@ def test_a_cold_cache_shows_its_one_time_export(world, tmp_path: Path, capsys, m
     from deepcovidxr.contract import classes as class_names
 
     monkeypatch.setattr(
-        engines,
-        "_load_keras",
+        exports,
+        "load_keras",
         lambda member, path: tiny_member(
-            class_names.outputs(class_names.member_classes(path)), MEMBERS.index(member.short_name)
+            task_for(class_names.member_classes(path)).units, MEMBERS.index(member.short_name)
         ),
     )
     cold = _config(world, tmp_path / "cold", engine="openvino", engine_cache=tmp_path / "cache")

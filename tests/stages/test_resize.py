@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from deepcovidxr.config.stages import ResizeConfig
+from deepcovidxr.config.data_stages import ResizeConfig
 from deepcovidxr.imaging.preprocess import lanczos_resize
 from deepcovidxr.stages.resize import run as run_resize
 from tests.support.helpers import run_script, shared

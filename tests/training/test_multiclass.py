@@ -52,12 +52,12 @@ def test_labels_are_class_indices_for_three_classes_and_0_1_for_binary(three_cla
     from deepcovidxr.data.tfdata import list_split
 
     train = list_split(three_class_view, "Train")
-    assert train.classes == CLASSES and not train.binary
+    assert train.classes == CLASSES and train.task.units == 3
     assert train.labels.dtype == np.int64 and train.counts.tolist() == [18, 6, 18]
     for file, label in zip(train.files, train.labels, strict=True):
         assert f"/{CLASSES[label]}/" in file
     binary = list_split(make_phantom_tree(tmp_path, 10, SIZE), "Train")
-    assert binary.binary and binary.labels.dtype == np.float32 and set(binary.labels) == {0.0, 1.0}
+    assert binary.task.units == 1 and binary.labels.dtype == np.float32 and set(binary.labels) == {0.0, 1.0}
 
 
 def test_three_class_batches_are_one_hot_and_oversampling_balances_them(three_class_view: Path) -> None:
@@ -89,7 +89,7 @@ def test_balanced_class_weights_equal_sklearns() -> None:
 
 
 def test_explicit_class_weights_by_position_or_name() -> None:
-    from deepcovidxr.config.stages import TrainConfig, parse_class_weight
+    from deepcovidxr.config.training_stages import TrainConfig, parse_class_weight
     from deepcovidxr.data.tfdata import resolve_class_weights
     from deepcovidxr.errors import UsageError
 
@@ -149,7 +149,8 @@ def test_categorical_weighted_loss_and_macro_auc_by_hand() -> None:
     import tensorflow as tf
     from sklearn.metrics import roc_auc_score
 
-    from deepcovidxr.training.schedule import macro_auc_or_nan, weighted_loss
+    from deepcovidxr.scoring.metrics import macro_auc_or_nan
+    from deepcovidxr.training.schedule import weighted_loss
 
     labels = np.array([0, 2, 1, 2])
     one_hot = np.eye(3, dtype=np.float32)[labels]

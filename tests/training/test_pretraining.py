@@ -13,7 +13,7 @@ def test_an_offline_rerun_resumes_from_the_checkpoint(tmp_path: Path, monkeypatc
     import keras
     from keras.src.utils import file_utils
 
-    from deepcovidxr.config.stages import PretrainConfig
+    from deepcovidxr.config.training_stages import PretrainConfig
     from deepcovidxr.networks.members import build_member, save_member
     from deepcovidxr.stages.pretrain import run as run_pretrain
     from deepcovidxr.training.schedule import set_precision
@@ -33,9 +33,9 @@ def test_an_offline_rerun_resumes_from_the_checkpoint(tmp_path: Path, monkeypatc
         config = PretrainConfig(
             model="ResNet-50", size=32, path=root, output=tmp_path, weights="imagenet", epochs=1, batch_size=8
         )
-        assert run_pretrain(config) == checkpoint
+        assert run_pretrain(config).report == checkpoint
     finally:
-        set_precision(False)
+        set_precision("fp32")
     assert checkpoint.read_bytes() == before  # evaluated, not retrained
     auroc = (tmp_path / "nih_auroc_ResNet-50_32.csv").read_text(encoding="utf-8").splitlines()
     assert auroc[0] == "finding,auroc,positives,negatives" and auroc[-1].startswith("mean")

@@ -62,7 +62,7 @@ def _kill_at(monkeypatch: pytest.MonkeyPatch, fit_call: int, epoch: int) -> None
 def _train(view: Path, output: Path, **options) -> Path:
     import keras
 
-    from deepcovidxr.config.stages import TrainConfig
+    from deepcovidxr.config.training_stages import TrainConfig
     from deepcovidxr.training.trainer import train_member
 
     keras.backend.clear_session()
