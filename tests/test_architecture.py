@@ -167,3 +167,9 @@ def test_argparse_lives_in_one_module() -> None:
         if "add_argument(" in p.read_text(encoding="utf-8")
     )
     assert users == ["deepcovidxr/config/schema.py"]
+
+
+def test_the_quick_tier_names_existing_test_modules() -> None:
+    from tests.conftest import QUICK, TESTS
+
+    assert sorted(name for name in QUICK if not (TESTS / name).is_file()) == []

@@ -99,6 +99,11 @@ def tune(config: TuneConfig) -> Path:
     return json_path
 
 
+def _fit_options(data: tuple, epochs: int) -> dict:
+    """What the warm-up's ``fit`` and the search's trials share: Validation, epochs, a line an epoch."""
+    return {"validation_data": data[1], "epochs": epochs, "verbose": 2}
+
+
 def _head(classes: tuple[str, ...]) -> dict:
     from deepcovidxr.networks.members import head_for
 
@@ -120,9 +125,7 @@ def _warm_up(config: TuneConfig, member: Member, warmup: Path, data: tuple, clas
     compile_member(model, defaults.learning_rate, defaults.momentum, classes=classes)
     model.fit(
         data[0],
-        validation_data=data[1],
-        epochs=config.warmup_epochs,
-        verbose=2,
+        **_fit_options(data, config.warmup_epochs),
         callbacks=[
             best_checkpoint(warmup, member, {"tuner": "warm-up, frozen backbone"}, classes),
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=5, min_delta=1e-3),
@@ -169,9 +172,7 @@ def _search(config: TuneConfig, member: Member, paths: TunerPaths, data: tuple, 
     _write_hparams_experiment(logs)
     tuner.search(
         data[0],
-        validation_data=data[1],
-        epochs=config.epochs,
-        verbose=2,
+        **_fit_options(data, config.epochs),
         callbacks=[
             keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=10, min_delta=1e-3),
             # keras-tuner gives each trial its own log dir under this one (<trial>/execution0) and

@@ -160,3 +160,34 @@ def test_importing_the_package_loads_no_tensorflow(world: dict) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_authors_member_files_score_as_predict_py_scores_them(tmp_path: Path) -> None:
+    """Members as the authors' Keras 2 code wrote them (full-model HDF5, legacy names, no sidecar):
+    the API opens them as predict.py does and gives its rows on real films."""
+    from deepcovidxr import Predictor
+    from deepcovidxr.contract.layout import Member
+    from tests.support.legacy_writers import write_legacy_member
+
+    members = tmp_path / "members"
+    members.mkdir()
+    names = ("res_75_uncrop", "res_75_crop")
+    for name in names:
+        write_legacy_member("ResNet50", 75, members / Member.parse(name).legacy_filename)
+    for extra in [*members.glob("*.npy")]:
+        extra.unlink()  # the writer's probe files; a members folder holds members only
+    weights = tmp_path / "ensemble_weights.json"
+    weights.write_text(json.dumps({names[0]: 0.3, names[1]: 0.7}), encoding="utf-8")
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "a.png")
+    shutil.copy(shared("cxr", "Negative", "nih_00000310_001.png"), images / "b.png")
+    out = tmp_path / "out"
+    done = run_script("predict.py", "-w", members, "-e", weights, "-i", images, "-o", out, "--engine", "keras")
+    assert done.returncode == 0, done.stderr[-3000:]
+    with (out / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        header, *rows = list(csv.reader(handle))
+    frame = Predictor(members, weights=weights, engine="keras").predict(images)
+    assert list(frame.columns) == header
+    assert _as_csv(frame) == rows
+    assert {row[0] for row in rows} == {"a.png", "b.png"} and all(row[header.index("Scores")] for row in rows)

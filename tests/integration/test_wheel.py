@@ -34,7 +34,7 @@ weights = weights_file.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS)
 json_weights = weights_file.load_weights(inference.DEFAULT_ENSEMBLE_WEIGHTS.with_name("ensemble_weights.json"))
 print(json.dumps({
     "package": deepcovidxr.__file__,
-    "modules": [m.__file__ for m in (ensemble, inference, cropper)],
+    "modules": [m.__file__ for m in (combination, inference, cropper)],
     "unet": str(unet_path.resolve()),
     "unet_outputs": list(model.output_shape),
     "ensemble": str(Path(inference.DEFAULT_ENSEMBLE_WEIGHTS).resolve()),
@@ -114,11 +114,13 @@ def test_installed_wheel_finds_and_loads_the_shipped_weights(installed: Path, tm
 
 
 def test_installed_entry_point_crops_with_the_shipped_unet(installed: Path, tmp_path: Path) -> None:
-    """The console command the wheel installs runs the crop stage outside the checkout."""
+    """The one console command the wheel installs (``deepcovidxr STAGE``) runs the crop stage by
+    its script's stem outside the checkout; the per-stage commands of earlier versions are gone."""
     from tests.support.helpers import shared
 
-    command = installed / "bin" / "deepcovidxr-crop"
+    command = installed / "bin" / "deepcovidxr"
     assert command.is_file(), sorted(p.name for p in (installed / "bin").iterdir())
+    assert not list((installed / "bin").glob("deepcovidxr-*"))
     images = tmp_path / "in"
     images.mkdir()
     shutil.copy(shared("cxr", "Positive", "hannover_006f3a8a.png"), images / "a.png")
@@ -126,7 +128,7 @@ def test_installed_entry_point_crops_with_the_shipped_unet(installed: Path, tmp_
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPCOVIDXR_")}
     env.update(PYTHONPATH=str(installed), TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(
-        [str(command), "-f", str(images), "-o", str(tmp_path / "out"), "--no-qc"],
+        [str(command), "crop_img", "-f", str(images), "-o", str(tmp_path / "out"), "--no-qc"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
