@@ -48,10 +48,9 @@ class CropConfig(StageConfig):
         metavar="DIR",
         show_default=False,
     )
-    legacy_names: bool = option(
+    legacy_names: bool = options.switch(
         "--legacy-names",
         help="write the original's crop/<stem>_crop<ext> and crop_squared/<stem>_crop_squared<ext> instead",
-        default=False,
     )
     overwrite: bool = options.overwrite()
     batch_size: int = options.batch_size(16, "images per U-Net batch")
@@ -124,10 +123,9 @@ class DatasetConfig(StageConfig):
     batch_size: int = options.batch_size(16, "images per U-Net batch")
     workers: int = options.workers()
     precision: str = options.inference_precision()
-    keep_flagged: bool = option(
+    keep_flagged: bool = options.switch(
         "--keep-flagged",
         help="also write the images the input check flags (the manifest's input_check column still says why)",
-        default=False,
     )
 
 
@@ -148,10 +146,9 @@ class UnetTrainConfig(StageConfig):
         check=exists,
     )
     output: Path = option("--output", help="where lung_unet.weights.h5 and lung_unet.json go", default=Path("unet"))
-    architecture: str = option(
+    architecture: str = options.choice(
         "--architecture",
         help="light: narrower decoder with batch-norm (default, shipped); imlab: the original 5.5 M U-Net",
-        default="light",
         choices=("light", "imlab"),
     )
     epochs: int = option("--epochs", help="training epochs", default=40, check=at_least(1))

@@ -33,18 +33,16 @@ class EnsembleConfig(StageConfig):
     weights: Path = options.member_folder()
     data: Path = options.dataset_root("-d", "--data", splits="{Validation,Test}")
     output: Path = options.output(default=Path("."))
-    method: str = option(
+    method: str = options.choice(
         "--method",
         help="weighted: Dirichlet search on Validation (default); mean: soft mean; vote: hard vote; max",
-        default="weighted",
         choices=("weighted", "mean", "vote", "max"),
     )
     draws: int = option("--draws", help="Dirichlet draws", default=10_000, check=at_least(1))
-    calibrate: str = option(
+    calibrate: str = options.choice(
         "--calibrate",
         help="score -> probability map fitted on Validation and stored with the weights (binary ensembles): "
         "platt (default: best held-out Brier/ECE in our comparison), temperature, isotonic, identity (none)",
-        default="platt",
         choices=("platt", "temperature", "isotonic", "identity"),
     )
     members: tuple[str, ...] = options.members("only these members (default: every member file found)")
@@ -156,10 +154,8 @@ class PredictConfig(StageConfig):
         "reproduce) or an operating point ensemble.py stored with the weights: youden, sens90, sens95",
         default="0.5",
     )
-    score_flagged: bool = option(
-        "--score-flagged",
-        help="score images the input check flags too (their row still names the reason)",
-        default=False,
+    score_flagged: bool = options.switch(
+        "--score-flagged", help="score images the input check flags too (their row still names the reason)"
     )
     report_limit: int = option(
         "--report-limit", help="images per table of report.html (highest scores, most uncertain)", default=50
@@ -221,11 +217,10 @@ class GradcamConfig(StageConfig):
         "(binary: positive or negative; multi-class: a class name from the members' sidecars)",
         default="predicted",
     )
-    method: str = option(
+    method: str = options.choice(
         "--method",
         help="gradcam (heatmaps, seconds per image) or lime (superpixels scored by the whole ensemble; "
         "--num-samples forward passes per member per image)",
-        default="gradcam",
         choices=("gradcam", "lime"),
     )
     num_samples: int = option(

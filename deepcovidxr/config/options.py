@@ -28,6 +28,16 @@ def _optional_path(*flags: str, help: str) -> Any:
     return option(*flags, help=help, default=None, check=exists, show_default=False)
 
 
+def switch(flag: str, help: str) -> Any:
+    """An off-by-default flag (``--keep-flagged``): given means on."""
+    return option(flag, help=help, default=False)
+
+
+def choice(flag: str, help: str, choices: tuple) -> Any:
+    """One of ``choices``, the first by default."""
+    return option(flag, help=help, default=choices[0], choices=choices)
+
+
 def seed(default: int = 0) -> Any:
     return option("--seed", help="random seed for everything random", default=default)
 

@@ -51,10 +51,8 @@ class PretrainConfig(StageConfig):
     momentum: float = option("--momentum", help="SGD Nesterov momentum", default=0.9)
     validation_fraction: float = options.held_out("--validation-fraction", "share of train_val patients", 0.1)
     seed: int = options.seed()
-    download: bool = option(
-        "--download",
-        help="download the 12 image archives into -p first (resumable, checksummed; about 45 GB)",
-        default=False,
+    download: bool = options.switch(
+        "--download", help="download the 12 image archives into -p first (resumable, checksummed; about 45 GB)"
     )
     precision: str = options.training_precision()
     cache: bool | str = option(
@@ -152,11 +150,10 @@ class MemberTraining(StageConfig):
         "--epochs", help="most epochs per phase (early stopping ends sooner)", default=50, check=at_least(1)
     )
     batch_size: int = options.batch_size(16, "images per step per GPU")
-    optimizer: str = option(
+    optimizer: str = options.choice(
         "--optimizer",
         help="sgd: SGD with Nesterov momentum, as the original; adam: Adam, which trains randomly initialised "
         "backbones far more readily (momentum is then unused)",
-        default="sgd",
         choices=("sgd", "adam"),
     )
     warmup_epochs: int | None = option(
@@ -241,10 +238,8 @@ Multi-node (one process per node, TF_CONFIG set per process; see README "Multi-n
     )
     cache: bool = options.no_cache()
     overwrite: bool = options.overwrite()
-    multi_worker: bool = option(
-        "--multi-worker",
-        help="multi-node data parallelism with MultiWorkerMirroredStrategy, configured by TF_CONFIG",
-        default=False,
+    multi_worker: bool = options.switch(
+        "--multi-worker", help="multi-node data parallelism with MultiWorkerMirroredStrategy, configured by TF_CONFIG"
     )
     repeats: int = option(
         "--repeats",
