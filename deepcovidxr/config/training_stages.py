@@ -79,7 +79,7 @@ class TuneConfig(StageConfig):
         python tuner.py -m ResNet-50 -s 224 -p dataset/224/crop -w nih_weight_ResNet-50_224.h5 -o tuning/
 
     Distributed search (keras-tuner's chief/worker mode): start one chief and N workers with the
-    same command and these variables (see README "Distributed tuning"):
+    same command and these variables (see docs/training.md, "Hyperparameter search"):
         KERASTUNER_TUNER_ID=chief|tuner0|tuner1...  KERASTUNER_ORACLE_IP=<chief host>  KERASTUNER_ORACLE_PORT=8000
     """
 
@@ -189,7 +189,7 @@ Example:
     python train.py -m ResNet-50 -s 224 -p dataset/224/crop -o members/ -w nih_weight_ResNet-50_224.h5 \\
         -hy tuner_out/hyperparameters.json --class-weight
 
-Multi-node (one process per node, TF_CONFIG set per process; see README "Multi-node training"):
+Multi-node (one process per node, TF_CONFIG set per process; see docs/training.md, "Multi-node training"):
     python train.py -m ResNet-50 -s 224 -p dataset/224/crop -o members/ --multi-worker
 """
 

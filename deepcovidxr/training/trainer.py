@@ -6,7 +6,7 @@ flat epochs. SGD with Nesterov momentum in both phases. The final member is writ
 ``<output>/<Prefix>_<size>_up_<crop>.h5`` with its curves, CSV log, TensorBoard logs and the run's
 config.
 
-Reruns (issue 19): a phase is done only when its completion record (``RunPaths.phase_record``,
+Reruns: a phase is done only when its completion record (``RunPaths.phase_record``,
 written when the phase ends) holds this run's settings and data fingerprint
 (``schedule.RunRecord``); a checkpoint alone proves nothing (it is written at the first improving
 epoch). An unfinished phase resumes at its last epoch from ``RunPaths.resume_state`` (weights,
