@@ -94,7 +94,9 @@ def dispatch(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     names = stages.names()
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in names:
-        listing = "\n".join(f"  {s.stem:<15} {f'(or {s.alias})' if s.alias else ''}" for s in stages.STAGES.values())
+        listing = "\n".join(
+            f"  {s.stem:<15} (or {s.alias})" if s.alias else f"  {s.stem}" for s in stages.STAGES.values()
+        )
         print(f"usage: deepcovidxr STAGE [flags]   (deepcovidxr STAGE --help)\n\nstages:\n{listing}\n\n{DISCLAIMER}")
         return 0 if argv and argv[0] in {"-h", "--help"} else 2
     return main(names[argv[0]], argv[1:])
