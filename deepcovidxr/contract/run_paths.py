@@ -260,3 +260,5 @@ class EnsemblePaths(_ResultsPaths):
     ensemble_predictions = _in_folder("ensemble_predictions.csv")
     individual_predictions = _in_folder("individual_predictions.csv")
     summary = _in_folder("summary.json")
+    model_card = _in_folder("MODEL_CARD.md")  # reports.model_card: the page, from the records above
+    model_card_json = _in_folder("model_card.json")  # the same facts for a program

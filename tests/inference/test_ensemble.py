@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from deepcovidxr.contract.layout import Member
+from deepcovidxr.contract.run_paths import RunPaths
 from deepcovidxr.scoring import combination, weights_file
 from deepcovidxr.stages import ensemble as ensemble_stage
 from deepcovidxr.stages import evaluate as evaluate_stage
@@ -195,12 +197,22 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
 
     monkeypatch.setattr(combination, "dirichlet_search", spy)
     validation_count = len(list((tree / "224" / "uncrop" / "Validation").rglob("*.png")))
-    json_path = ensemble_stage.run(
-        EnsembleConfig(
-            weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
-        )
-    ).report
+    # One member with a training record beside it (as train.py leaves), the other without (as the
+    # authors' files): the model card reports the first's data and says "not recorded" for the other.
+    recorded = RunPaths(weights_dir, Member.parse(MEMBERS[0]))
+    recorded.config.write_text(json.dumps({"train_images": 40, "train_positives": 17}), encoding="utf-8")
+    recorded.member_record.write_text(json.dumps({"settings": {"epochs": 3}, "data": {"n": 40}}), encoding="utf-8")
+    try:
+        json_path = ensemble_stage.run(
+            EnsembleConfig(
+                weights=weights_dir, data=tree, output=tmp_path, draws=200, seed=1, members=MEMBERS, batch_size=4
+            )
+        ).report
+    finally:
+        recorded.config.unlink()
+        recorded.member_record.unlink()
     assert seen == [validation_count]
+    _check_model_card(json_path, weights_dir)
     weights = weights_file.load_weights(json_path)
     assert set(weights) == set(MEMBERS) and sum(weights.values()) == pytest.approx(1.0)
     assert weights_file.load_weights(json_path.with_name("ensemble_weights.pickle")) == pytest.approx(weights)
@@ -223,6 +235,34 @@ def test_ensemble_fits_on_validation_only_and_reports_test(
         )
     )
     assert weights_file.load_weights(tmp_path / "again" / "Ensemble_Results" / "ensemble_weights.json") == weights
+
+
+def _check_model_card(weights_json: Path, weights_dir: Path) -> None:
+    """The card beside the weights holds what the run's own records say, nothing else."""
+    from deepcovidxr import DISCLAIMER
+
+    card_json, card_md = weights_json.with_name("model_card.json"), weights_json.with_name("MODEL_CARD.md")
+    assert card_json.is_file() and card_md.is_file()
+    card = json.loads(card_json.read_text(encoding="utf-8"))
+    page = card_md.read_text(encoding="utf-8")
+    stored = json.loads(weights_json.read_text(encoding="utf-8"))
+    summary = json.loads(weights_json.with_name("summary.json").read_text(encoding="utf-8"))
+    assert card["ensemble"]["weights"] == stored["weights"] and card["ensemble"]["rule"] == stored["rule"]
+    assert card["performance"]["test"] == summary["test"]
+    assert card["performance"]["validation"] == stored["calibration"]["validation"]
+    assert card["calibration"] == stored["calibration"]
+    assert card["disclaimer"] == DISCLAIMER and DISCLAIMER in page
+    members = {m["name"]: m for m in card["members"]}
+    assert set(members) == set(MEMBERS)
+    for name, entry in members.items():
+        member_file = weights_dir / Member.parse(name).legacy_filename
+        assert entry["sha256"] == hashlib.sha256(member_file.read_bytes()).hexdigest()
+        assert entry["sha256"] in page
+    assert members[MEMBERS[0]]["training_data"]["train_images"] == 40
+    assert members[MEMBERS[0]]["training_data"]["train_positives"] == 17
+    assert members[MEMBERS[1]]["training_data"] == "not recorded"
+    assert "not recorded" in page and f"{summary['test']['auc']:.4f}" in page
+    assert set(card) >= {"intended_use", "task", "members", "ensemble", "performance", "input", "provenance"}
 
 
 def test_evaluate_metrics_match_sklearn(tree: Path, weights_dir: Path, tmp_path: Path) -> None:
