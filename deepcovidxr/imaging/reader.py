@@ -173,11 +173,6 @@ def _read_raster(path: Path) -> tuple[np.ndarray, ReadInfo]:
         raise DecodeError(path, f"corrupt or truncated image: {error}") from error
 
 
-def pil_to_gray(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode -> gray uint8, by :func:`read_gray`'s rules."""
-    return pil_to_gray_info(image)[0]
-
-
 def pil_to_gray_info(image: Image.Image) -> tuple[np.ndarray, ReadInfo]:
     mode = image.mode
     if mode == "L":

@@ -189,12 +189,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
 # ---- predict ----------------------------------------------------------------------------------
 
 
-def load_member_file(path: Path, member: Member):
-    from deepcovidxr.networks.members import load_member
-
-    return load_member(path, member)
-
-
 # ---- dataset tree (evaluate, ensemble) ---------------------------------------------------------
 
 
