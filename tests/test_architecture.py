@@ -91,6 +91,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("deepcovidxr.training",),
     ("deepcovidxr.inference",),
     ("deepcovidxr.explain",),
+    ("deepcovidxr.audit",),  # the lung/site audit: scores (inference), Grad-CAM (explain)
     ("deepcovidxr.synthetic",),
     ("deepcovidxr.predictor",),  # the Python API: prediction (inference) and Grad-CAM (explain)
     ("deepcovidxr.stages",),

@@ -262,3 +262,27 @@ class EnsemblePaths(_ResultsPaths):
     summary = _in_folder("summary.json")
     model_card = _in_folder("MODEL_CARD.md")  # reports.model_card: the page, from the records above
     model_card_json = _in_folder("model_card.json")  # the same facts for a program
+
+
+@dataclass(frozen=True)
+class AuditPaths:
+    """audit.py's outputs, in its output folder: the per-image scores, the findings, the page (its
+    figures under ``audit_files/``), the model card with the findings, and the scoring journal a
+    killed run resumes from (removed when the outputs are written)."""
+
+    output: Path
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.output)
+
+    scores = _in_folder("scores.csv")
+    findings = _in_folder("audit.json")
+    page = _in_folder("audit.html")
+    model_card = _in_folder("MODEL_CARD.md")
+    model_card_json = _in_folder("model_card.json")
+    journal = _in_folder(".audit_journal")
+
+    @property
+    def scratch(self) -> Path:
+        return scratch_dir(self.output)

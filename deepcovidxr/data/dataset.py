@@ -41,6 +41,7 @@ MANIFEST_COLUMNS = [
     "input_check",  # ok, or why the image was left out of the tree (input_check.VALUES)
     "window",  # how the pixels were windowed (DICOM: header, VOI LUT or the robust fallback)
     "error",
+    "site",  # the labels table's site (hospital, device...), for audit.py; last, so positions hold
 ]
 
 
@@ -49,6 +50,7 @@ class LabelledImage:
     file: str  # relative to the images folder, posix
     label: str  # the class folder: Negative/Positive, or a multi-class table's class name
     patient_id: str
+    site: str = ""  # the labels table's optional site column (audit.py reads it back from the manifest)
 
 
 def _parses(value: str) -> bool:
@@ -87,8 +89,9 @@ def class_labels(raw: list[str], path: Path) -> list[str]:
 
 def read_labels(path: Path) -> list[LabelledImage]:
     """Columns ``file`` and ``label`` (any case; ``path``/``image``/``filename`` and ``class``
-    accepted too), optional ``patient_id`` (``patient``). Without patient ids each file is its
-    own patient, which is only honest when every patient has one image."""
+    accepted too), optional ``patient_id`` (``patient``) and ``site`` (``hospital``,
+    ``institution``). Without patient ids each file is its own patient, which is only honest when
+    every patient has one image."""
     with Path(path).open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         fields = {name.strip().lower(): name for name in reader.fieldnames or []}
@@ -99,6 +102,7 @@ def read_labels(path: Path) -> list[LabelledImage]:
         file_col = column("file", "filename", "path", "image", "image index")
         label_col = column("label", "class", "covid", "target")
         patient_col = column("patient_id", "patient", "patientid", "patient id")
+        site_col = column("site", "hospital", "institution")
         if file_col is None or label_col is None:
             raise UsageError(f"{path}: needs a file column and a label column; found {reader.fieldnames}")
         table = list(reader)
@@ -106,7 +110,9 @@ def read_labels(path: Path) -> list[LabelledImage]:
         rows = []
         for row, label in zip(table, labels, strict=True):
             file = row[file_col].strip().replace("\\", "/")
-            rows.append(LabelledImage(file, label, (row[patient_col].strip() if patient_col else "") or file))
+            patient = (row[patient_col].strip() if patient_col else "") or file
+            site = (row[site_col] or "").strip() if site_col else ""
+            rows.append(LabelledImage(file, label, patient, site))
     if not patient_col:
         log.warning("%s has no patient_id column: splitting by file, which leaks patients with several images", path)
     duplicates = [f for f, n in Counter(r.file for r in rows).items() if n > 1]

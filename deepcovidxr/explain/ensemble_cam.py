@@ -12,12 +12,13 @@ sure of the class so far (it replaces the sum).
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from deepcovidxr.contract.layout import CropMode
+from deepcovidxr.contract.layout import CropMode, Member
 from deepcovidxr.explain.display import fit_scale, scaled_box
 from deepcovidxr.explain.gradcam import BINARY_KEYS, PREDICTED, class_cams, member_cams, to_original
 from deepcovidxr.imaging.geometry import Box
@@ -102,11 +103,20 @@ class CamSums:
         return (heatmap / peak if peak > 0 else heatmap).astype(np.float32)
 
 
-def ensemble_cams(chosen: Ensemble, store: ViewStore, ready: list[int], sums: CamSums, batch_size: int) -> np.ndarray:
+def ensemble_cams(
+    chosen: Ensemble,
+    store: ViewStore,
+    ready: list[int],
+    sums: CamSums,
+    batch_size: int,
+    each_model: Callable[[Member, object, np.ndarray], None] | None = None,
+) -> np.ndarray:
     """Every member's Grad-CAM (Keras, one member in memory at a time) of the ``ready`` images,
     whose views are in ``store`` and whose frames are placed in ``sums``, added to ``sums`` by the
     ensemble's rule. Returns the members' scores, (images, members) or (images, members, classes),
-    zero for images not ready."""
+    zero for images not ready. ``each_model(member, model, images)``, if given, sees each member
+    while it is loaded, with its view array (audit.py reads the pooled features there, so no
+    member is loaded twice)."""
     from deepcovidxr.contract.backbones import get as backbone
     from deepcovidxr.networks.members import load_member
 
@@ -124,6 +134,8 @@ def ensemble_cams(chosen: Ensemble, store: ViewStore, ready: list[int], sums: Ca
             batch = ready[start : start + batch_size]
             inputs = np.stack([to_model_input(images[i]) for i in batch])
             add(sums, scores, column, batch, *cams(model, layer, inputs), member, chosen)
+        if each_model is not None:
+            each_model(member, model, images)
         del model
         gc.collect()
     return scores

@@ -33,7 +33,9 @@ from deepcovidxr.scoring.task import task_for
 
 log = logging.getLogger(__name__)
 
-HEAD_LAYERS = ("gap", "dropout", "last")
+# The pooled backbone features every member's head reads (audit.py's site probe reads them too).
+POOLED_LAYER = "gap"
+HEAD_LAYERS = (POOLED_LAYER, "dropout", "last")
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
@@ -109,7 +111,7 @@ def build_member(
     _neutralise_preprocessing(base)
     if weights is None:
         settle_batchnorm_faster(base)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = keras.layers.GlobalAveragePooling2D(name=POOLED_LAYER)(base.output)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     output = keras.layers.Dense(outputs, activation=activation, name="last", dtype="float32")(x)
     model = keras.Model(inputs, output, name=f"{spec.short}_{size}")

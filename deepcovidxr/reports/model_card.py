@@ -25,6 +25,10 @@ card cannot disagree with the run. The JSON follows the spirit of a MONAI bundle
 - ``input``: ``sizes`` and ``crops`` (views) of the members, ``preprocessing`` (the constants of
   :mod:`deepcovidxr.imaging.preprocess`), ``unet`` (the shipped U-Net's metadata JSON and sha256),
   ``input_check`` (the shipped input check's held-out flag rates per kind of image).
+- ``audit`` (only when the stage passes an audit): :func:`audit_summary` of ``audit.json``:
+  ``source`` (its name relative to the card), ``statement``, ``split``, ``modes`` (AUC with its
+  95% CI and image count, as is / lungs only / lungs removed), ``attention``, ``findings`` (as
+  the audit wrote them) and ``flagged`` (how many of them are flagged).
 - ``provenance``: ``versions`` and ``commit`` (:mod:`deepcovidxr.config.run_record`), the
   ``sources`` the card was read from.
 - ``references``: the original paper and code.
@@ -75,7 +79,9 @@ _DATA_FIELDS = (
 _COUNTS = ("n", "positives")  # metric leaves that are image counts
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(path: Path | None) -> dict[str, Any] | None:
+    if path is None:  # a record the caller has not got (an audit run without -e)
+        return None
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -133,21 +139,63 @@ def _unet(unet_sha256: str | None) -> dict[str, Any] | str:
     }
 
 
+def _input_contract(members: Sequence[tuple[Member, Path]], digests: Mapping[str, str]) -> dict[str, Any]:
+    """The card's ``input``: the members' views, the CNN input path's constants, the U-Net, the input check."""
+    return {
+        "sizes": sorted({m.size for m, _ in members}),
+        "crops": sorted({m.crop.value for m, _ in members}),
+        "preprocessing": {
+            "resize": "Lanczos (Pillow, antialiased) to the member's size",
+            "channels": "gray repeated to RGB",
+            "scale": "/255",
+            # float32 constants: rounded so the card shows 0.485, not 0.48500001430511475
+            "mean": [round(float(v), 6) for v in preprocess.IMAGENET_MEAN],
+            "std": [round(float(v), 6) for v in preprocess.IMAGENET_STD],
+        },
+        "unet": _unet(digests.get("unet")),
+        "input_check": _input_check(),
+    }
+
+
+def _name(path: Path | None) -> str | None:
+    return Path(path).name if path is not None else None
+
+
+def audit_summary(audit: Mapping[str, Any], source: str = "audit.json") -> dict[str, Any]:
+    """What the card carries of an audit (``audit.json``'s content): every figure copied from the
+    mapping, ``source`` naming the file relative to the card."""
+    findings = list(audit.get("findings") or [])
+    modes = audit.get("modes") or {}
+    return {
+        "source": source,
+        "statement": audit.get("statement"),
+        "split": audit.get("split", (audit.get("run") or {}).get("split")),
+        "modes": {mode: {key: entry.get(key) for key in ("auc", "auc_ci95", "n")} for mode, entry in modes.items()},
+        "attention": audit.get("attention"),
+        "findings": findings,
+        "flagged": sum(bool(f.get("flagged")) for f in findings),
+    }
+
+
 def build(
     members: Sequence[tuple[Member, Path]],
     digests: Mapping[str, str],
-    weights_json: Path,
-    summary_json: Path,
+    weights_json: Path | None,
+    summary_json: Path | None,
+    audit: Mapping[str, Any] | None = None,
+    audit_source: str = "audit.json",
 ) -> dict[str, Any]:
     """The card as a JSON-ready dict. ``digests``: each member's short name (and ``"unet"``) ->
-    the file's sha256, computed by the stage (the digest cache is a layer above this one)."""
+    the file's sha256, computed by the stage (the digest cache is a layer above this one).
+    ``audit``: ``audit.json``'s content when the audit ran (``audit_source``: its name relative to
+    the card); without it the card has no ``audit`` key."""
     weights = _read(weights_json) or {}
     summary = _read(summary_json) or {}
     first = members[0][1] if members else None
     classes = list(weights.get("classes") or (class_names.member_classes(first) if first else ()))
     fit = weights.get("calibration") or summary.get("calibration") or {}
     binary = len(classes) <= 2
-    return {
+    card = {
         "schema": SCHEMA,
         "name": "DeepCOVID-XR ensemble",
         "version": __version__,
@@ -183,27 +231,17 @@ def build(
             "test_calibration": (summary.get("calibration") or {}).get("test"),
         },
         "calibration": weights.get("calibration"),
-        "input": {
-            "sizes": sorted({m.size for m, _ in members}),
-            "crops": sorted({m.crop.value for m, _ in members}),
-            "preprocessing": {
-                "resize": "Lanczos (Pillow, antialiased) to the member's size",
-                "channels": "gray repeated to RGB",
-                "scale": "/255",
-                # float32 constants: rounded so the card shows 0.485, not 0.48500001430511475
-                "mean": [round(float(v), 6) for v in preprocess.IMAGENET_MEAN],
-                "std": [round(float(v), 6) for v in preprocess.IMAGENET_STD],
-            },
-            "unet": _unet(digests.get("unet")),
-            "input_check": _input_check(),
-        },
+        "input": _input_contract(members, digests),
         "provenance": {
             "versions": run_record.versions(),
             "commit": run_record.commit(),
-            "sources": {"weights": Path(weights_json).name, "metrics": Path(summary_json).name},
+            "sources": {"weights": _name(weights_json), "metrics": _name(summary_json)},
         },
         "references": list(REFERENCES),
     }
+    if audit is not None:
+        card["audit"] = audit_summary(audit, audit_source)
+    return card
 
 
 def _cell(value: Any) -> str:
@@ -231,6 +269,43 @@ def _flat(prefix: str, value: Any) -> list[tuple[str, Any]]:
 
 def _data_cell(data: dict[str, Any] | str, key: str) -> Any:
     return data if isinstance(data, str) else data.get(key, NOT_RECORDED)
+
+
+def _audit_lines(audit: Mapping[str, Any] | None) -> list[str]:
+    """The card's "Audit" section: the audit's own statement, the modes' AUCs and the findings."""
+    if not audit:
+        return []
+    findings = audit["findings"]
+    lines = ["## Audit", ""]
+    lines += [f"> {audit['statement']}", ""] if audit.get("statement") else []
+    where = f"From `{audit['source']}` ({_cell(audit['split'])} split)"
+    lines += [f"{where}: {audit['flagged']} of {len(findings)} checks flagged.", ""]
+    rows = []
+    for mode, entry in audit["modes"].items():
+        low, high = entry.get("auc_ci95") or (None, None)
+        rows.append([mode, entry.get("auc"), f"{_cell(low)} – {_cell(high)}", entry.get("n")])
+    lines += ["### AUC as is, lungs only, lungs removed", "", *_table(["mode", "AUC", "95% CI", "images"], rows)]
+    if audit.get("attention"):
+        lines += [
+            "### Where the model looks (Grad-CAM)",
+            "",
+            *_table(["field", "value"], _flat("", audit["attention"])),
+        ]
+    lines += ["### Findings", ""]
+    lines += _table(
+        ["check", "value", "threshold", "flagged", "why"],
+        [
+            [
+                f.get("check"),
+                f.get("value"),
+                f.get("threshold"),
+                "**FLAGGED**" if f.get("flagged") else "ok",
+                f.get("why"),
+            ]
+            for f in findings
+        ],
+    )
+    return lines
 
 
 def markdown(card: Mapping[str, Any]) -> str:
@@ -270,6 +345,7 @@ def markdown(card: Mapping[str, Any]) -> str:
         lines += [f"### {title}", ""] + (
             _table(["metric", "value"], _flat("", perf[key])) if perf[key] else ["not recorded", ""]
         )
+    lines += _audit_lines(card.get("audit"))
     lines += ["## Calibration and operating points", ""]
     lines += _table(["field", "value"], _flat("", card["calibration"])) if card["calibration"] else ["none", ""]
     lines += ["## Input contract", "", f"Sizes {inp['sizes']}; views {', '.join(inp['crops'])}.", ""]
@@ -304,4 +380,4 @@ def write(md_path: Path, json_path: Path, card: Mapping[str, Any]) -> tuple[Path
     return md_path, json_path
 
 
-__all__ = ["NOT_RECORDED", "SCHEMA", "build", "markdown", "training_data", "write"]
+__all__ = ["NOT_RECORDED", "SCHEMA", "audit_summary", "build", "markdown", "training_data", "write"]

@@ -143,6 +143,10 @@ class Task(ABC):
         """The ROC AUC of one member's (or the ensemble's) scores, NaN where undefined."""
         return metrics.macro_auc_or_nan(y_true, scores, len(self.classes))
 
+    def auc_ci(self, y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+        """The percentile bootstrap 95 % interval of :meth:`auc` (NaNs where undefined)."""
+        return metrics.bootstrap_macro_auc_ci(y_true, scores, n_boot=n_boot, seed=seed)
+
     # ---- calibration and operating points
 
     @abstractmethod
@@ -273,6 +277,9 @@ class BinaryTask(Task):
 
     def auc(self, y_true: Any, scores: Any) -> float:
         return metrics.auc_or_nan(y_true, scores)
+
+    def auc_ci(self, y_true: Any, scores: Any, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+        return metrics.bootstrap_auc_ci(y_true, scores, n_boot=n_boot, seed=seed)
 
     def fit_calibration(self, y_true: Any, combined: Any, method: str) -> calibration.ValidationFit:
         return calibration.fit_from_split(y_true, combined, method=method)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from deepcovidxr.config import data_stages, inference_stages, training_stages
+from deepcovidxr.config import audit_stages, data_stages, inference_stages, training_stages
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ STAGES: dict[str, Stage] = {
         Stage("predict", inference_stages.PredictConfig, "deepcovidxr.stages.predict:run"),
         Stage("visSample", inference_stages.GradcamConfig, "deepcovidxr.stages.vis_sample:run", "gradcam"),
         Stage("export", inference_stages.ExportConfig, "deepcovidxr.stages.export:run"),
+        Stage("audit", audit_stages.AuditConfig, "deepcovidxr.stages.audit:run"),
     )
 }
 

@@ -53,18 +53,18 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
     clashes = layout.collisions({file: item[3] for file, item in planned.items()})
     for file, reason in clashes.items():
         row = planned[file][0]
-        report.add({"file": file, "label": row.label, "patient_id": row.patient_id, "status": ERROR, "error": reason})
+        report.add({**_identity(row), "status": ERROR, "error": reason})
     todo = [
         (config.images / file, row, split, name)
         for file, (row, split, name, outputs) in planned.items()
         if file not in clashes
-        and not report.finished(file, *outputs, source=config.images / file, extra=[row.label, split, name])
+        and not report.finished(file, *outputs, source=config.images / file, extra=_decided_by(row, split, name))
     ]
     log.info("dataset: %d images of %d patients; %d to do", len(rows), len({r.patient_id for r in rows}), len(todo))
 
     def base_row(item: tuple) -> dict:
         _, row, split, name = item
-        return {"file": row.file, "label": row.label, "patient_id": row.patient_id, "split": split.value, "name": name}
+        return {**_identity(row), "split": split.value, "name": name}
 
     def handle(item: tuple, gray: np.ndarray, probability: np.ndarray, check: str) -> tuple[dict, QcItem]:
         _, row, split, name = item
@@ -95,6 +95,17 @@ def run(config: DatasetConfig, cropper: LungCropper | None = None) -> StageResul
         write_qc_montage(config.output / layout.QC_MONTAGE, qc.items)
     _log_outcome(report, path)
     return StageResult(path, report.status_counts())
+
+
+def _identity(row) -> dict:
+    """The labels table's columns of ``row`` in the manifest."""
+    return {"file": row.file, "label": row.label, "patient_id": row.patient_id, "site": row.site}
+
+
+def _decided_by(row, split: Split, name: str) -> list:
+    """What besides the file and the options decides a manifest row; the site only when given, so
+    a table without sites keeps the fingerprints of trees built before sites were read."""
+    return [row.label, split, name, *([row.site] if row.site else [])]
 
 
 def _log_outcome(report: BatchReport, path: Path) -> None:

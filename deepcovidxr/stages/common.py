@@ -19,10 +19,11 @@ class StageResult:
     report: Path
     counts: dict[str, int] = field(default_factory=dict)
     files: tuple[Path, ...] = ()
+    exit: int = 0  # a stage's own code, taking precedence over 1 (audit.py --strict: 3 when a check is flagged)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts.get(ERROR, 0) else 0
+        return self.exit or (1 if self.counts.get(ERROR, 0) else 0)
 
 
 def relative_name(path: Path, root: Path) -> Path:
@@ -107,3 +108,23 @@ def plan_outputs(source: Path, output: Path, report: BatchReport, names) -> tupl
         if name not in clashes and not report.finished(name, *outputs, source=path)
     ]
     return len(planned), todo
+
+
+def write_model_card(
+    md_path: Path, json_path: Path, members: list, weights_json: Path | None, summary_json: Path | None, audit=None
+) -> tuple[Path, Path]:
+    """MODEL_CARD.md and model_card.json, read from the records (the ensemble's weights JSON and
+    summary.json when there are, the members' own, audit.json's content when given); the digests
+    come from here because the digest cache is a layer above the card's."""
+    from deepcovidxr.contract import shipped
+    from deepcovidxr.reports import model_card
+    from deepcovidxr.runtime.digest import file_sha256
+
+    # a member scored from elsewhere (the tests' stand-ins) has no file to digest: the card says null
+    digests = {m.short_name: file_sha256(path) for m, path in members if Path(path).is_file()}
+    unet = shipped.unet_weights()
+    if unet.is_file():
+        digests["unet"] = file_sha256(unet)
+    card = model_card.build(members, digests, weights_json, summary_json, audit=audit)
+    return model_card.write(md_path, json_path, card)
+

@@ -37,7 +37,7 @@ from deepcovidxr.inference.ensemble import (
 )
 from deepcovidxr.scoring import combination, multiclass_calibration, weights_file
 from deepcovidxr.scoring.task import task_for
-from deepcovidxr.stages.common import StageResult
+from deepcovidxr.stages.common import StageResult, write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +97,10 @@ def run(config: EnsembleConfig) -> StageResult:
     combined = combination.combine_rule(test_scores, config.method, weights if config.method == "weighted" else None)
     report = task.pick(binary=_binary_report, multiclass=_multiclass)
     report(config, out, names, classes, weights, test, test_scores, combined, fitted)
-    _model_card(out, members)
+    write_model_card(out.model_card, out.model_card_json, members, out.weights_json, out.summary)
     log.info("ensemble weights: %s and %s", pickle_path, json_path)
     errors = write_unreadable(out.unreadable, [(Split.VALIDATION.value, validation), (Split.TEST.value, test)])
     return StageResult(json_path, {"ok": len(validation.names) + len(test.names), ERROR: errors})
-
-
-def _model_card(out: run_paths.EnsemblePaths, members: list) -> None:
-    """MODEL_CARD.md and model_card.json beside the weights, read from the records just written
-    (the weights JSON, summary.json) and the members' own; the digests come from here because
-    the digest cache is a layer above the card's."""
-    from deepcovidxr.contract import shipped
-    from deepcovidxr.reports import model_card
-    from deepcovidxr.runtime.digest import file_sha256
-
-    # a member scored from elsewhere (the tests' stand-ins) has no file to digest: the card says null
-    digests = {m.short_name: file_sha256(path) for m, path in members if Path(path).is_file()}
-    unet = shipped.unet_weights()
-    if unet.is_file():
-        digests["unet"] = file_sha256(unet)
-    card = model_card.build(members, digests, out.weights_json, out.summary)
-    model_card.write(out.model_card, out.model_card_json, card)
 
 
 def _binary_report(config, out, names, classes, weights, test, test_scores, combined, fitted) -> None:

@@ -217,3 +217,28 @@ def test_rebuild_refuses_files_it_did_not_write(tmp_path: Path) -> None:
     done = run_script("build_dataset.py", *args)
     assert done.returncode == 2 and "added_by_hand.png" in done.stderr
     assert stranger.is_file()
+
+
+def test_site_column_travels_into_the_manifest_and_a_changed_site_is_not_kept(tmp_path: Path) -> None:
+    """A ``site`` column of the labels table lands in split_manifest.csv (audit.py reads it there);
+    a rerun after a site was corrected in the table writes the corrected site, not the old row."""
+    from deepcovidxr import cli
+
+    phantoms = tmp_path / "phantoms"
+    labels = write_phantom_set(phantoms, 6, seed=2, patients=6, size_range=(200, 240))
+    table = list(csv.DictReader(labels.open(newline="", encoding="utf-8")))
+    sites = {row["file"]: f"hospital_{row['label']}" for row in table}
+
+    def build() -> dict[str, dict]:
+        rows = [[row["file"], row["label"], row["patient_id"], sites[row["file"]]] for row in table]
+        _write_csv(tmp_path / "sites.csv", ["file", "label", "patient_id", "site"], rows)
+        argv = ["--images", str(phantoms), "--labels", str(tmp_path / "sites.csv"), "-o", str(tmp_path / "tree")]
+        assert cli.main("build_dataset", [*argv, "--sizes", "64", "--seed", "1"]) == 0
+        manifest = (tmp_path / "tree" / "split_manifest.csv").open(newline="", encoding="utf-8")
+        return {row["file"]: row for row in csv.DictReader(manifest)}
+
+    first = build()
+    assert {file: row["site"] for file, row in first.items()} == sites
+    corrected = table[0]["file"]
+    sites[corrected] = "hospital_elsewhere"
+    assert build()[corrected]["site"] == "hospital_elsewhere"
