@@ -282,6 +282,8 @@ class AuditPaths:
     model_card = _in_folder("MODEL_CARD.md")
     model_card_json = _in_folder("model_card.json")
     journal = _in_folder(".audit_journal")
+    # without -e, when the members found are not the published 24: the equal weights audited
+    equal_weights = _in_folder("equal_weights")
 
     @property
     def scratch(self) -> Path:

@@ -191,6 +191,7 @@ def build(
     the card); without it the card has no ``audit`` key."""
     weights = _read(weights_json) or {}
     summary = _read(summary_json) or {}
+    ran = (audit or {}).get("run") or {}
     first = members[0][1] if members else None
     classes = list(weights.get("classes") or (class_names.member_classes(first) if first else ()))
     fit = weights.get("calibration") or summary.get("calibration") or {}
@@ -221,8 +222,10 @@ def build(
             for m, path in members
         ],
         "ensemble": {
-            "rule": weights.get("rule", summary.get("method")),
-            "weights": weights.get("weights", {}),
+            # without ensemble.py's records (audit.py given members alone, or a flat weights file)
+            # the audit's record of what it ran is the source
+            "rule": weights.get("rule", summary.get("method")) or ran.get("rule"),
+            "weights": weights.get("weights") or dict(zip(ran.get("members", []), ran.get("weights", []), strict=True)),
             **{key: summary.get(key) for key in ("fitted_on", "draws", "seed")},
         },
         "performance": {
@@ -235,7 +238,10 @@ def build(
         "provenance": {
             "versions": run_record.versions(),
             "commit": run_record.commit(),
-            "sources": {"weights": _name(weights_json), "metrics": _name(summary_json)},
+            "sources": {
+                "weights": _name(weights_json) if weights.get("weights") else (audit_source if ran else None),
+                "metrics": _name(summary_json),
+            },
         },
         "references": list(REFERENCES),
     }

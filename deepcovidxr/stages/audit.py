@@ -53,7 +53,8 @@ STRICT_EXIT = 3  # --strict and a check flagged
 def run(config: AuditConfig) -> StageResult:
     """Mask, score, explain and check one split; write scores.csv, audit.json, the page and the
     model card."""
-    prediction = Prediction(_predict_options(config))
+    weights = _weights_file(config)
+    prediction = Prediction(_predict_options(config, weights))
     chosen = prediction.chosen
     data = audit_split(config.image, Split(config.split), chosen.members, tuple(prediction.classes), config.sites)
     out = run_paths.AuditPaths(config.output)
@@ -82,7 +83,7 @@ def run(config: AuditConfig) -> StageResult:
     write_csv(out.scores, table[0], table[1])
     write_json(out.findings, audit)
     _write_page(out, audit, changed, overlays)
-    _cards(config, chosen, out, audit)
+    _cards(weights, chosen, out, audit)
     flagged = [f["check"] for f in audit["findings"] if f["flagged"]]
     log.info(
         "audit: %d of %d checks flagged%s; %s",
@@ -103,10 +104,27 @@ def run(config: AuditConfig) -> StageResult:
     )
 
 
-def _predict_options(config: AuditConfig) -> PredictOptions:
+def _weights_file(config: AuditConfig) -> Path | None:
+    """``-e``; without it, the published weights when the members found are the published 24,
+    else equal weights over the members found (or ``--members``), written into the output folder
+    as the record of what was audited (a member trained with train.py is audited as it is)."""
+    from deepcovidxr.inference.ensemble import DEFAULT_ENSEMBLE_WEIGHTS, available_members
+    from deepcovidxr.scoring import weights_file
+
+    if config.ensemble_weights is not None:
+        return config.ensemble_weights
+    found = [m.short_name for m, _ in available_members(config.weights, config.members)]
+    if set(found) == set(weights_file.load_weights(DEFAULT_ENSEMBLE_WEIGHTS)):
+        return None
+    log.warning("audit: no -e given: equal weights over the %d member(s) found (%s)", len(found), ", ".join(found))
+    folder = run_paths.AuditPaths(config.output).equal_weights
+    return weights_file.save_weights({name: 1.0 / len(found) for name in found}, folder)[1]
+
+
+def _predict_options(config: AuditConfig, ensemble_weights: Path | None) -> PredictOptions:
     return PredictOptions(
         weights=config.weights,
-        ensemble_weights=config.ensemble_weights,
+        ensemble_weights=ensemble_weights,
         members=config.members,
         unet=config.unet,
         batch_size=config.batch_size,
@@ -293,13 +311,19 @@ def _write_page(out: run_paths.AuditPaths, audit: dict, changed, overlays) -> Pa
     return write_audit_page(out.folder, audit, table, changed, overlays)
 
 
-def _cards(config: AuditConfig, chosen, out: run_paths.AuditPaths, audit: dict) -> None:
-    """The model card with the findings, in the audit's folder; and beside ``-e`` when ensemble.py
-    wrote a card there (its records sit beside it), so the card users find carries the audit."""
-    weights_json = Path(config.ensemble_weights).with_suffix(".json") if config.ensemble_weights else None
-    ensemble = run_paths.EnsemblePaths(weights_json.parent.parent) if weights_json else None
-    records = (ensemble.weights_json, ensemble.summary) if ensemble else (None, None)
+def _cards(weights: Path | None, chosen, out: run_paths.AuditPaths, audit: dict) -> None:
+    """The model card with the findings, in the audit's folder; and beside the weights when
+    ensemble.py wrote a card there (its records sit beside it), so the card users find carries
+    the audit. ``weights``: the weights file audited (None: the published weights)."""
+    ensemble = None
+    if weights is not None and weights.parent.name == run_paths.ENSEMBLE_RESULTS_FOLDER:
+        ensemble = run_paths.EnsemblePaths(weights.parent.parent)
+    if ensemble is not None:
+        records = (ensemble.weights_json, ensemble.summary)
+    else:  # a weights file of one's own (or the equal weights written): its JSON is the record
+        json_file = weights.with_suffix(".json") if weights is not None else None
+        records = (json_file if json_file is not None and json_file.is_file() else None, None)
     write_model_card(out.model_card, out.model_card_json, chosen.members, *records, audit=audit)
     if ensemble is not None and ensemble.model_card_json.is_file():
         write_model_card(ensemble.model_card, ensemble.model_card_json, chosen.members, *records, audit=audit)
-        log.info("audit: the findings added to the model card beside %s", config.ensemble_weights)
+        log.info("audit: the findings added to the model card beside %s", weights)

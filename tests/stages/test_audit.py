@@ -53,12 +53,16 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "tree", save_random_members(root / "members", MEMBERS, {m: 0.5 for m in MEMBERS})
 
 
-def _audit(tree, out: Path, *extra: str) -> int:
+def _run(argv: list[str]) -> int:
     from deepcovidxr import cli
 
+    return cli.main("audit", [*argv, "--engine", "keras", "--bootstrap", "200", "--batch-size", "8"])
+
+
+def _audit(tree, out: Path, *extra: str) -> int:
     root, members = tree
     argv = ["-w", str(members), "-e", str(members / "ensemble_weights.json"), "-i", str(root), "-o", str(out)]
-    return cli.main("audit", [*argv, "--engine", "keras", "--bootstrap", "200", "--batch-size", "8", *extra])
+    return _run([*argv, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +117,33 @@ def test_the_model_card_carries_the_findings_of_audit_json(confounded) -> None:
     assert card["audit"]["modes"] == audit["modes"]
     text = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "no evidence of clinical validity" in text and "site_label_association" in text
+
+
+def test_the_card_beside_the_weights_gains_the_audit_and_members_alone_get_equal_weights(tree, tmp_path: Path) -> None:
+    """-e naming ensemble.py's Ensemble_Results/ensemble_weights.json: the card there (stood in for
+    by a placeholder) is rewritten with the findings and the weights of that file. Given members
+    alone (no -e; not the published 24): equal weights over them, written beside the audit, which
+    the card cites."""
+    from deepcovidxr.scoring import weights_file
+
+    root, members = tree
+    results = tmp_path / "fit" / "Ensemble_Results"
+    weights_file.save_weights({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}, results, rule="weighted")
+    (results / "model_card.json").write_text("{}", encoding="utf-8")
+    argv = ["-w", str(members), "-e", str(results / "ensemble_weights.json"), "-i", str(root)]
+    assert _run([*argv, "-o", str(tmp_path / "out"), *LOOSE]) == 0
+    beside = json.loads((results / "model_card.json").read_text(encoding="utf-8"))
+    audit = json.loads((tmp_path / "out" / "audit.json").read_text(encoding="utf-8"))
+    assert beside["audit"]["findings"] == audit["findings"]
+    assert beside["ensemble"]["weights"] == pytest.approx({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75})
+    assert "## Audit" in (results / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert _run(["-w", str(members), "-i", str(root), "-o", str(tmp_path / "alone"), *LOOSE]) == 0
+    alone = json.loads((tmp_path / "alone" / "model_card.json").read_text(encoding="utf-8"))
+    ran = json.loads((tmp_path / "alone" / "audit.json").read_text(encoding="utf-8"))["run"]
+    assert alone["ensemble"]["weights"] == dict(zip(ran["members"], ran["weights"], strict=True))
+    assert alone["ensemble"]["weights"] == pytest.approx({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5})
+    assert alone["provenance"]["sources"]["weights"] == "ensemble_weights.json"
+    assert (tmp_path / "alone" / "equal_weights" / "ensemble_weights.json").is_file()
 
 
 def test_one_site_is_not_flagged_for_site_and_strict_exits_0(tree, tmp_path: Path) -> None:
