@@ -130,9 +130,15 @@ def site_section(
     class_names = np.asarray(task.classes)[np.asarray(labels, np.int64)]
     per_site, skipped = _per_site_auc(task, np.asarray(labels), np.asarray(scores), sites)
     groups = np.asarray([p or f"image{i}" for i, p in enumerate(patients)])
-    probe = None
+    probe, probe_note = None, None
     usable_folds = min(folds, len(set(groups.tolist())))
-    if features is not None and len(set(sites.tolist())) >= 2 and usable_folds >= 2:
+    if len(set(sites.tolist())) < 2:
+        probe_note = "one site only"
+    elif usable_folds < 2:
+        probe_note = "fewer than two patients"
+    elif features is None:
+        probe_note = "no pooled features"
+    else:
         result = site.site_probe(features, sites, groups, folds=usable_folds, seed=seed)
         probe = {
             "balanced_accuracy": result.balanced_accuracy,
@@ -150,4 +156,5 @@ def site_section(
         "per_site_auc": per_site,
         "skipped": skipped,
         "probe": probe,
+        "probe_note": probe_note,
     }

@@ -91,7 +91,7 @@ class AuditConfig(StageConfig):
     min_cam_ratio: float = _threshold(
         "--min-cam-ratio",
         "flag when the Grad-CAM share inside the lungs over the lungs' share of the image is below this",
-        1.0,
+        1.2,
         check=at_least(0),
     )
     max_cramers_v: float = _threshold("--max-cramers-v", "flag when Cramér's V of label and site is above this", 0.3)

@@ -210,8 +210,10 @@ def save_weights(
     rule: str = "weighted",
     classes: tuple[str, ...] | None = None,
     calibration: Mapping[str, Any] | None = None,
-) -> tuple[Path, Path]:
-    """Write ``ensemble_weights.pickle`` and ``ensemble_weights.json`` into ``folder``, atomically.
+    with_pickle: bool = True,
+) -> tuple[Path | None, Path]:
+    """Write ``ensemble_weights.pickle`` and ``ensemble_weights.json`` into ``folder``, atomically
+    (``with_pickle`` False: the JSON alone, for a record no original script reads).
 
     The pickle is what the original reads: a float64 array in canonical order, over the members present
     only (no zeros are invented for absent members, so for a subset it is not a drop-in 24-member file and
@@ -224,8 +226,6 @@ def save_weights(
     folder = Path(folder)
     names, vector = weight_vector(weights)
     pickle_path, json_path = folder / WEIGHTS_PICKLE, folder / WEIGHTS_JSON
-    with atomic_path(pickle_path) as tmp:
-        tmp.write_bytes(pickle.dumps(vector, protocol=_PICKLE_PROTOCOL))
     if rule not in METHODS:
         raise UsageError(f"unknown combination rule {rule!r}; choose one of {', '.join(METHODS)}")
     # The rule travels with the weights: every later stage applies it (mean/vote/max ignore the
@@ -236,6 +236,11 @@ def save_weights(
     payload["weights"] = dict(zip(names, vector.tolist(), strict=True))
     if calibration is not None:
         payload["calibration"] = dict(calibration)
+    if not with_pickle:
+        write_json(json_path, payload)
+        return None, json_path
+    with atomic_path(pickle_path) as tmp:
+        tmp.write_bytes(pickle.dumps(vector, protocol=_PICKLE_PROTOCOL))
     write_json(json_path, payload)
     if set(names) != set(MEMBER_NAMES):
         logger.warning(

@@ -118,7 +118,7 @@ def _weights_file(config: AuditConfig) -> Path | None:
         return None
     log.warning("audit: no -e given: equal weights over the %d member(s) found (%s)", len(found), ", ".join(found))
     folder = run_paths.AuditPaths(config.output).equal_weights
-    return weights_file.save_weights({name: 1.0 / len(found) for name in found}, folder)[1]
+    return weights_file.save_weights({name: 1.0 / len(found) for name in found}, folder, with_pickle=False)[1]
 
 
 def _predict_options(config: AuditConfig, ensemble_weights: Path | None) -> PredictOptions:
