@@ -31,7 +31,8 @@ MODE_COLOURS = {"as_is": "tab:blue", "lungs_only": "tab:green", "lungs_removed":
 # scores alike as is and without them) would otherwise hide one under the other.
 MODE_STYLES = {"as_is": "-", "lungs_only": "--", "lungs_removed": ":"}
 TILE = 2.6  # inches per image tile (at 100 dpi: 260 px, enough to see a lung field)
-NAME_CHARS = 38  # longest image name drawn in a figure; the page's tables carry the full name
+LINE_CHARS = 36  # longest line of an image name drawn in a figure (two lines at most)
+DISCLAIMER_BAND = 0.2  # inches kept under a figure's axes for the disclaimer
 
 
 @dataclass(frozen=True)
@@ -157,8 +158,19 @@ def plot_attention(table: pd.DataFrame, path: Path) -> Path:
     return save_figure(figure, path, "Audit Grad-CAM inside the lungs")
 
 
-def _short(name: str) -> str:
-    return name if len(name) <= NAME_CHARS else "..." + name[-(NAME_CHARS - 3) :]
+def _wrapped(name: str, width: int = LINE_CHARS) -> str:
+    """An image name on one line, or on two of at most ``width`` characters (broken after a "/"
+    when both parts fit, else after another separator, else at ``width``); a name longer than two
+    lines loses its middle to "...", so the start (the class folder) and the end (the file's own
+    name) both stay. The page's tables carry the full name."""
+    if len(name) <= width:
+        return name
+    if len(name) > 2 * width:  # the first line keeps the start and ends in "...", the second the end
+        return f"{name[: width - 3]}...\n{name[-width:]}"
+    fits = [cut for cut in range(len(name) - width, width + 1) if name[cut - 1] in "/_- ."]
+    folder = [cut for cut in fits if name[cut - 1] == "/"]
+    cut = (folder or fits or [width])[-1]
+    return f"{name[:cut]}\n{name[cut:]}"
 
 
 def _score_text(value: float | None) -> str:
@@ -174,8 +186,10 @@ def _hide(axis) -> None:
 
 def write_changed_montage(images: Sequence[AuditImage], path: Path) -> Path:
     """One row per image (in the order given), three tiles: as is, lungs only, lungs removed (a tile
-    whose array was not given says so), each titled with its mode's score; the name above the row."""
-    figure = new_figure(3 * TILE, (TILE + 0.4) * max(1, len(images)) + 0.4)
+    whose array was not given says so), each titled with its mode's score; the name (over two lines
+    when long) along the row's left edge."""
+    # a row: the square tile (its width, set by the figure's), its title and the gap to the next row
+    figure = new_figure(3 * TILE + 0.5, (TILE + 0.35) * max(1, len(images)) + DISCLAIMER_BAND)
     axes = np.atleast_2d(figure.subplots(max(1, len(images)), 3, squeeze=False))
     for row, image in zip(axes, images, strict=False):
         pictures = (image.display, image.lungs_only, image.lungs_removed)
@@ -187,9 +201,9 @@ def write_changed_montage(images: Sequence[AuditImage], path: Path) -> Path:
             else:
                 axis.imshow(picture, cmap="gray", vmin=0, vmax=255)
             axis.set_title(f"{MODE_LABELS[mode]}: {score}", fontsize=9, color=MODE_COLOURS[mode])
-        # the name on the left tile's y label: one line per row that never overlaps the titles
-        row[0].set_ylabel(_short(image.name), fontsize=8, parse_math=False)
-    return save_figure(figure, path, "Audit: score changes without the lungs")
+        # the name on the left tile's y label: never overlaps the titles
+        row[0].set_ylabel(_wrapped(image.name), fontsize=8, multialignment="center", parse_math=False)
+    return save_figure(figure, path, band=DISCLAIMER_BAND, title="Audit: score changes without the lungs")
 
 
 def write_overlay_grid(images: Sequence[AuditImage], path: Path, columns: int = 4) -> Path:
@@ -197,7 +211,7 @@ def write_overlay_grid(images: Sequence[AuditImage], path: Path, columns: int = 
     with the share of the map's mass inside the lungs against the lungs' share of the image."""
     columns = max(1, min(columns, len(images)))
     rows = max(1, math.ceil(len(images) / columns))
-    figure = new_figure(columns * (TILE + 0.4), rows * (TILE + 0.7) + 0.3)
+    figure = new_figure(columns * (TILE + 0.4), rows * (TILE + 0.85) + 0.3)
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for axis in axes:
         _hide(axis)
@@ -212,8 +226,8 @@ def write_overlay_grid(images: Sequence[AuditImage], path: Path, columns: int = 
             inside = f"Grad-CAM in lungs {_score_text(mass)}"
         if image.mask.any() and not image.mask.all():  # a contour needs both sides of the edge
             axis.contour(image.mask.astype(np.float32), levels=[0.5], colors="white", linewidths=1.2)
-        axis.set_title(f"{_short(image.name)}\n{inside} (chance {share:.3f})", fontsize=8, parse_math=False)
-    return save_figure(figure, path, "Audit: Grad-CAM overlays")
+        axis.set_title(f"{_wrapped(image.name)}\n{inside} (chance {share:.3f})", fontsize=8, parse_math=False)
+    return save_figure(figure, path, band=DISCLAIMER_BAND, title="Audit: Grad-CAM overlays")
 
 
 __all__ = [

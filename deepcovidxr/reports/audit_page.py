@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ ATTENTION_NOTE = (
     "share is the chance level. A model that reads the lungs puts clearly more of its Grad-CAM mass "
     "there (a ratio well above 1)."
 )
+MODES_NOTE = (
+    "The masked modes put flat regions into the film that no training image had; compare the modes "
+    "with each other, and read the lungs-only AUC as an ordering (scores may all move toward one class)."
+)
+NO_SITE_AUC = "No site holds every class: no AUC within a site."
+SMALL_CHANGE = 0.05  # below this largest score change, removing the lungs barely moves any score
 
 
 def _shown(value: Any) -> str:
@@ -139,8 +146,18 @@ def _changed_rows(changed: Sequence[AuditImage]) -> list[list[Any]]:
     return rows
 
 
+def _montage_caption(rows: Sequence[Sequence[Any]]) -> str:
+    """The montage's caption, saying so when even the largest score change is small."""
+    caption = "Each image as is, with the lungs only and with the lungs removed, and its score in each"
+    changes = [abs(row[-1]) for row in rows if row[-1] is not None and math.isfinite(row[-1])]
+    if changes and max(changes) < SMALL_CHANGE:
+        caption += f". The largest change is {_number(max(changes))}: removing the lungs barely moves any score."
+    return caption
+
+
 def _evidence(page: AuditReport, audit: Mapping[str, Any], table: pd.DataFrame, changed: Sequence[AuditImage]) -> None:
     page.metrics("Where the evidence lies", _mode_metrics(audit.get("modes") or {}))
+    page.paragraph(MODES_NOTE)
     if audit.get("modes_summary"):
         page.paragraph(str(audit["modes_summary"]))
     classes = list(audit.get("classes") or ("Negative", "Positive"))
@@ -151,9 +168,10 @@ def _evidence(page: AuditReport, audit: Mapping[str, Any], table: pd.DataFrame, 
         page.paragraph("None to show.")
         return
     header = ["#", "image", *(MODE_LABELS[m] for m in MODES), "change (lungs removed - as is)"]
-    page.raw(_table(header, _changed_rows(changed), numeric_from=2))
+    rows = _changed_rows(changed)
+    page.raw(_table(header, rows, numeric_from=2))
     montage = figures.write_changed_montage(changed, page.files / "changed.png")
-    page.figure(montage, "Each image as is, with the lungs only and with the lungs removed, and its score in each")
+    page.figure(montage, _montage_caption(rows))
 
 
 def _attention(
@@ -209,13 +227,18 @@ def _sites(page: AuditReport, sites: Mapping[str, Any] | None, classes: Sequence
         "(0: the classes are spread alike over the sites; 1: the site decides the label)."
     )
     per_site = sites.get("per_site_auc") or {}
-    page.raw("<h3>AUC within each site holding both classes</h3>")
-    page.raw(_table(["site", "AUC (as is)", "images"], [[s, r.get("auc"), r.get("n")] for s, r in per_site.items()]))
+    page.raw("<h3>AUC within each site holding every class</h3>")
+    if per_site:
+        rows = [[s, r.get("auc"), r.get("n")] for s, r in per_site.items()]
+        page.raw(_table(["site", "AUC (as is)", "images"], rows))
+    else:
+        page.paragraph(NO_SITE_AUC)
     skipped = sites.get("skipped") or []
     page.paragraph(f"No AUC (one class only): {', '.join(map(str, skipped))}." if skipped else "No site skipped.")
     probe = sites.get("probe")
     if probe is None:
-        page.paragraph("Site probe: not run.")
+        note = sites.get("probe_note")
+        page.paragraph(f"Site probe: not run ({note})." if note else "Site probe: not run.")
     else:
         page.paragraph(
             f"Site probe: a logistic regression on the members' pooled features predicts the site with "

@@ -161,6 +161,13 @@ def _name(path: Path | None) -> str | None:
     return Path(path).name if path is not None else None
 
 
+def _ran_weights(ran: Mapping[str, Any]) -> dict[str, float]:
+    """member -> weight from audit.json's record of what ran ({} when it holds no weights)."""
+    if not ran.get("weights"):
+        return {}
+    return dict(zip(ran.get("members", []), ran["weights"], strict=True))
+
+
 def audit_summary(audit: Mapping[str, Any], source: str = "audit.json") -> dict[str, Any]:
     """What the card carries of an audit (``audit.json``'s content): every figure copied from the
     mapping, ``source`` naming the file relative to the card."""
@@ -225,7 +232,7 @@ def build(
             # without ensemble.py's records (audit.py given members alone, or a flat weights file)
             # the audit's record of what it ran is the source
             "rule": weights.get("rule", summary.get("method")) or ran.get("rule"),
-            "weights": weights.get("weights") or dict(zip(ran.get("members", []), ran.get("weights", []), strict=True)),
+            "weights": weights.get("weights") or _ran_weights(ran),
             **{key: summary.get(key) for key in ("fitted_on", "draws", "seed")},
         },
         "performance": {
@@ -239,7 +246,9 @@ def build(
             "versions": run_record.versions(),
             "commit": run_record.commit(),
             "sources": {
-                "weights": _name(weights_json) if weights.get("weights") else (audit_source if ran else None),
+                "weights": _name(weights_json)
+                if weights.get("weights")
+                else (audit_source if _ran_weights(ran) else None),
                 "metrics": _name(summary_json),
             },
         },

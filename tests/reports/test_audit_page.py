@@ -16,8 +16,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from deepcovidxr import DISCLAIMER
 from deepcovidxr.imaging import masking
-from deepcovidxr.reports.audit_figures import MODES, roc_points
-from deepcovidxr.reports.audit_page import FILES, PAGE, AuditImage, write_audit_page
+from deepcovidxr.reports.audit_figures import LINE_CHARS, MODES, _wrapped, roc_points
+from deepcovidxr.reports.audit_page import FILES, MODES_NOTE, NO_SITE_AUC, PAGE, AuditImage, write_audit_page
 from tests.reports.test_page import _parse  # the page parser report.html's tests use
 from tests.support.browser import image_widths, screenshot
 
@@ -25,9 +25,10 @@ SIZE = 96
 CLASSES_3 = ["COVID-19", "Normal", "Pneumonia"]
 STATEMENT = "Passing this audit is no evidence of clinical validity."
 AWKWARD = "Positive/<b>bold</b> & 'x'.png"
+LONG = "Positive/Positive__hannover_0123456789abcdef.png"  # drawn over two lines
 
 
-def _image(name: str, seed: int, heatmap: bool = True) -> AuditImage:
+def _image(name: str, seed: int, heatmap: bool = True, scores: dict | None = None) -> AuditImage:
     """A random gray film with two elliptical lung fields and a smooth heatmap over the left one."""
     rng = np.random.default_rng(seed)
     gray = rng.integers(40, 220, (SIZE, SIZE), dtype=np.uint8)
@@ -36,7 +37,7 @@ def _image(name: str, seed: int, heatmap: bool = True) -> AuditImage:
     for cx in (30, 66):
         mask |= ((xx - cx) / 14) ** 2 + ((yy - 48) / 30) ** 2 <= 1
     heat = np.exp(-(((xx - 30) / 12) ** 2 + ((yy - 50 + seed) / 16) ** 2)).astype(np.float32) if heatmap else None
-    scores = {"as_is": 0.8 - 0.05 * seed, "lungs_only": 0.3, "lungs_removed": 0.75 - 0.1 * seed}
+    scores = scores or {"as_is": 0.8 - 0.05 * seed, "lungs_only": 0.3, "lungs_removed": 0.75 - 0.1 * seed}
     return AuditImage(name, gray, mask, heat, scores, masking.lungs_only(gray, mask), masking.lungs_removed(gray, mask))
 
 
@@ -135,7 +136,7 @@ def binary(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, pd.Dat
     classes = ["Negative", "Positive"]
     table = _table(classes)
     audit = _audit(table, classes)
-    changed = [_image(AWKWARD, 0), _image("Negative/n01.png", 1), _image("Positive/p02.png", 2)]
+    changed = [_image(AWKWARD, 0), _image("Negative/n01.png", 1), _image(LONG, 2)]
     overlays = [*changed, _image("Positive/no_cam.png", 3, heatmap=False)]
     folder = tmp_path_factory.mktemp("binary") / "audit"
     return write_audit_page(folder, audit, table, changed, overlays), audit, table
@@ -175,6 +176,55 @@ def test_the_aucs_and_other_figures_shown_are_those_passed(binary: tuple[Path, d
     for shown in (audit["modes_summary"], *shown_everywhere):
         assert shown in text, shown
     assert "ResNet50_224_crop" in text and "lungs_removed_auc" in text
+    assert MODES_NOTE in text and text.index(MODES_NOTE) < text.index(audit["modes_summary"])
+    assert "Site probe: a logistic regression" in text and NO_SITE_AUC not in text
+    assert "barely moves any score" not in text  # the largest change here is 0.150
+
+
+def _sites_page(tmp_path: Path, changed: list[AuditImage], **sites: object) -> str:
+    """The text of a binary page whose audit["sites"] entries are replaced by ``sites``."""
+    classes = ["Negative", "Positive"]
+    table = _table(classes)
+    audit = _audit(table, classes)
+    audit["sites"].update(sites)
+    page = write_audit_page(tmp_path / "audit", audit, table, changed, [])
+    return " ".join(_parse(page).text)
+
+
+def test_no_site_with_every_class_says_so_and_the_probe_says_why_not(tmp_path: Path) -> None:
+    text = _sites_page(tmp_path, [], per_site_auc={}, probe=None, probe_note="one site only")
+    assert NO_SITE_AUC in text and "No AUC (one class only): A, B." in text
+    assert "Site probe: not run (one site only)." in text
+    assert "AUC (as is)" not in text  # no table with only a header
+    assert "None to show." in text and MODES_NOTE in text
+
+
+def test_the_probe_without_a_note_keeps_the_old_text(tmp_path: Path) -> None:
+    text = _sites_page(tmp_path, [], probe=None)
+    assert "Site probe: not run." in text and "not run (" not in text
+    assert "AUC (as is)" in text and "0.710" in text and NO_SITE_AUC not in text
+
+
+def test_a_small_largest_change_is_said_in_the_caption(tmp_path: Path) -> None:
+    flat = [
+        _image(LONG, 0, scores={"as_is": 0.6, "lungs_only": 0.9, "lungs_removed": 0.63}),
+        _image("Negative/n01.png", 1, scores={"as_is": 0.2, "lungs_only": 0.9, "lungs_removed": 0.17}),
+    ]
+    text = _sites_page(tmp_path, flat)
+    assert "The largest change is 0.030: removing the lungs barely moves any score." in text
+
+
+def test_long_names_keep_their_start_and_end() -> None:
+    assert _wrapped("Positive/p.png") == "Positive/p.png"
+    real = "Positive/Positive__hannover_b0500187.png"  # cut to "...ive/Positive__hannover_b0500187.png"
+    assert _wrapped(real) == "Positive/\nPositive__hannover_b0500187.png"
+    assert _wrapped(LONG) == "Positive/Positive__hannover_\n0123456789abcdef.png"  # the rest is too long
+    long_file = "Positive/" + "y" * 50 + ".png"  # the file's name alone takes more than a line
+    assert _wrapped(long_file) == f"{long_file[:LINE_CHARS]}\n{long_file[LINE_CHARS:]}"
+    longest = "Positive/" + "x" * 100 + "_end.png"
+    first, second = _wrapped(longest).split("\n")
+    assert first.startswith("Positive/") and first.endswith("...") and second.endswith("_end.png")
+    assert max(len(first), len(second)) <= LINE_CHARS
 
 
 def test_names_are_escaped(binary: tuple[Path, dict, pd.DataFrame]) -> None:
