@@ -105,3 +105,35 @@ def test_an_unreadable_film_is_reported_and_the_rest_masked(tmp_path: Path) -> N
     films = mask_films([tmp_path / "bad.png", tmp_path / "good.png"], lambda g: [_Found() for _ in g], store, (VIEW,))
     store.close()
     assert films.ready == [1] and list(films.errors) == [0] and films.errors[0]
+
+
+@pytest.mark.parametrize("where", ["inside", "outside"])
+def test_a_phantoms_lesion_follows_the_mode_that_keeps_it(where: str) -> None:
+    """A chest phantom and its twin without the lesion (``make_phantom(s, True)`` is ``make_phantom(s,
+    False)`` plus opacities), with the phantom's true lung mask: the lesion (its opacities inside the
+    lungs, or a bright patch painted outside them) is the only difference between the twins. It
+    survives in the mode that keeps its region and vanishes from the other."""
+    from deepcovidxr.synthetic.phantoms import make_phantom
+
+    sick, healthy = make_phantom(11, True, 256, 256), make_phantom(11, False, 256, 256)
+    lungs = sick.lung_mask > 0
+    if where == "inside":
+        region = sick.opacity_mask > 0
+        with_lesion = sick.image
+    else:
+        region = np.zeros_like(lungs)
+        region[8:40, 8:40] = True
+        assert not (region & lungs).any()
+        with_lesion = healthy.image.copy()
+        with_lesion[region] = 250
+    assert region.any()
+    lesion = {mode: variants(with_lesion, lungs)[mode] for mode in MODES}
+    twin = {mode: variants(healthy.image, lungs)[mode] for mode in MODES}
+
+    def signal(mode: str) -> float:
+        return float(np.abs(lesion[mode][region].astype(float) - twin[mode][region].astype(float)).mean())
+
+    kept, gone = ("lungs_only", "lungs_removed") if where == "inside" else ("lungs_removed", "lungs_only")
+    assert signal("as_is") > 5
+    assert signal(kept) == pytest.approx(signal("as_is"))
+    assert signal(gone) < 1  # the fill, the same (within rounding) for both twins

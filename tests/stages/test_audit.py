@@ -50,7 +50,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    return root / "tree", save_random_members(root / "members", MEMBERS, {m: 0.5 for m in MEMBERS})
+    return root / "tree", save_random_members(root / "members", MEMBERS)
 
 
 def _run(argv: list[str]) -> int:
@@ -59,20 +59,26 @@ def _run(argv: list[str]) -> int:
     return cli.main("audit", [*argv, "--engine", "keras", "--bootstrap", "200", "--batch-size", "8"])
 
 
-def _audit(tree, out: Path, *extra: str) -> int:
-    root, members = tree
-    argv = ["-w", str(members), "-e", str(members / "ensemble_weights.json"), "-i", str(root), "-o", str(out)]
-    return _run([*argv, *extra])
+WEIGHTS = {MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}
 
 
 @pytest.fixture(scope="module")
-def confounded(tree, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    out = tmp_path_factory.mktemp("confounded")
-    return out, _audit(tree, out, "--strict", *LOOSE)
+def confounded(tree, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, Path]:
+    """The audit with sites from the manifest, ``--strict``, and ``-e`` naming weights in an
+    ``Ensemble_Results`` folder where ensemble.py's card is stood in for by a placeholder."""
+    from deepcovidxr.scoring import weights_file
+
+    root, members = tree
+    base = tmp_path_factory.mktemp("confounded")
+    results = base / "fit" / "Ensemble_Results"
+    weights_file.save_weights(WEIGHTS, results)
+    (results / "model_card.json").write_text("{}", encoding="utf-8")
+    argv = ["-w", str(members), "-e", str(results / "ensemble_weights.json"), "-i", str(root), "-o", str(base / "out")]
+    return base / "out", _run([*argv, "--strict", *LOOSE]), results
 
 
 def test_the_outputs_are_written_and_strict_exits_3_when_flagged(confounded) -> None:
-    out, code = confounded
+    out, code, _ = confounded
     for name in ("scores.csv", "audit.json", "audit.html", "MODEL_CARD.md", "model_card.json"):
         assert (out / name).is_file(), name
     assert code == 3
@@ -81,7 +87,7 @@ def test_the_outputs_are_written_and_strict_exits_3_when_flagged(confounded) -> 
 
 
 def test_the_aucs_equal_scikit_learns_on_scores_csv(confounded) -> None:
-    out, _ = confounded
+    out, _, _ = confounded
     table = pd.read_csv(out / "scores.csv")
     audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     assert len(table) == audit["images"] == 7  # 6 Test films and the planted one
@@ -95,7 +101,7 @@ def test_the_aucs_equal_scikit_learns_on_scores_csv(confounded) -> None:
 
 
 def test_site_equal_to_label_is_flagged_and_the_planted_duplicate_found(confounded) -> None:
-    out, _ = confounded
+    out, _, _ = confounded
     audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     found = {f["check"]: f for f in audit["findings"]}
     assert audit["sites"]["source"] == "split_manifest.csv"
@@ -110,7 +116,7 @@ def test_site_equal_to_label_is_flagged_and_the_planted_duplicate_found(confound
 
 
 def test_the_model_card_carries_the_findings_of_audit_json(confounded) -> None:
-    out, _ = confounded
+    out, _, _ = confounded
     audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
     assert card["audit"]["findings"] == audit["findings"]
@@ -119,43 +125,35 @@ def test_the_model_card_carries_the_findings_of_audit_json(confounded) -> None:
     assert "no evidence of clinical validity" in text and "site_label_association" in text
 
 
-def test_the_card_beside_the_weights_gains_the_audit_and_members_alone_get_equal_weights(tree, tmp_path: Path) -> None:
-    """-e naming ensemble.py's Ensemble_Results/ensemble_weights.json: the card there (stood in for
-    by a placeholder) is rewritten with the findings and the weights of that file. Given members
-    alone (no -e; not the published 24): equal weights over them, written beside the audit, which
-    the card cites."""
-    from deepcovidxr.scoring import weights_file
-
-    root, members = tree
-    results = tmp_path / "fit" / "Ensemble_Results"
-    weights_file.save_weights({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75}, results, rule="weighted")
-    (results / "model_card.json").write_text("{}", encoding="utf-8")
-    argv = ["-w", str(members), "-e", str(results / "ensemble_weights.json"), "-i", str(root)]
-    assert _run([*argv, "-o", str(tmp_path / "out"), *LOOSE]) == 0
+def test_the_card_beside_the_weights_gains_the_audit(confounded) -> None:
+    """-e naming ensemble.py's Ensemble_Results/ensemble_weights.json: the card there is rewritten
+    with the findings and the weights of that file."""
+    out, _, results = confounded
     beside = json.loads((results / "model_card.json").read_text(encoding="utf-8"))
-    audit = json.loads((tmp_path / "out" / "audit.json").read_text(encoding="utf-8"))
+    audit = json.loads((out / "audit.json").read_text(encoding="utf-8"))
     assert beside["audit"]["findings"] == audit["findings"]
-    assert beside["ensemble"]["weights"] == pytest.approx({MEMBERS[0]: 0.25, MEMBERS[1]: 0.75})
+    assert beside["ensemble"]["weights"] == pytest.approx(WEIGHTS)
     assert "## Audit" in (results / "MODEL_CARD.md").read_text(encoding="utf-8")
-    assert _run(["-w", str(members), "-i", str(root), "-o", str(tmp_path / "alone"), *LOOSE]) == 0
-    alone = json.loads((tmp_path / "alone" / "model_card.json").read_text(encoding="utf-8"))
-    ran = json.loads((tmp_path / "alone" / "audit.json").read_text(encoding="utf-8"))["run"]
-    assert alone["ensemble"]["weights"] == dict(zip(ran["members"], ran["weights"], strict=True))
-    assert alone["ensemble"]["weights"] == pytest.approx({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5})
-    assert alone["provenance"]["sources"]["weights"] == "ensemble_weights.json"
-    assert (tmp_path / "alone" / "equal_weights" / "ensemble_weights.json").is_file()
 
 
-def test_one_site_is_not_flagged_for_site_and_strict_exits_0(tree, tmp_path: Path) -> None:
-    root, _ = tree
+def test_one_site_is_not_flagged_members_alone_get_equal_weights_and_strict_exits_0(tree, tmp_path: Path) -> None:
+    """--sites naming one site for every film: no site check flags. Members alone (no -e; not the
+    published 24): equal weights over them, written beside the audit, which the card cites."""
+    root, members = tree
     names = sorted(p.relative_to(root / str(SIZE) / "uncrop" / "Test").as_posix()
                    for p in (root / str(SIZE) / "uncrop" / "Test").rglob("*.png"))  # fmt: skip
     (tmp_path / "sites.csv").write_text("file,site\n" + "".join(f"{n},one\n" for n in names), encoding="utf-8")
-    code = _audit(tree, tmp_path / "out", "--sites", str(tmp_path / "sites.csv"), "--strict", *LOOSE)
+    argv = ["-w", str(members), "-i", str(root), "-o", str(tmp_path / "out"), "--sites", str(tmp_path / "sites.csv")]
+    code = _run([*argv, "--strict", *LOOSE])
     audit = json.loads((tmp_path / "out" / "audit.json").read_text(encoding="utf-8"))
     site_checks = [f for f in audit["findings"] if f["check"].startswith("site")]
     assert len(site_checks) == 3 and not any(f["flagged"] for f in site_checks)
+    assert audit["sites"]["probe"] is None and audit["sites"]["probe_note"] == "one site only"
     assert code == 0, [f for f in audit["findings"] if f["flagged"]]
+    card = json.loads((tmp_path / "out" / "model_card.json").read_text(encoding="utf-8"))
+    assert card["ensemble"]["weights"] == pytest.approx({MEMBERS[0]: 0.5, MEMBERS[1]: 0.5})
+    assert card["provenance"]["sources"]["weights"] == "ensemble_weights.json"
+    assert (tmp_path / "out" / "equal_weights" / "ensemble_weights.json").is_file()
 
 
 def test_a_three_class_ensemble_is_audited_one_vs_rest(tmp_path: Path) -> None:
@@ -188,3 +186,14 @@ def test_a_three_class_ensemble_is_audited_one_vs_rest(tmp_path: Path) -> None:
         assert audit["modes"][mode]["auc"] == pytest.approx(expected, abs=1e-5)
     assert audit["sites"] is None and (tmp_path / "out" / "audit.html").is_file()
     assert (tmp_path / "out" / "MODEL_CARD.md").is_file()
+
+
+def test_the_page_opens_in_chromium_with_every_image_loaded(confounded) -> None:
+    from tests.support.browser import image_widths
+
+    out, _, _ = confounded
+    widths = image_widths(out / "audit.html")
+    assert len(widths) >= 4 and all(width > 0 for _, width in widths), widths
+    text = (out / "audit.html").read_text(encoding="utf-8")
+    assert text.index("Findings") < text.index("Where the evidence lies")
+    assert "no evidence of clinical validity" in text
