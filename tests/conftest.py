@@ -51,6 +51,7 @@ QUICK = frozenset(
         "lungs/test_segment.py",
         "data/test_nih.py",
         "audit/test_findings.py",
+        "audit/test_inputs.py",
         "audit/test_masked_scoring.py",
         "reports/test_model_card_audit.py",
         "reports/test_page.py",

@@ -92,8 +92,10 @@ def _manifest_index(rows: list[dict[str, str]], split: Split) -> dict[str, dict[
 
 
 def _site_of(name: str, row: dict[str, str] | None, table: dict[str, str]) -> str | None:
-    """A --sites entry for the image: under its tree name, its file name, or its raw path."""
-    for key in (name, name.split("/", 1)[-1], (row or {}).get("file", "")):
+    """A --sites entry for the image: under its tree name, its file name in the tree, its raw path
+    (split_manifest.csv's ``file``) or the raw file's name."""
+    raw = (row or {}).get("file", "")
+    for key in (name, name.split("/", 1)[-1], raw, raw.rsplit("/", 1)[-1]):
         if key and key in table:
             return table[key]
     return None
