@@ -16,7 +16,8 @@ COPY requirements.txt pyproject.toml ./
 # The base image already holds tensorflow 2.21.0; pip keeps it and adds the rest.
 RUN python -m pip install --upgrade pip && python -m pip install -r requirements.txt
 COPY . .
-RUN python -m pip install --no-deps -e . && python crop_img.py --help > /dev/null
+# The ray extra (--backend ray, docs/distributed.md), at the version pyproject.toml pins.
+RUN python -m pip install --no-deps -e . && python -m pip install -e ".[ray]" && python crop_img.py --help > /dev/null
 
 ENTRYPOINT ["python"]
 CMD ["demo.py", "--output", "/tmp/demo_output"]

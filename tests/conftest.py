@@ -44,6 +44,7 @@ QUICK = frozenset(
         "imaging/test_reader_bit_depths.py",
         "explain/test_gradcam.py",
         "inference/test_reliability.py",
+        "inference/test_row_journal.py",
         "training/test_pretraining.py",
         "integration/test_docs.py",
         "integration/test_text_encoding.py",

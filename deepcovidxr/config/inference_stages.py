@@ -94,6 +94,11 @@ class EvaluateConfig(StageConfig):
     bootstrap: int = option(
         "--bootstrap", help="bootstrap resamples for the (macro) AUC interval", default=2000, check=at_least(0)
     )
+    backend: str = options.backend()
+    ray_address: str | None = options.ray_address()
+    ray_workers: int = options.ray_workers()
+    gpus_per_worker: float | None = options.gpus("--gpus-per-worker", "scoring actor")
+    ray_dashboard: bool = options.ray_dashboard()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,6 +172,11 @@ class PredictConfig(StageConfig):
     )
     seed: int = options.seed()
     workers: int = options.workers()
+    backend: str = options.backend()
+    ray_address: str | None = options.ray_address()
+    ray_workers: int = options.ray_workers()
+    gpus_per_worker: float | None = options.gpus("--gpus-per-worker", "scoring actor")
+    ray_dashboard: bool = options.ray_dashboard()
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -232,3 +232,52 @@ def view_folder() -> Any:
 
 def no_cache() -> Any:
     return option("--no-cache", help="do not cache decoded images in memory", default=True)
+
+
+# ---- --backend ray (docs/distributed.md) ---------------------------------------------------------
+
+BACKENDS = ("local", "ray")
+
+
+def backend() -> Any:
+    return option(
+        "--backend",
+        help="where the work runs: local (this process; default) or ray (a Ray cluster, docs/distributed.md; "
+        "needs the extra: pip install deepcovidxr[ray])",
+        default=BACKENDS[0],
+        choices=BACKENDS,
+    )
+
+
+def ray_address() -> Any:
+    return option(
+        "--ray-address",
+        help="--backend ray: the cluster to join: auto (the one `ray start` began on this machine) or HOST:PORT "
+        "(default: start a local Ray on this machine, listening on 127.0.0.1 only)",
+        default=None,
+        show_default=False,
+    )
+
+
+def ray_dashboard() -> Any:
+    return switch("--ray-dashboard", help="--backend ray: turn on the dashboard of the local Ray (on 127.0.0.1)")
+
+
+def ray_workers() -> Any:
+    return option(
+        "--ray-workers",
+        help="--backend ray: scoring actors, each holding every member (--workers keeps its meaning: "
+        "decode threads per process)",
+        default=1,
+        check=at_least(1),
+    )
+
+
+def gpus(flag: str, what: str) -> Any:
+    return option(
+        flag,
+        help=f"--backend ray: GPUs per {what} (default: 1 when the Ray cluster has GPUs, else 0)",
+        default=None,
+        check=at_least(0),
+        show_default=False,
+    )

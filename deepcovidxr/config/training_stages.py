@@ -298,6 +298,17 @@ class TrainAllConfig(MemberTraining):
         default=None,
         check=exists,
     )
+    backend: str = options.backend()
+    ray_address: str | None = options.ray_address()
+    gpus_per_member: float | None = options.gpus("--gpus-per-member", "member trained")
+    retries: int = option(
+        "--retries",
+        help="--backend ray: times a failed member is trained again (it resumes from its last epoch) before it "
+        "is listed as failed",
+        default=1,
+        check=at_least(0),
+    )
+    ray_dashboard: bool = options.ray_dashboard()
 
     @property
     def common(self) -> dict:

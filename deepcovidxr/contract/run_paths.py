@@ -23,6 +23,7 @@ ENSEMBLE_WEIGHTS_JSON = "ensemble_weights.json"
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_INFO = "predictions_info.json"
 PREDICT_JOURNAL = ".predict_journal"  # predict.py: the crop and each member's scores, until the outputs are written
+PREDICT_ROWS = ".predict_rows"  # predict.py --backend ray: finished rows, batch by batch, until the outputs are written
 UNREADABLE_CSV = "unreadable.csv"  # evaluate.py, ensemble.py: tree files no view could read
 REPORT_HTML = "report.html"  # evaluate.py and predict.py: the page a reader opens (report_page)
 REFERRAL_PNG = "Referral_Curve.png"  # AUC/accuracy as the most uncertain images are referred

@@ -186,9 +186,6 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
     return path
 
 
-# ---- predict ----------------------------------------------------------------------------------
-
-
 # ---- dataset tree (evaluate, ensemble) ---------------------------------------------------------
 
 
@@ -218,26 +215,53 @@ def tree_classes(view_dir: Path, split: Split, expected: tuple[str, ...]) -> tup
     return found
 
 
-def load_split(
-    root: Path,
-    split: Split,
-    members: list[tuple[Member, Path]],
-    store_folder: Path,
-    classes: tuple[str, ...] | None = None,
-) -> tuple[SplitImages, ViewStore]:
-    """Read one split of the tree for every view the members need, pairing views by relative
-    path (never by position); a file missing from or extra in a view is an error naming it.
-    Listing and decoding are the training pipeline's (hidden files skipped, ``read_view``).
-    The class folders are the tree's (:func:`tree_classes`), checked against ``classes`` (default:
-    the members' common classes); labels are class indices. A file some view cannot read is
-    logged and left out of every view (``SplitImages.unreadable`` says which and why)."""
-    from deepcovidxr.imaging.reader import ImageReadError, list_images, read_view
+@dataclass(frozen=True)
+class SplitListing:
+    """One split of a dataset tree as listed for scoring: the relative names (the same in every
+    view the members need), each view's split folder, the classes."""
+
+    root: Path
+    split: Split
+    names: list[str]
+    folders: dict[tuple, Path]
+    classes: tuple[str, ...]
+
+    def read(self, name: str) -> tuple[dict[tuple, np.ndarray], str]:
+        """Every view of one image (``read_view``, the training pipeline's decode) and, when a
+        view cannot be read, the first reason (each failure logged)."""
+        from deepcovidxr.imaging.reader import ImageReadError, read_view
+
+        views, reason = {}, ""
+        for (size, crop), folder in self.folders.items():
+            try:
+                views[(size, crop)] = read_view(folder / name, size)
+            except ImageReadError as error:  # one bad file must not stop the split: report it, go on
+                log.error("%s: %s", folder / name, error.reason)
+                reason = reason or f"{size}/{crop.value}: {error.reason}"
+        return views, reason
+
+    def images(self, unreadable: dict[str, str]) -> SplitImages:
+        """The readable images in order, labelled by their class folder; the others listed."""
+        kept = [name for name in self.names if name not in unreadable]
+        if not kept:
+            raise UsageError(f"no readable image in the {self.split.value} split of {self.root}")
+        labels = np.array([self.classes.index(n.split("/")[0]) for n in kept], task_for(self.classes).label_dtype)
+        return SplitImages(kept, labels, self.classes, tuple(sorted(unreadable.items())))
+
+
+def list_split(
+    root: Path, split: Split, members: list[tuple[Member, Path]], classes: tuple[str, ...] | None = None
+) -> SplitListing:
+    """One split of the tree for every view the members need, views paired by relative path (never
+    by position); a file missing from or extra in a view is an error naming it. Listing is the
+    training pipeline's (hidden files skipped). The class folders are the tree's
+    (:func:`tree_classes`), checked against ``classes`` (default: the members' common classes)."""
+    from deepcovidxr.imaging.reader import list_images
 
     expected = tuple(classes) if classes is not None else class_names.common(members)
     tree = DataTree(root)
-    views = views_of(members)
     listing: dict[tuple, list[str]] = {}
-    for size, crop in views:
+    for size, crop in views_of(members):
         folder = tree.split_dir(size, crop, split)
         if not folder.is_dir():
             raise MissingInputError(f"missing folder {folder}")
@@ -258,27 +282,36 @@ def load_split(
             )
     if not reference:
         raise UsageError(f"no images in the {split.value} split of {root}")
-    store = ViewStore(store_folder, len(reference), views)
+    folders = {view: tree.split_dir(*view, split) for view in listing}
+    return SplitListing(Path(root), split, reference, folders, expected)
+
+
+def load_split(
+    root: Path,
+    split: Split,
+    members: list[tuple[Member, Path]],
+    store_folder: Path,
+    classes: tuple[str, ...] | None = None,
+) -> tuple[SplitImages, ViewStore]:
+    """One split of the tree (:func:`list_split`) read into a :class:`ViewStore`; a file some view
+    cannot read is logged and left out of every view (``SplitImages.unreadable``: which, why)."""
+    listing = list_split(root, split, members, classes)
+    store = ViewStore(store_folder, len(listing.names), tuple(listing.folders))
     unreadable: dict[str, str] = {}
-    for (size, crop), array in store.arrays.items():
-        folder = tree.split_dir(size, crop, split)
-        for index, name in enumerate(reference):
-            try:
-                array[index] = read_view(folder / name, size)
-            except ImageReadError as error:  # one bad file must not stop the split: report it, go on
-                log.error("%s: %s", folder / name, error.reason)
-                unreadable.setdefault(name, f"{size}/{crop.value}: {error.reason}")
-    if unreadable:
-        kept = [i for i, name in enumerate(reference) if name not in unreadable]
-        if not kept:
-            store.close()
-            raise UsageError(f"no readable image in the {split.value} split of {root}")
-        for array in store.arrays.values():  # the readable images first, in order, as predict does
+    for index, name in enumerate(listing.names):
+        views, reason = listing.read(name)
+        if reason:
+            unreadable[name] = reason
+        else:
+            store.put(index, views)
+    kept = [i for i, name in enumerate(listing.names) if name not in unreadable]
+    if not kept:
+        store.close()  # listing.images raises: nothing readable
+    images = listing.images(unreadable)
+    if unreadable:  # the readable images first, in order, as predict does
+        for array in store.arrays.values():
             array[: len(kept)] = array[kept]
-        reference = [reference[i] for i in kept]
-    index_of = {name: index for index, name in enumerate(expected)}
-    labels = np.array([index_of[n.split("/")[0]] for n in reference], task_for(expected).label_dtype)
-    return SplitImages(reference, labels, expected, tuple(sorted(unreadable.items()))), store
+    return images, store
 
 
 def write_unreadable(path: Path, splits: list[tuple[str, SplitImages]]) -> int:
@@ -304,6 +337,10 @@ class EngineChoice:
     @classmethod
     def of(cls, config, calibration_split: Split) -> EngineChoice:
         return cls(config.engine, config.precision, config.engine_cache, config.calibration, calibration_split)
+
+    def refuse_split(self, split: Split) -> None:
+        if self.calibration_root is not None and self.calibration_split == split:
+            raise UsageError(f"int8 calibration must not use the {split.value} split it scores")
 
     def opener(self, members: list[tuple[Member, Path]]):
         from deepcovidxr.inference.streaming import member_opener
@@ -371,8 +408,7 @@ def score_split(
     Keras fp32). ``tta_variance``, if given, receives the members' variance over the TTA passes
     (:func:`deepcovidxr.inference.streaming.score_members`), which the uncertainty adds."""
     engine = engine or EngineChoice()
-    if engine.calibration_root is not None and engine.calibration_split == split:
-        raise UsageError(f"int8 calibration must not use the {split.value} split it scores")
+    engine.refuse_split(split)
     opener = engine.opener(chosen.members)  # checks the engine/precision pair before any work
     images, store = load_split(root, split, chosen.members, scratch, chosen.classes)
     try:
@@ -390,9 +426,6 @@ def score_split(
     finally:
         store.close()
     return images, scores
-
-
-# ---- evaluate ---------------------------------------------------------------------------------
 
 
 # ---- ensemble -------------------------------------------------------------------------------

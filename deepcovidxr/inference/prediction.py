@@ -284,11 +284,14 @@ class Prediction:
         loader: MemberLoader | None = None,
         score_flagged: bool | None = None,
         keep: Callable | None = None,
+        cropper=None,
     ) -> tuple[Crop, dict[str, float]]:
         """Crop every source (a path, or a gray uint8 array) and put the views of those to score in
         ``store`` at their index; an image the input check flags is left out unless
         ``score_flagged`` (default: the options'). ``keep(index, gray, crop)``, if given, sees
-        every cropped image (e.g. its box). Returns the crop and its timings."""
+        every cropped image (e.g. its box). ``cropper``: an open U-Net (a Ray actor keeps one for
+        all its batches); default: opened on the first readable batch. Returns the crop and its
+        timings."""
         score_flagged = self.options.score_flagged if score_flagged is None else score_flagged
         found = Crop()
 
@@ -302,11 +305,11 @@ class Prediction:
             if keep is not None:
                 keep(index, gray, crop)
 
-        cropper = LazyCropper(self.open_cropper, loader, self.options.batch_size)
+        lazy = LazyCropper(self.open_cropper, loader, self.options.batch_size)
         started = time.perf_counter()
         items = [(source, index) for index, source in enumerate(sources)]
-        found.status = crop_images(items, cropper, views, self.options.workers)
-        timings = {"crop_s": time.perf_counter() - started, "unet_open_s": cropper.seconds}
+        found.status = crop_images(items, cropper or lazy, views, self.options.workers)
+        timings = {"crop_s": time.perf_counter() - started, "unet_open_s": lazy.seconds}
         for index, (status, error) in sorted(found.status.items()):
             if status == ERROR:  # on stderr as well as in the table
                 log.error("%s: %s", names[index], error or "failed")

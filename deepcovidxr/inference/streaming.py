@@ -64,6 +64,19 @@ def scratch_folder(parent: Path, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{kind}-{os.getpid()}-", dir=parent))
 
 
+def fingerprint_folder(root: Path, fingerprint: str) -> Path:
+    """``root/<fingerprint>``, created, after removing every other folder under ``root``: a
+    journal made from other files or options is never trusted, so it is not kept either."""
+    folder = Path(root) / fingerprint
+    if folder.parent.is_dir():
+        for old in folder.parent.iterdir():
+            if old != folder:
+                log.info("predict: %s was made from other files or options; removed", old)
+                shutil.rmtree(old, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 class ScoreJournal:
     """A prediction run's finished work, kept as it finishes: the crop's outcome and each member's
     scores (and TTA variances). Keyed by a fingerprint of the files (names, sizes, modification
@@ -72,13 +85,7 @@ class ScoreJournal:
 
     def __init__(self, root: Path, fingerprint: str) -> None:
         self.root = Path(root)
-        self.folder = self.root / fingerprint
-        if self.root.is_dir():
-            for old in self.root.iterdir():
-                if old != self.folder:
-                    log.info("predict: %s was made from other files or options; removed", old)
-                    shutil.rmtree(old, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder = fingerprint_folder(self.root, fingerprint)
 
     def _path(self, member: Member, what: str) -> Path:
         return self.folder / f"{member.short_name}.{what}.npy"

@@ -161,6 +161,15 @@ def _name(path: Path | None) -> str | None:
     return Path(path).name if path is not None else None
 
 
+def _provenance(weights_source: str | None, metrics_source: str | None) -> dict[str, Any]:
+    """The versions, the commit and the records the card's figures come from."""
+    return {
+        "versions": run_record.versions(),
+        "commit": run_record.commit(),
+        "sources": {"weights": weights_source, "metrics": metrics_source},
+    }
+
+
 def _ran_weights(ran: Mapping[str, Any]) -> dict[str, float]:
     """member -> weight from audit.json's record of what ran ({} when it holds no weights)."""
     if not ran.get("weights"):
@@ -242,16 +251,10 @@ def build(
         },
         "calibration": weights.get("calibration"),
         "input": _input_contract(members, digests),
-        "provenance": {
-            "versions": run_record.versions(),
-            "commit": run_record.commit(),
-            "sources": {
-                "weights": _name(weights_json)
-                if weights.get("weights")
-                else (audit_source if _ran_weights(ran) else None),
-                "metrics": _name(summary_json),
-            },
-        },
+        "provenance": _provenance(
+            _name(weights_json) if weights.get("weights") else (audit_source if _ran_weights(ran) else None),
+            _name(summary_json),
+        ),
         "references": list(REFERENCES),
     }
     if audit is not None:

@@ -26,6 +26,14 @@ class StageResult:
         return self.exit or (1 if self.counts.get(ERROR, 0) else 0)
 
 
+def refuse_missing_ray(config) -> None:
+    """``--backend ray`` without Ray installed: one line naming the extra (exit 2), before any work."""
+    if config.backend == "ray":
+        from deepcovidxr.runtime.ray_cluster import import_ray
+
+        import_ray()
+
+
 def relative_name(path: Path, root: Path) -> Path:
     return Path(path.name) if root.is_file() else path.relative_to(root)
 

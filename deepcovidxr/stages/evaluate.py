@@ -39,7 +39,7 @@ from deepcovidxr.inference.ensemble import (
     write_unreadable,
 )
 from deepcovidxr.reports.page import Failure, ImageRow
-from deepcovidxr.stages.common import StageResult, report_page
+from deepcovidxr.stages.common import StageResult, refuse_missing_ray, report_page
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +53,30 @@ TTA_NOTE = "; with -t, plus the members' weighted variance over the TTA passes (
 def run(config: EvaluateConfig) -> StageResult:
     """Score Test with every member, then write the binary or multi-class outputs; a file no view
     can read is left out, listed in ``Results/unreadable.csv`` and makes the exit code 1."""
+    refuse_missing_ray(config)
     chosen = resolve_ensemble(config.weights, config.ensemble_weights, config.members)
     out = run_paths.EvaluationPaths(Path(config.output))
     variance: list[np.ndarray] = []
-    images, scores = score_split(
-        config.image,
-        Split.TEST,
-        chosen,
-        out.scratch,
-        config.batch_size,
-        config.tta,
-        config.seed,
-        engine=EngineChoice.of(config, Split.VALIDATION),
-        tta_variance=variance,
-    )
+    engine = EngineChoice.of(config, Split.VALIDATION)
+    if config.backend == "ray":  # the same images and scores from a Ray Data dataflow (docs/distributed.md)
+        from deepcovidxr.inference.ray_scoring import RayScoring, score_tree
+
+        scoring = RayScoring.of(config)
+        images, scores = score_tree(
+            config.image, Split.TEST, chosen, config.batch_size, config.tta, config.seed, engine, scoring, variance
+        )
+    else:
+        images, scores = score_split(
+            config.image,
+            Split.TEST,
+            chosen,
+            out.scratch,
+            config.batch_size,
+            config.tta,
+            config.seed,
+            engine=engine,
+            tta_variance=variance,
+        )
     # predict.py's definition: the TTA passes' variance joins the members' spread (reliability.image_uncertainty)
     spread = reliability.image_uncertainty(chosen, scores, variance[0] if config.tta and variance else None)
     write = chosen.task.pick(binary=_binary, multiclass=_multiclass)  # the original's files, or p_<class> ones

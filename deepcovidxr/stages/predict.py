@@ -28,7 +28,7 @@ from deepcovidxr.imaging.reader import iter_input_files
 from deepcovidxr.inference.ensemble import write_csv
 from deepcovidxr.inference.prediction import Crop, Prediction, PredictOptions
 from deepcovidxr.inference.streaming import ScoreJournal, ViewStore
-from deepcovidxr.stages.common import StageResult, ensemble_options, relative_name, report_page
+from deepcovidxr.stages.common import StageResult, ensemble_options, refuse_missing_ray, relative_name, report_page
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ def run(config: PredictConfig) -> StageResult:
     started = time.perf_counter()
     if config.merge:
         return StageResult(merge_predictions(list(config.merge), config.output), {})
-    # Before any work: a named operating point the weights lack, an engine not installed, ... are refused.
+    # Before any work: Ray missing, a named operating point the weights lack, an engine not installed, ...
+    refuse_missing_ray(config)
     prediction = Prediction(PredictOptions.of(config))
     files = shard_files(list(iter_input_files(config.input)), config.shard)
     names = [relative_name(f, config.input).as_posix() for f in files]
@@ -62,10 +63,16 @@ def run(config: PredictConfig) -> StageResult:
         f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else "",
     )
     info = _info(config, prediction, len(files))
-    journal = ScoreJournal(
-        config.output / run_paths.PREDICT_JOURNAL, _fingerprint(config, prediction, files, names, info)
-    )
-    crop, scores, variance, timings = _scores(config, prediction, files, names, journal)
+    fingerprint = _fingerprint(config, prediction, files, names, info)
+    if config.backend == "ray":  # the same crop and scores from a Ray Data dataflow (docs/distributed.md)
+        from deepcovidxr.inference.ray_scoring import RayScoring, score_files
+        from deepcovidxr.inference.row_journal import RowJournal
+
+        journal = RowJournal(config.output / run_paths.PREDICT_ROWS, fingerprint)
+        crop, scores, variance, timings = score_files(prediction, files, names, journal, RayScoring.of(config))
+    else:
+        journal = ScoreJournal(config.output / run_paths.PREDICT_JOURNAL, fingerprint)
+        crop, scores, variance, timings = _scores(config, prediction, files, names, journal)
     table = prediction.table(names, crop, scores, variance)
     rows = table.csv_rows()
     path = write_csv(config.output / run_paths.PREDICTIONS_CSV, table.header, rows)

@@ -3,9 +3,12 @@ fails a test), running a stage script as a user would, saving random-weight memb
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +20,55 @@ SHARED_DATA = Path(os.environ.get("DEEPCOVIDXR_SHARED_DATA", REPO.parent / "shar
 UNET_WEIGHTS = REPO / "unet" / "lung_unet.weights.h5"
 
 
+def _absent(message: str) -> None:
+    """Skip the test, or fail it under DEEPCOVIDXR_REQUIRE_SHARED=1 (CI), where what it needs must be there."""
+    if os.environ.get("DEEPCOVIDXR_REQUIRE_SHARED") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def shared(*parts: str) -> Path:
     """A path under ../shared/data; skips the test when it is absent, unless
     DEEPCOVIDXR_REQUIRE_SHARED=1 (CI), where absence is a failure."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        message = f"shared data not found: {path} (set DEEPCOVIDXR_SHARED_DATA or clone ../shared beside the repo)"
-        if os.environ.get("DEEPCOVIDXR_REQUIRE_SHARED") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        _absent(f"shared data not found: {path} (set DEEPCOVIDXR_SHARED_DATA or clone ../shared beside the repo)")
     return path
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 2) -> Iterator[object]:
+    """One Ray for a test module, started in this process on 127.0.0.1 by the package's own start
+    (``runtime.ray_cluster``) and stopped with ``ray.shutdown()`` at the end. Ray is an optional
+    extra: without it the module is skipped, unless DEEPCOVIDXR_REQUIRE_SHARED=1 (CI installs it
+    through requirements-dev.txt), where its absence is a failure."""
+    from deepcovidxr.errors import UsageError
+    from deepcovidxr.runtime.ray_cluster import RayCluster, connected, import_ray
+
+    try:
+        import_ray()
+    except UsageError as missing:
+        _absent(str(missing))
+
+    with connected(RayCluster(num_cpus=num_cpus)) as ray:
+        yield ray
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """A TimeoutError in the main thread after ``seconds`` (SIGALRM): an in-process run waiting
+    on a cluster that never answers fails the test instead of hanging the suite."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # A machine whose locale is plain ASCII (CI ran under one): Python's default text encoding is then
