@@ -41,7 +41,9 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
     """The card without and with the audit (no members: an audit-only check of the card)."""
     folder = tmp_path_factory.mktemp("card")
     weights, summary = folder / "ensemble_weights.json", folder / "summary.json"
-    weights.write_text(json.dumps({"rule": "weighted", "weights": {}, "classes": ["Negative", "Positive"]}), encoding="utf-8")
+    weights.write_text(
+        json.dumps({"rule": "weighted", "weights": {}, "classes": ["Negative", "Positive"]}), encoding="utf-8"
+    )
     summary.write_text(json.dumps({"test": {"auc": 0.78}}), encoding="utf-8")
     plain = model_card.build([], {}, weights, summary)
     audited = model_card.build([], {}, weights, summary, audit=AUDIT, audit_source="../audit/audit.json")
