@@ -76,11 +76,14 @@ def _attention_finding(attention: Mapping, limit: float) -> Finding:
 
 
 def _site_findings(sites: Mapping | None, limits: Mapping[str, float]) -> list[Finding]:
-    none = "No sites given (--sites, or a site column in the labels table of build_dataset.py)."
-    sites = sites or {}
-    probe = sites.get("probe")
+    probe = (sites or {}).get("probe")
     margin = None if not probe else probe["balanced_accuracy"] - probe["chance"]
-    single = "One site only: the site cannot stand in for the label." if sites else none
+    missing = (
+        "One site only: the site cannot stand in for the label."
+        if sites
+        else "No sites given (--sites, or a site column in the labels table of build_dataset.py)."
+    )
+    sites = sites or {}
     return [
         _above(
             "site_label_association",
@@ -88,7 +91,7 @@ def _site_findings(sites: Mapping | None, limits: Mapping[str, float]) -> list[F
             limits["max_cramers_v"],
             "Label and site are associated (Cramér's V {v:.2f} > {t}): a model can score the hospital and look right.",
             "Label and site are weakly associated (Cramér's V {v:.2f}, at most {t}).",
-            single,
+            missing,
         ),
         _above(
             "site_purity",
@@ -97,7 +100,7 @@ def _site_findings(sites: Mapping | None, limits: Mapping[str, float]) -> list[F
             "{v:.0%} of the images come from sites holding one class only (> {t:.0%}): there the site alone "
             "tells the label.",
             "{v:.0%} of the images come from sites holding one class only (at most {t:.0%}).",
-            single,
+            missing,
         ),
         _above(
             "site_probe_margin",
@@ -106,7 +109,7 @@ def _site_findings(sites: Mapping | None, limits: Mapping[str, float]) -> list[F
             "The members' features tell the site {v:+.2f} from chance (balanced accuracy, more than {t} above): "
             "they encode the hospital.",
             "The members' features tell the site {v:+.2f} from chance (balanced accuracy; at most {t} above).",
-            single if sites else none,
+            missing,
         ),
     ]
 

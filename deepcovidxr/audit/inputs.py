@@ -55,7 +55,7 @@ def source_size(tree: DataTree, members: list[tuple[Member, Path]]) -> int:
     )
 
 
-def list_split(tree: DataTree, size: int, split: Split, classes: tuple[str, ...]) -> tuple[list[str], list[Path]]:
+def uncropped_films(tree: DataTree, size: int, split: Split, classes: tuple[str, ...]) -> tuple[list[str], list[Path]]:
     """Every image of ``split`` in the uncropped view at ``size``, sorted by ``<class>/<file>``."""
     folder = tree.split_dir(size, CropMode.UNCROP, split)
     if not folder.is_dir():
@@ -111,7 +111,7 @@ def audit_split(
     """The split's images with labels, sites and patients (see the module docstring)."""
     tree = DataTree(root)
     size = source_size(tree, members)
-    names, paths = list_split(tree, size, split, classes)
+    names, paths = uncropped_films(tree, size, split, classes)
     index_of = {name: i for i, name in enumerate(classes)}
     labels = np.array([index_of[n.split("/")[0]] for n in names], task_for(classes).label_dtype)
     manifest = _manifest_index(read_manifest(root), split)

@@ -225,6 +225,19 @@ def _prepare(opener: Callable, members: list[tuple[Member, Path]]) -> None:
         prepare(members)
 
 
+def _collector(rows: dict[int, dict], journal: RowJournal | None = None) -> Callable[[dict[str, np.ndarray]], None]:
+    """What takes each batch as it arrives: journaled first (when there is a journal), then its
+    rows kept by index; a batch Ray ran twice counts once."""
+
+    def arrived(batch: dict[str, np.ndarray]) -> None:
+        if journal is not None:
+            journal.add(batch)
+        for index, row in split_rows(batch).items():
+            rows.setdefault(index, row)
+
+    return arrived
+
+
 def _complete(rows: dict[int, dict], count: int) -> None:
     missing = [i for i in range(count) if i not in rows]
     if missing:
@@ -248,15 +261,9 @@ def score_files(
     spec = MemberSpec(members, shape, options.batch_size, options.tta, options.seed, predict=options)
     if pending:
         _prepare(prediction.opener, prediction.chosen.members)
-
-        def arrived(batch: dict[str, np.ndarray]) -> None:
-            journal.add(batch)
-            for index, row in split_rows(batch).items():
-                rows.setdefault(index, row)
-
         items = [{"index": i, "path": str(files[i]), "name": names[i]} for i in pending]
         with connected(scoring.cluster) as ray:
-            _stream(ray, items, CropViews, {"options": options}, spec, scoring, arrived)
+            _stream(ray, items, CropViews, {"options": options}, spec, scoring, _collector(rows, journal))
     _complete(rows, len(files))
     crop = Crop()
     for index in range(len(files)):
@@ -292,14 +299,9 @@ def score_tree(
     listing = list_split(root, split, chosen.members, chosen.classes)
     spec = MemberSpec(tuple(chosen.members), chosen.task.score_shape, batch_size, tta, seed, engine=engine)
     rows: dict[int, dict] = {}
-
-    def arrived(batch: dict[str, np.ndarray]) -> None:
-        for index, row in split_rows(batch).items():
-            rows.setdefault(index, row)
-
     items = [{"index": i, "name": name} for i, name in enumerate(listing.names)]
     with connected(scoring.cluster) as ray:
-        _stream(ray, items, read_tree_views, {"listing": listing}, spec, scoring, arrived)
+        _stream(ray, items, read_tree_views, {"listing": listing}, spec, scoring, _collector(rows))
     _complete(rows, len(items))
     unreadable = {listing.names[i]: str(row["error"]) for i, row in rows.items() if str(row["status"]) == ERROR}
     images = listing.images(unreadable)

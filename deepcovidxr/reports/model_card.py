@@ -208,6 +208,7 @@ def build(
     weights = _read(weights_json) or {}
     summary = _read(summary_json) or {}
     ran = (audit or {}).get("run") or {}
+    ran_weights = _ran_weights(ran)
     first = members[0][1] if members else None
     classes = list(weights.get("classes") or (class_names.member_classes(first) if first else ()))
     fit = weights.get("calibration") or summary.get("calibration") or {}
@@ -241,7 +242,7 @@ def build(
             # without ensemble.py's records (audit.py given members alone, or a flat weights file)
             # the audit's record of what it ran is the source
             "rule": weights.get("rule", summary.get("method")) or ran.get("rule"),
-            "weights": weights.get("weights") or _ran_weights(ran),
+            "weights": weights.get("weights") or ran_weights,
             **{key: summary.get(key) for key in ("fitted_on", "draws", "seed")},
         },
         "performance": {
@@ -252,7 +253,7 @@ def build(
         "calibration": weights.get("calibration"),
         "input": _input_contract(members, digests),
         "provenance": _provenance(
-            _name(weights_json) if weights.get("weights") else (audit_source if _ran_weights(ran) else None),
+            _name(weights_json) if weights.get("weights") else (audit_source if ran_weights else None),
             _name(summary_json),
         ),
         "references": list(REFERENCES),

@@ -97,11 +97,3 @@ def write_view_strip(destination: Path, rows: list[list[Path]], titles: list[str
     with atomic_path(destination) as tmp:
         cv2.imwrite(str(tmp), canvas)
     return destination
-
-
-def plot_training_curves(destination: Path, histories: dict[str, dict], title: str = "") -> Path:
-    """Moved to :func:`deepcovidxr.reports.plots.plot_training_curves`; this name stays until training.py
-    (another owner's file) calls it there."""
-    from deepcovidxr.reports import plots
-
-    return plots.plot_training_curves(destination, histories, title)

@@ -73,7 +73,7 @@ def run(config: AuditConfig) -> StageResult:
             config.batch_size,
             keep=lambda i, gray, crop: sums.place(i, gray.shape, crop.square),
         )
-        scores = _mode_scores(config, prediction, data, store, films)
+        scores = _mode_scores(config, out, prediction, data, store, films)
         cam, targets, features = _look(config, chosen, data, store, sums, films, scores["as_is"])
         changed, overlays = _page_images(config, data, films, scores, cam, sums, targets)
     finally:
@@ -137,12 +137,16 @@ def _predict_options(config: AuditConfig, ensemble_weights: Path | None) -> Pred
 
 
 def _mode_scores(
-    config: AuditConfig, prediction: Prediction, data: AuditSplit, store: ViewStore, films: MaskedFilms
+    config: AuditConfig,
+    out: run_paths.AuditPaths,
+    prediction: Prediction,
+    data: AuditSplit,
+    store: ViewStore,
+    films: MaskedFilms,
 ) -> dict[str, np.ndarray]:
     """mode -> the ensemble's combined scores of every image (NaN rows for unreadable films),
     each member scoring the three modes' views at once; the members' columns are journalled."""
     chosen, count = prediction.chosen, len(data.names)
-    out = run_paths.AuditPaths(config.output)
     journal = ScoreJournal(out.journal, _fingerprint(config, prediction, data))
     remaining = [(m, p) for m, p in chosen.members if not journal.has(m)]
     members, _ = score_members(
@@ -293,8 +297,10 @@ def _page_images(config: AuditConfig, data: AuditSplit, films: MaskedFilms, scor
     moved = [ready[j] for j in np.argsort(-np.abs(last["as_is"] - last["lungs_removed"]), kind="stable")]
     highest = [ready[j] for j in np.argsort(-last["as_is"], kind="stable")]
 
+    position = {i: j for j, i in enumerate(ready)}
+
     def image(i: int, with_variants: bool):
-        modes = {m: float(last[m][ready.index(i)]) for m in MODES}
+        modes = {m: float(last[m][position[i]]) for m in MODES}
         return audit_image(
             data.paths[i], data.names[i], films.mask(i), modes, sums, i, targets[i], config.fill, with_variants
         )

@@ -135,4 +135,3 @@ def write_model_card(
         digests["unet"] = file_sha256(unet)
     card = model_card.build(members, digests, weights_json, summary_json, audit=audit)
     return model_card.write(md_path, json_path, card)
-

@@ -124,7 +124,7 @@ def _train_once(config: TrainConfig, paths: RunPaths, record: RunRecord) -> Path
     import keras
 
     from deepcovidxr.data.tfdata import make_dataset
-    from deepcovidxr.reports.montage import plot_training_curves
+    from deepcovidxr.reports.plots import plot_training_curves
 
     member = config.member
     hp = resolved_hyperparameters(config)
